@@ -1,0 +1,218 @@
+"""Command line: ``sctrace simulate | prepare | fit | predict | embed | demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sctrace._errors import SctraceInputError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="TRACE: predict single-cell expression at time points nobody measured.",
+)
+
+Threads = Annotated[
+    int,
+    typer.Option(help="torch/BLAS threads; 1 is the safe default on a shared machine (small layers slow down badly "
+                 "when threads compete for cores)."),
+]
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(1, threads))
+    except ImportError:  # numpy then keeps its own default; torch is what matters for speed here
+        pass
+
+
+def _parse_time_map(pairs: list[str] | None) -> dict[str, float] | None:
+    if not pairs:
+        return None
+    mapping = {}
+    for item in pairs:
+        label, sep, value = item.partition("=")
+        if not sep:
+            raise SctraceInputError(f"--time-map entries look like LABEL=VALUE (e.g. day2=2), got '{item}'.")
+        try:
+            mapping[label] = float(value)
+        except ValueError as err:
+            raise SctraceInputError(f"--time-map value for '{label}' must be a number, got '{value}'.") from err
+    return mapping
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output .h5ad file.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    n_cells: Annotated[int, typer.Option(help="Number of cells (up to 1M).")] = 3000,
+    n_genes: Annotated[int, typer.Option(help="Number of genes.")] = 1200,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write the built-in simulated time course (raw counts, obs: time, cell_type, donor)."""
+    from sctrace.data.simulate import simulate_timecourse
+
+    if out.exists() and not overwrite:
+        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+    adata = simulate_timecourse(n_cells=n_cells, n_genes=n_genes, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(out)
+    typer.echo(f"wrote {adata.n_obs} cells x {adata.n_vars} genes, times {sorted(adata.obs['time'].unique())} to {out}")
+
+
+@app.command()
+def prepare(
+    data: Annotated[Optional[Path], typer.Argument(help=".h5ad file (default: the built-in simulator).")] = None,
+    time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
+    holdout: Annotated[Optional[str], typer.Option(help="Held-out time value.")] = None,
+    task: Annotated[str, typer.Option(help="interpolate | extrapolate | none")] = "interpolate",
+    layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
+    stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
+    time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
+    n_top_genes: Annotated[int, typer.Option(help="Highly variable genes.")] = 2000,
+    max_len: Annotated[int, typer.Option(help="Gene tokens per cell.")] = 256,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Threads = 1,
+) -> None:
+    """Run the data half of the pipeline (split, HVGs, tokenize, pair) and print a summary."""
+    from sctrace.data.corpus import prepare_corpus
+    from sctrace.data.io import parse_time, read_timecourse
+    from sctrace.report import corpus_summary
+
+    _set_threads(threads)
+    source = data if data is not None else _simulated()
+    timecourse = read_timecourse(source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map))
+    if holdout is None and task != "none":
+        values = timecourse.time_values
+        holdout = str(values[len(values) // 2] if task == "interpolate" else values[-1])
+    corpus = prepare_corpus(
+        timecourse, task=task, holdout=None if holdout is None else parse_time(holdout), n_top_genes=n_top_genes,
+        max_len=max_len, pairing="stratified" if stratify else "random", seed=seed,
+    )
+    typer.echo(corpus_summary(timecourse, corpus))
+
+
+def _simulated():
+    from sctrace.data.simulate import simulate_timecourse
+
+    return simulate_timecourse(seed=0)
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help=".h5ad file with raw counts.")],
+    out: Annotated[Path, typer.Option(help="Run directory to create.")],
+    time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
+    holdout: Annotated[Optional[str], typer.Option(help="Held-out time value (not seen in training).")] = None,
+    task: Annotated[str, typer.Option(help="interpolate | extrapolate | none")] = "interpolate",
+    preset: Annotated[str, typer.Option(help="Hyper-parameter preset.")] = "cpu-small",
+    config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Training epochs (overrides the preset).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
+    time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
+    likelihood: Annotated[Optional[str], typer.Option(help="zinb | nb | gaussian (gaussian for log-normalised data).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous sctrace run in --out.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from --out/checkpoints/last.ckpt.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    threads: Threads = 1,
+) -> None:
+    """Train TRACE on every time point but the held-out one; write a run directory."""
+    from sctrace.estimator import TRACE
+
+    _set_threads(threads)
+    count_kind = "lognorm" if likelihood == "gaussian" else "counts"
+    model = TRACE(
+        data, time_key, task=task, holdout=holdout, layer=layer, time_map=_parse_time_map(time_map),
+        stratify=stratify or (), count_kind=count_kind, preset=preset, config=config, seed=seed,
+        **({"likelihood": likelihood} if likelihood else {}),
+    )
+    typer.echo(repr(model))
+    model.fit(max_epochs=max_epochs, run_dir=out, overwrite=overwrite, resume=resume, progress=progress)
+    typer.echo(f"saved the trained model to {out}")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `sctrace fit`.")],
+    time: Annotated[str, typer.Option(help="Real time value to generate cells at.")],
+    out: Annotated[Path, typer.Option(help="Output .h5ad.")],
+    n_cells: Annotated[Optional[int], typer.Option(help="Cells to generate (default: one per source cell).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Generate cells at any time value and write them (counts, embeddings, token sentences) to .h5ad."""
+    from sctrace.estimator import TRACE
+
+    _set_threads(threads)
+    if out.exists() and not overwrite:
+        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+    model = TRACE.load(run_dir)
+    generated = model.predict(time, n_cells=n_cells, seed=seed)
+    _write_h5ad(generated, out)
+    typer.echo(f"wrote {generated.n_obs} generated cells at time {generated.uns['sctrace']['time']:g} to {out}")
+
+
+@app.command()
+def embed(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `sctrace fit`.")],
+    data: Annotated[Path, typer.Argument(help=".h5ad with the model's genes.")],
+    out: Annotated[Path, typer.Option(help="Output .h5ad (obsm['X_sctrace'], varm['sctrace_genes']).")],
+    time_key: Annotated[Optional[str], typer.Option(help="obs column with the time (default: the model's).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Write cell and gene embeddings for any AnnData with the model's genes."""
+    from sctrace.estimator import TRACE
+
+    _set_threads(threads)
+    if out.exists() and not overwrite:
+        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+    embedded = TRACE.load(run_dir).embed(data, time_key=time_key, layer=layer)
+    _write_h5ad(embedded, out)
+    typer.echo(f"wrote embeddings of {embedded.n_obs} cells to {out}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder for the table, metrics and plot.")] = Path("sctrace_demo"),
+    seed: Annotated[int, typer.Option()] = 0,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the cpu-small preset).")] = None,
+    threads: Threads = 1,
+) -> None:
+    """Simulate, fit an interpolation model, predict the held-out time and score it against the floors."""
+    from sctrace.demo import run_demo
+
+    _set_threads(threads)
+    run_demo(out, seed=seed, max_epochs=max_epochs, echo=typer.echo)
+
+
+def _write_h5ad(adata, out: Path) -> None:
+    """Write through a temporary file so an interrupted write never leaves a truncated result."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    adata.write_h5ad(tmp)
+    tmp.replace(out)
+
+
+def main() -> None:
+    try:
+        app()
+    except SctraceInputError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Hyper-parameters: one dataclass, presets from the paper's tables (YAML files shipped with the package)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sctrace._errors import SctraceInputError
+
+DEFAULT_PRESET = "cpu-small"
+
+
+@dataclass
+class TraceConfig:
+    """Everything that shapes a run; saved as ``config.yaml`` in the run directory."""
+
+    # data
+    n_top_genes: int = 2000
+    max_len: int = 128
+    pairing: str = "random"
+    # model
+    d_model: int = 64
+    n_heads: int = 4
+    head_dim: int = 16
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    dropout: float = 0.1
+    rank_encoding: str = "learnable"
+    time_scale: float = 100.0
+    count_hidden: int = 128
+    count_dropout: float = 0.1
+    likelihood: str = "zinb"
+    # training
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    count_lr: float = 5e-3
+    count_weight_decay: float = 1e-3
+    count_loss_weight: float = 1.0
+    mask_schedule: str = "cosine"
+    max_epochs: int = 30
+    patience: int = 8
+    val_fraction: float = 0.1
+    gradient_clip: float = 1.0
+    # generation
+    temperature: float = 1.0
+    n_iter: int = 20
+
+    def update(self, overrides: dict[str, Any], origin: str = "overrides") -> TraceConfig:
+        """A copy with ``overrides`` applied; unknown keys and wrong types are named in the error."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise SctraceInputError(
+                f"unknown config key(s) {', '.join(unknown)} in {origin}; valid keys: {', '.join(sorted(known))}."
+            )
+        values = dataclasses.asdict(self)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            kind = type(values[key])
+            try:
+                values[key] = kind(value) if kind is not bool else bool(value)
+            except (TypeError, ValueError) as err:
+                raise SctraceInputError(f"config key '{key}' in {origin} must be a {kind.__name__}, got {value!r}.") from err
+        return TraceConfig(**values)
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TraceConfig:
+        return cls().update(_read_yaml(path), origin=str(path))
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise SctraceInputError(f"cannot read config file {path} ({err.strerror}); check the path.") from err
+    except yaml.YAMLError as err:
+        raise SctraceInputError(f"config file {path} is not valid YAML ({err}).") from err
+    if not isinstance(data, dict):
+        raise SctraceInputError(f"config file {path} must hold a mapping of key: value pairs.")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("sctrace.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | None = None, **overrides: Any) -> TraceConfig:
+    """Preset, then a user YAML file, then explicit overrides (e.g. CLI flags), each on top of the last."""
+    names = preset_names()
+    if preset not in names:
+        raise SctraceInputError(f"unknown preset '{preset}'; choose one of {', '.join(names)}.")
+    path = resources.files("sctrace.presets") / f"{preset}.yaml"
+    config = TraceConfig().update(yaml.safe_load(path.read_text()), origin=f"preset {preset}")
+    if config_file is not None:
+        config = config.update(_read_yaml(config_file), origin=str(config_file))
+    return config.update(overrides, origin="overrides")

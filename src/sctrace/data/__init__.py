@@ -1,0 +1,1 @@
+"""Reading, validating, preprocessing, tokenizing and pairing time-course AnnData."""

@@ -1,0 +1,491 @@
+"""Read a time-course AnnData and check, once and up front, everything later steps rely on.
+
+Every problem a user can fix is raised as :class:`~sctrace._errors.SctraceInputError` with one sentence that
+names the problem and the fix. Expression values are checked in chunks (stored values of a sparse matrix,
+row blocks of a dense one) so a large or backed matrix is never densified or loaded whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse
+from anndata.abc import CSCDataset, CSRDataset
+
+from sctrace._errors import SctraceInputError
+
+__all__ = ["COUNT_KINDS", "TimeCourse", "check_holdout", "parse_time", "read_timecourse"]
+
+COUNT_KINDS = ("counts", "lognorm")
+"""What the expression matrix holds: raw integer ``counts``, or already log-normalised values (``lognorm``)."""
+
+# Values per chunk when scanning a matrix: 4 Mi float64 values is 32 MiB, small next to any real data set.
+_CHUNK_VALUES = 1 << 22
+# A log-normalised matrix rarely exceeds ~10; all-integer values above this look like raw counts.
+_LOGNORM_MAX_PLAUSIBLE = 50.0
+# How many names an error message lists before summarising the rest.
+_MAX_LISTED = 10
+
+# Units parse_time recognises, mapped to a canonical name so mixed units in one column can be detected.
+_TIME_UNITS = {
+    "h": "hour", "hr": "hour", "hrs": "hour", "hour": "hour", "hours": "hour",
+    "d": "day", "day": "day", "days": "day",
+    "w": "week", "wk": "week", "wks": "week", "week": "week", "weeks": "week",
+    "min": "minute", "mins": "minute", "minute": "minute", "minutes": "minute",
+}  # fmt: skip
+# Prefixes as in "day2", "d2", "h6" or "t3" ("t"/"time" carry no unit).
+_TIME_PREFIXES = {
+    "d": "day", "day": "day", "h": "hour", "hr": "hour", "hour": "hour", "w": "week", "wk": "week", "week": "week",
+    "t": None, "time": None,
+}  # fmt: skip
+_TIME_PATTERN = re.compile(
+    r"^(?:(?P<prefix>[a-z]+)[\s_]*)?"
+    r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)"
+    r"[\s_]*(?P<unit>[a-z]+)?$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(eq=False)
+class TimeCourse:
+    """A validated time-course AnnData and the facts read from it.
+
+    Attributes
+    ----------
+    adata
+        The input AnnData, not copied (a path is read once; an AnnData is used as given).
+    time_key
+        The ``adata.obs`` column holding each cell's time.
+    times
+        ``(n_cells,) float64`` real time of each cell, after mapping labels to numbers.
+    layer
+        The ``adata.layers`` key holding the expression matrix, or ``None`` for ``adata.X``.
+    stratify_keys
+        ``adata.obs`` columns to pair cells within (empty: no stratification).
+    count_kind
+        ``"counts"`` (raw integer counts) or ``"lognorm"`` (already log-normalised, e.g. BEELINE).
+    gene_key
+        The ``adata.var`` column holding gene identifiers, or ``None`` for ``adata.var_names``.
+    """
+
+    adata: anndata.AnnData
+    time_key: str
+    times: np.ndarray
+    layer: str | None
+    stratify_keys: tuple[str, ...]
+    count_kind: str
+    gene_key: str | None = None
+
+    @property
+    def time_values(self) -> np.ndarray:
+        """``(n_time_points,) float64`` observed time values, sorted ascending."""
+        return np.unique(self.times)
+
+    def expression(self):
+        """The chosen expression matrix (``X`` or the layer) as stored, ``(n_cells, n_genes)``.
+
+        In memory this is a scipy sparse matrix or a numpy array; for a backed AnnData ``X`` is an on-disk
+        dataset that supports row slicing.
+        """
+        return self.adata.X if self.layer is None else self.adata.layers[self.layer]
+
+    def gene_names(self) -> np.ndarray:
+        """``(n_genes,)`` gene identifiers as strings, from ``var_names`` or ``var[gene_key]``."""
+        names = self.adata.var_names if self.gene_key is None else self.adata.var[self.gene_key]
+        return np.asarray(names).astype(str)
+
+
+def read_timecourse(
+    data: str | os.PathLike | anndata.AnnData,
+    time_key: str = "time",
+    *,
+    layer: str | None = None,
+    time_map: Mapping[str, float] | None = None,
+    stratify: Sequence[str] = (),
+    gene_key: str | None = None,
+    count_kind: str = "counts",
+    backed: bool = False,
+) -> TimeCourse:
+    """Read a time-course AnnData and validate it.
+
+    Parameters
+    ----------
+    data
+        Path to an ``.h5ad`` file, or an AnnData (used as is, not copied).
+    time_key
+        ``obs`` column with each cell's time. Numeric columns are used as they are; string or categorical
+        labels are mapped with ``time_map`` when given, otherwise parsed with :func:`parse_time`.
+    layer
+        ``layers`` key of the expression matrix; ``None`` uses ``X``.
+    time_map
+        Label -> real time value. With a numeric time column, keys are matched to the numbers
+        (``{"1": 0.5}`` maps cells at time 1 to 0.5).
+    stratify
+        ``obs`` columns whose combined value a source cell's partners must share during pairing.
+    gene_key
+        ``var`` column with gene identifiers; ``None`` uses ``var_names``.
+    count_kind
+        One of :data:`COUNT_KINDS`. ``"counts"`` requires non-negative integers; ``"lognorm"`` requires
+        non-negative values and warns if they look like raw counts.
+    backed
+        Open an ``.h5ad`` path read-only in backed mode (``X`` stays on disk). Ignored for an AnnData input.
+
+    Returns
+    -------
+    TimeCourse
+        The AnnData with the validated time of every cell.
+
+    Raises
+    ------
+    SctraceInputError
+        For any problem the user can fix; the message says what to change.
+    """
+    if count_kind not in COUNT_KINDS:
+        raise SctraceInputError(f"unknown count_kind {count_kind!r}; choose one of {_format_names(COUNT_KINDS)}.")
+    if isinstance(stratify, str):
+        stratify = (stratify,)
+    adata = data if isinstance(data, anndata.AnnData) else _read_h5ad(Path(data), backed=backed)
+
+    obs_columns = list(adata.obs.columns)
+    if time_key not in adata.obs.columns:
+        raise SctraceInputError(
+            f"time column {time_key!r} is not in adata.obs; pass time_key as one of the obs columns "
+            f"{_format_names(obs_columns)}."
+        )
+    for key in stratify:
+        _check_stratify_column(adata.obs, key)
+    if gene_key is not None and gene_key not in adata.var.columns:
+        raise SctraceInputError(
+            f"gene column {gene_key!r} is not in adata.var; pass gene_key as one of the var columns "
+            f"{_format_names(list(adata.var.columns))} or gene_key=None to use var_names."
+        )
+    if layer is not None and layer not in adata.layers:
+        raise SctraceInputError(
+            f"layer {layer!r} is not in adata.layers; pass layer as one of {_format_names(list(adata.layers))} "
+            "or layer=None to use X."
+        )
+    if layer is None and adata.X is None:
+        raise SctraceInputError(
+            f"adata.X is empty; pass layer as one of {_format_names(list(adata.layers))} to use a layer instead."
+        )
+
+    times = _times_from_column(adata.obs[time_key], time_key, time_map)
+    time_course = TimeCourse(
+        adata=adata,
+        time_key=time_key,
+        times=times,
+        layer=layer,
+        stratify_keys=tuple(stratify),
+        count_kind=count_kind,
+        gene_key=gene_key,
+    )
+    _check_gene_names(time_course.gene_names(), gene_key)
+    _check_expression(time_course.expression(), layer, count_kind, list(adata.layers))
+    return time_course
+
+
+def parse_time(value: str | float) -> float:
+    """Parse one time label into a number, in the unit the label gives.
+
+    Accepted forms: a number (``6``, ``6.5``, ``"6"``, ``"-1"``), a number with a unit suffix (``"6h"``,
+    ``"6 hr"``, ``"2d"``, ``"2 days"``, ``"3wk"``, ``"30min"``) or a unit prefix (``"day2"``, ``"d2"``,
+    ``"day_2"``, ``"h6"``, ``"t3"``), case-insensitive. Units are NOT converted: ``"2d"`` gives 2.0 and
+    ``"48h"`` gives 48.0, so labels of one column must share a unit (:func:`read_timecourse` refuses mixed
+    units); use a ``time_map`` otherwise.
+
+    Parameters
+    ----------
+    value
+        The label, or a number.
+
+    Returns
+    -------
+    float
+        The number in the label.
+
+    Raises
+    ------
+    SctraceInputError
+        If the value is not one of the accepted forms or is not finite.
+    """
+    return _parse_time_with_unit(value)[0]
+
+
+def check_holdout(tc: TimeCourse, holdout: float) -> float:
+    """Match a held-out time to one of the observed time values.
+
+    Parameters
+    ----------
+    tc
+        The validated time course.
+    holdout
+        The time to hold out; a number, or a label :func:`parse_time` accepts.
+
+    Returns
+    -------
+    float
+        The observed time value equal to ``holdout`` (within :func:`numpy.isclose` tolerance).
+
+    Raises
+    ------
+    SctraceInputError
+        If no observed time value matches; the message lists the observed ones.
+    """
+    observed = tc.time_values
+    matches = np.flatnonzero(np.isclose(observed, parse_time(holdout)))
+    if matches.size == 0:
+        raise SctraceInputError(
+            f"held-out time {holdout!r} is not an observed time point; choose one of {_format_times(observed)}."
+        )
+    return float(observed[matches[0]])
+
+
+def _read_h5ad(path: Path, *, backed: bool) -> anndata.AnnData:
+    """Open an ``.h5ad`` file, telling a missing file apart from a file that is not AnnData."""
+    if not path.exists():
+        raise SctraceInputError(f"input file {str(path)!r} does not exist; check the path.")
+    # An .h5ad is an HDF5 file with at least obs and var groups; checking first gives a clear message
+    # instead of anndata's KeyError or h5py's "file signature not found".
+    is_anndata = path.is_file() and h5py.is_hdf5(path)
+    if is_anndata:
+        with h5py.File(path, "r") as handle:
+            is_anndata = "obs" in handle and "var" in handle
+    if not is_anndata:
+        raise SctraceInputError(
+            f"input file {str(path)!r} is not an AnnData .h5ad file; save your data with adata.write_h5ad(path)."
+        )
+    return anndata.read_h5ad(path, backed="r" if backed else None)
+
+
+def _check_stratify_column(obs: pd.DataFrame, key: str) -> None:
+    """A stratification column must exist and give every cell a value."""
+    if key not in obs.columns:
+        raise SctraceInputError(
+            f"stratify column {key!r} is not in adata.obs; choose stratify columns from "
+            f"{_format_names(list(obs.columns))}."
+        )
+    n_missing = int(obs[key].isna().sum())
+    if n_missing:
+        raise SctraceInputError(
+            f"stratify column {key!r} has no value for {n_missing} cells; fill them (e.g. with 'unknown') "
+            "or remove those cells."
+        )
+
+
+def _times_from_column(column: pd.Series, time_key: str, time_map: Mapping[str, float] | None) -> np.ndarray:
+    """``(n_cells,) float64`` real time of each cell from the obs time column."""
+    is_numeric = pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes, labels = column.cat.codes.to_numpy(), list(column.cat.categories)
+        cells_per_label = np.bincount(codes[codes >= 0], minlength=len(labels))
+        empty = [label for label, n_cells in zip(labels, cells_per_label, strict=True) if n_cells == 0]
+        if empty:
+            raise SctraceInputError(
+                f"time column {time_key!r} has categories with no cells: {_format_names(empty)}; remove them "
+                f"with adata.obs[{time_key!r}] = adata.obs[{time_key!r}].cat.remove_unused_categories()."
+            )
+    elif is_numeric and time_map is None:
+        codes, labels = None, []
+    else:
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+        labels = list(uniques)
+
+    if codes is None:
+        times = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        label_times = _label_times(labels, time_key, time_map)
+        times = np.where(codes >= 0, label_times[np.maximum(codes, 0)], np.nan)
+
+    n_missing = int(np.count_nonzero(~np.isfinite(times)))
+    if n_missing:
+        raise SctraceInputError(
+            f"{n_missing} of {times.size} cells have no finite time in obs column {time_key!r}; remove those cells "
+            f"(e.g. adata = adata[adata.obs[{time_key!r}].notna()]) or fill in their time."
+        )
+    time_values = np.unique(times)
+    if time_values.size < 2:
+        raise SctraceInputError(
+            f"obs column {time_key!r} holds {time_values.size} time point(s) ({_format_times(time_values)}), but "
+            "a time course needs at least 2; check time_key."
+        )
+    return times
+
+
+def _label_times(labels: list, time_key: str, time_map: Mapping[str, float] | None) -> np.ndarray:
+    """``(n_labels,) float64`` time of each label, from ``time_map`` or by parsing the labels."""
+    if time_map is not None:
+        by_name = {str(key).strip(): parse_time(value) for key, value in time_map.items()}
+        by_number = {}
+        for key, value in by_name.items():
+            try:
+                by_number[float(key)] = value
+            except ValueError:
+                continue  # a non-numeric key can only match a label by name
+        times, missing = [], []
+        for label in labels:
+            if str(label).strip() in by_name:
+                times.append(by_name[str(label).strip()])
+            elif _is_real_number(label) and float(label) in by_number:
+                times.append(by_number[float(label)])
+            else:
+                missing.append(label)
+        if missing:
+            raise SctraceInputError(
+                f"time_map has no value for the time labels {_format_names(missing)} of obs column {time_key!r}; "
+                "add them to time_map (CLI: --time-map label=value)."
+            )
+        return np.asarray(times, dtype=np.float64)
+
+    parsed, unparsable = [], []
+    for label in labels:
+        try:
+            parsed.append(_parse_time_with_unit(label))
+        except SctraceInputError:
+            unparsable.append(label)
+    if unparsable:
+        raise SctraceInputError(
+            f"cannot read the time labels {_format_names(unparsable)} of obs column {time_key!r} as numbers; give "
+            "their real time values with time_map={'label': value} (CLI: --time-map label=value)."
+        )
+    units = sorted({unit for _, unit in parsed if unit is not None})
+    if len(units) > 1:
+        raise SctraceInputError(
+            f"the time labels of obs column {time_key!r} mix units ({', '.join(units)}) and parse_time does not "
+            "convert units; give their real time values with time_map={'label': value} (CLI: --time-map label=value)."
+        )
+    return np.asarray([number for number, _ in parsed], dtype=np.float64)
+
+
+def _parse_time_with_unit(value: str | float) -> tuple[float, str | None]:
+    """Parse a time label into (number, canonical unit or None); see :func:`parse_time`."""
+    error = SctraceInputError(f"cannot parse time value {value!r}; give a number such as 6 or 6.5.")
+    if _is_real_number(value):
+        number, unit = float(value), None
+    elif isinstance(value, str) and (match := _TIME_PATTERN.match(value.strip())):
+        prefix, suffix = match["prefix"], match["unit"]
+        if prefix is not None and suffix is not None:
+            raise error
+        if prefix is not None:
+            if prefix.lower() not in _TIME_PREFIXES:
+                raise error
+            unit = _TIME_PREFIXES[prefix.lower()]
+        elif suffix is not None:
+            if suffix.lower() not in _TIME_UNITS:
+                raise error
+            unit = _TIME_UNITS[suffix.lower()]
+        else:
+            unit = None
+        number = float(match["number"])
+    else:
+        raise error
+    if not np.isfinite(number):
+        raise error
+    return number, unit
+
+
+def _is_real_number(value) -> bool:
+    """True for int/float (numpy included), False for bool and everything else."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_gene_names(names: np.ndarray, gene_key: str | None) -> None:
+    """Gene identifiers must be unique, since genes become vocabulary tokens."""
+    source = "adata.var_names" if gene_key is None else f"adata.var[{gene_key!r}]"
+    unique, counts = np.unique(names, return_counts=True)
+    duplicated = unique[counts > 1]
+    if duplicated.size:
+        fix = (
+            "call adata.var_names_make_unique() first"
+            if gene_key is None
+            else f"make adata.var[{gene_key!r}] unique or pass gene_key=None to use var_names"
+        )
+        raise SctraceInputError(
+            f"{source} has {duplicated.size} duplicated gene names (e.g. {_format_names(list(duplicated[:5]))}); {fix}."
+        )
+
+
+def _check_expression(matrix, layer: str | None, count_kind: str, layers: list[str]) -> None:
+    """Check the expression values chunk by chunk: finite, non-negative, and integer when counts are required."""
+    where = "X" if layer is None else f"layer {layer!r}"
+    dtype = np.dtype(matrix.dtype)
+    exact_integers = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)
+    n_nonfinite = n_negative = n_noninteger = 0
+    max_value = 0.0
+    for values in _value_chunks(matrix):
+        if values.size == 0:
+            continue
+        if not exact_integers:
+            finite = np.isfinite(values)
+            n_nonfinite += values.size - int(np.count_nonzero(finite))
+            n_noninteger += int(np.count_nonzero(finite & (np.modf(values)[0] != 0)))
+        n_negative += int(np.count_nonzero(values < 0))
+        max_value = max(max_value, float(np.max(values, initial=0.0, where=np.isfinite(values))))
+
+    if n_nonfinite:
+        raise SctraceInputError(
+            f"{where} holds {n_nonfinite} NaN or infinite values; replace them with finite expression values "
+            "or choose another layer."
+        )
+    if n_negative:
+        raise SctraceInputError(
+            f"{where} holds {n_negative} negative values, but expression must be non-negative (raw counts or "
+            "log-normalised values, not scaled or centred data); pass a layer with raw counts, e.g. layer='counts'."
+        )
+    if count_kind == "counts" and n_noninteger:
+        raise SctraceInputError(
+            f"{where} holds non-integer values ({n_noninteger} of them), but raw counts are required; pass "
+            "layer='counts' if raw counts are in a layer (available layers: "
+            f"{_format_names(layers) if layers else 'none'}), or count_kind='lognorm' (likelihood 'gaussian') "
+            "if only normalised values exist."
+        )
+    if count_kind == "lognorm" and n_noninteger == 0 and max_value > _LOGNORM_MAX_PLAUSIBLE:
+        warnings.warn(
+            f"{where} holds only integers (max {max_value:g}), which looks like raw counts rather than "
+            "log-normalised values; pass count_kind='counts' if these are raw counts.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _value_chunks(matrix) -> Iterator[np.ndarray]:
+    """Yield the stored values of a matrix in chunks, never densifying a sparse matrix.
+
+    Sparse matrices (in memory or backed) yield slices of their stored-value array, which holds every
+    value that is not an implicit zero; dense arrays (numpy or an on-disk h5py dataset) yield row blocks.
+    """
+    if isinstance(matrix, (CSRDataset, CSCDataset)):
+        stored = matrix.group["data"]
+    elif scipy.sparse.issparse(matrix):
+        if matrix.format not in ("csr", "csc", "coo"):
+            matrix = matrix.tocsr()  # lil/dok/dia/bsr have no flat array of exactly the stored values
+        stored = matrix.data
+    else:
+        n_rows, n_cols = matrix.shape
+        rows_per_chunk = max(1, _CHUNK_VALUES // max(n_cols, 1))
+        for start in range(0, n_rows, rows_per_chunk):
+            yield np.asarray(matrix[start : start + rows_per_chunk])
+        return
+    for start in range(0, stored.shape[0], _CHUNK_VALUES):
+        yield np.asarray(stored[start : start + _CHUNK_VALUES])
+
+
+def _format_names(names: Sequence) -> str:
+    """Quote up to a few names for an error message, summarising the rest."""
+    shown = ", ".join(repr(str(name)) for name in names[:_MAX_LISTED])
+    if len(names) > _MAX_LISTED:
+        shown += f" (and {len(names) - _MAX_LISTED} more)"
+    return shown or "(none)"
+
+
+def _format_times(values: np.ndarray) -> str:
+    """Time values as compact numbers for an error message."""
+    return ", ".join(f"{value:g}" for value in values) or "(none)"

@@ -1,0 +1,435 @@
+"""The user-facing estimator: AnnData in, fitted TRACE model, AnnData out (scvi-tools style façade)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from sctrace._errors import SctraceInputError
+from sctrace.config import DEFAULT_PRESET, TraceConfig, load_config
+from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
+from sctrace.data.io import TimeCourse, parse_time, read_timecourse
+from sctrace.generate import maskgit_generate
+from sctrace.model.module import CLS_ID, N_SPECIAL, TraceNet, add_cls
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+CORPUS_DIR = "corpus"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
+_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
+
+
+def _build_net(spec: CorpusSpec, config: TraceConfig) -> TraceNet:
+    times = spec.time_values
+    return TraceNet(
+        spec.vocab_size,
+        spec.n_genes,
+        spec.max_len,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        head_dim=config.head_dim,
+        n_encoder_layers=config.n_encoder_layers,
+        n_decoder_layers=config.n_decoder_layers,
+        dropout=config.dropout,
+        rank_encoding=config.rank_encoding,
+        time_origin=times[0],
+        time_span=times[-1] - times[0],
+        time_scale=config.time_scale,
+        count_hidden=config.count_hidden,
+        count_dropout=config.count_dropout,
+        likelihood=config.likelihood,
+    )
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run directory, refusing to reuse one unless asked; never deletes files that are not ours."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise SctraceInputError(f"run directory {run_dir} already exists; pass overwrite=True (CLI: --overwrite) or another --out.")
+        if not (run_dir / RUN_MARKER).exists():
+            raise SctraceInputError(
+                f"run directory {run_dir} holds files that sctrace did not write; refusing to overwrite it, choose another --out."
+            )
+        for name in _OWN_ENTRIES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace"}))
+    return run_dir
+
+
+class TRACE:
+    """TRACE on an AnnData time course: ``fit`` → ``predict(time=...)`` / ``embed`` → ``save`` / ``load``.
+
+    Parameters
+    ----------
+    adata
+        AnnData or path to an ``.h5ad`` with raw counts in ``X`` (or ``layer``) and a time column.
+    time_key
+        obs column holding the time (numbers, or labels parsed by :func:`sctrace.data.io.parse_time` or mapped
+        by ``time_map``).
+    task, holdout
+        ``interpolate`` (hold out a middle time), ``extrapolate`` (hold out the last and anything later) or
+        ``none`` (train on every time point). Held-out cells are removed before anything is fitted.
+    stratify
+        obs columns for stratified pairing (the pairing becomes ``stratified``).
+    preset, config
+        A preset name and optionally a YAML file; ``overrides`` are applied last (e.g. ``max_epochs=5``).
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData | str | os.PathLike,
+        time_key: str = "time",
+        *,
+        task: str = "interpolate",
+        holdout: float | str | None = None,
+        layer: str | None = None,
+        time_map: Mapping[str, float] | None = None,
+        stratify: Sequence[str] = (),
+        count_kind: str = "counts",
+        preset: str = DEFAULT_PRESET,
+        config: str | os.PathLike | None = None,
+        seed: int = 0,
+        **overrides,
+    ):
+        if stratify and "pairing" not in overrides:
+            overrides["pairing"] = "stratified"
+        self.config = load_config(preset, config, **overrides)
+        if count_kind == "lognorm" and self.config.likelihood != "gaussian":
+            raise SctraceInputError(
+                "the data hold log-normalised values, not counts; use likelihood='gaussian' (CLI: --likelihood gaussian)."
+            )
+        self.seed = seed
+        self.timecourse: TimeCourse | None = read_timecourse(
+            adata, time_key, layer=layer, time_map=time_map, stratify=stratify, count_kind=count_kind
+        )
+        holdout_value = None if holdout is None else parse_time(holdout)
+        self.corpus: Corpus = prepare_corpus(
+            self.timecourse,
+            task=task,
+            holdout=holdout_value,
+            n_top_genes=self.config.n_top_genes,
+            max_len=self.config.max_len,
+            pairing=self.config.pairing,
+            seed=seed,
+        )
+        torch.manual_seed(seed)
+        self.net = _build_net(self.corpus.spec, self.config)
+        self.is_trained = False
+        self.history: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def spec(self) -> CorpusSpec:
+        return self.corpus.spec
+
+    def __repr__(self) -> str:
+        spec = self.spec
+        return (
+            f"TRACE({spec.n_genes} genes, times {spec.time_values}, task={spec.task}, holdout={spec.holdout}, "
+            f"{len(self.corpus.pairs)} pairs, trained={self.is_trained})"
+        )
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        max_epochs: int | None = None,
+        run_dir: str | os.PathLike | None = None,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        progress: bool = True,
+        accelerator: str = "auto",
+        devices: int | str = 1,
+    ) -> TRACE:
+        """Train with early stopping on a validation split of pairs; checkpoints go to ``run_dir/checkpoints``.
+
+        With ``resume=True`` training continues from ``run_dir/checkpoints/last.ckpt``. After training the
+        best checkpoint's weights are loaded and, when ``run_dir`` is given, the run is saved there.
+        """
+        import lightning as L
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+
+        from sctrace.data.datamodule import TraceDataModule
+        from sctrace.train import TracePlan
+
+        if max_epochs is not None:
+            self.config = self.config.update({"max_epochs": max_epochs})
+        scratch = None
+        if run_dir is None:
+            scratch = tempfile.TemporaryDirectory(prefix="sctrace_")
+            root = Path(scratch.name)
+        else:
+            root = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+            self.corpus.save(root / CORPUS_DIR)
+            self.config.to_yaml(root / CONFIG_FILE)
+        ckpt_path = None
+        if resume:
+            last = root / CHECKPOINT_DIR / "last.ckpt"
+            if not last.exists():
+                raise SctraceInputError(f"nothing to resume: {last} does not exist; run fit without --resume first.")
+            ckpt_path = str(last)
+
+        L.seed_everything(self.seed, workers=True, verbose=False)
+        datamodule = TraceDataModule(self.corpus, self.config.batch_size, self.config.val_fraction, self.seed)
+        plan = TracePlan(self.net, self.config, self.seed)
+        has_val = len(datamodule.val_rows) > 0
+        monitor = "val_loss" if has_val else "train_loss"
+        checkpoint = ModelCheckpoint(
+            dirpath=root / CHECKPOINT_DIR, filename="best", monitor=monitor, save_last=True, save_weights_only=False
+        )
+        callbacks = [checkpoint, EarlyStopping(monitor=monitor, patience=self.config.patience)]
+        with _quiet_lightning():
+            trainer = L.Trainer(
+                max_epochs=self.config.max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                precision="bf16-mixed" if torch.cuda.is_available() and accelerator != "cpu" else "32-true",
+                logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
+                callbacks=callbacks,
+                gradient_clip_val=self.config.gradient_clip,
+                enable_progress_bar=progress,
+                enable_model_summary=False,
+                deterministic=False,
+                log_every_n_steps=10,
+            )
+            trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            warnings.warn(f"training was interrupted; resume it with fit(resume=True) from {root / CHECKPOINT_DIR}.")
+        best = checkpoint.best_model_path
+        if best and Path(best).exists():
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            plan.load_state_dict(state)
+        self.net = plan.net.cpu().eval()
+        self.is_trained = True
+        metrics = Path(trainer.logger.log_dir) / "metrics.csv"
+        self.history = pd.read_csv(metrics) if metrics.exists() else None
+        if scratch is None:
+            self._write_weights(root)
+        else:
+            scratch.cleanup()
+        return self
+
+    # ------------------------------------------------------------------ generation
+    def _require_trained(self, verb: str) -> None:
+        if not self.is_trained:
+            raise SctraceInputError(f"the model is not trained; call fit() (or TRACE.load(run_dir)) before {verb}().")
+
+    def predict(
+        self,
+        time: float | str,
+        n_cells: int | None = None,
+        *,
+        seed: int = 0,
+        length: int | None = None,
+        temperature: float | None = None,
+        n_iter: int | None = None,
+        batch_size: int = 128,
+    ) -> ad.AnnData:
+        """Generate cells at a real time value (held out, in between, or past the last observed time).
+
+        Each generated cell starts from a training source cell and the cells paired with it at the observed
+        time points (the context); the target time itself is never part of the context. Sequence length
+        defaults to the mean observed length around ``time`` and library sizes are drawn from the observed
+        neighbouring time points (:meth:`CorpusSpec.sample_library_sizes`): nothing of the held-out cells is used.
+
+        Returns an AnnData over the model's genes: ``X`` sampled counts, ``layers['<likelihood>_mean']`` the
+        expected value, ``obsm['X_sctrace']`` the [CLS] cell embedding, ``obsm['sctrace_tokens']`` the generated
+        sentences, ``obs`` with ``time``, ``source_cell`` and ``library_size``.
+        """
+        self._require_trained("predict")
+        time = parse_time(time)
+        spec, corpus = self.spec, self.corpus
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(seed)
+        n_cells = n_cells or len(np.unique(corpus.pairs[:, 0]))
+        rows = rng.choice(len(corpus.pairs), size=n_cells, replace=n_cells > len(corpus.pairs))
+        length = length or spec.default_length(time)
+        length = int(min(length, spec.max_len, spec.n_genes))
+        library = spec.sample_library_sizes(time, n_cells, rng)
+        temperature = temperature or self.config.temperature
+        n_iter = n_iter or self.config.n_iter
+        context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, time)]
+
+        self.net.eval()
+        tokens_out, cls_out, mean_out, sample_out = [], [], [], []
+        for start in range(0, n_cells, batch_size):
+            chunk = rows[start : start + batch_size]
+            cells = corpus.pairs[chunk]
+            source = self._sentences(cells[:, 0])
+            context = [(self._sentences(cells[:, k]), spec.time_values[k]) for k in context_columns]
+            lengths = torch.full((len(chunk),), length, dtype=torch.long)
+            tokens, cls = maskgit_generate(
+                self.net, source, spec.source_time, context, time, lengths,
+                n_iter=n_iter, temperature=temperature, schedule=self.config.mask_schedule, generator=generator,
+            )
+            with torch.no_grad():
+                params = self.net.count_decoder(cls, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32))
+                mean_out.append(self.net.count_decoder.mean(params).numpy())
+                sample_out.append(self.net.count_decoder.sample(params, generator=generator).numpy())
+            tokens_out.append(tokens.numpy().astype(np.int32))
+            cls_out.append(cls.numpy())
+
+        source_names = corpus.obs_names[corpus.pairs[rows, 0]]
+        obs = pd.DataFrame(
+            {"time": np.full(n_cells, time), "source_cell": source_names, "library_size": library},
+            index=[f"sctrace_{i}" for i in range(n_cells)],
+        )
+        out = ad.AnnData(sp.csr_matrix(np.concatenate(sample_out).astype(np.float32)), obs=obs, var=pd.DataFrame(index=spec.genes))
+        out.layers[f"{self.config.likelihood}_mean"] = np.concatenate(mean_out).astype(np.float32)
+        out.obsm["X_sctrace"] = np.concatenate(cls_out)
+        out.obsm["sctrace_tokens"] = np.concatenate(tokens_out)
+        out.uns["sctrace"] = {
+            "time": time, "length": length, "temperature": temperature, "n_iter": n_iter, "seed": seed,
+            "likelihood": self.config.likelihood, "count_kind": spec.count_kind,
+        }
+        return out
+
+    def _sentences(self, rows: np.ndarray) -> torch.Tensor:
+        width = max(1, int(self.corpus.lengths[rows].max()))
+        tokens = torch.as_tensor(np.asarray(self.corpus.tokens[rows, :width], dtype=np.int64))
+        return add_cls(tokens)
+
+    def gene_embeddings(self) -> np.ndarray:
+        """(n_genes, d) rows of the decoder's token table, in ``spec.genes`` order."""
+        return self.net.target_embedding.token.weight[N_SPECIAL:].detach().cpu().numpy()
+
+    def embed(self, adata: ad.AnnData | str | os.PathLike, time_key: str | None = None, layer: str | None = None,
+              batch_size: int = 256) -> ad.AnnData:
+        """Cell embeddings (``obsm['X_sctrace']``) and gene embeddings (``varm['sctrace_genes']``) for any AnnData.
+
+        A cell's embedding is the encoder's [CLS] state of the cell at its own time (``time_key``, default the
+        model's) or, where the AnnData has no such column, at the source time. Gene rows of genes the model does
+        not know are NaN.
+        """
+        self._require_trained("embed")
+        if not isinstance(adata, ad.AnnData):
+            adata = _read_any(adata)
+        spec = self.spec
+        matrix = adata.layers[layer] if layer is not None else adata.X
+        tokens, lengths = tokenize_with_spec(spec, matrix, adata.var_names)
+        key = time_key or spec.time_key
+        if key in adata.obs:
+            times = np.array([parse_time(v) for v in adata.obs[key].astype(str)], dtype=np.float32)
+        else:
+            times = np.full(adata.n_obs, spec.source_time, dtype=np.float32)
+        self.net.eval()
+        cells = []
+        with torch.no_grad():
+            for start in range(0, adata.n_obs, batch_size):
+                stop = start + batch_size
+                width = max(1, int(lengths[start:stop].max())) if stop > start else 1
+                sentences = add_cls(torch.as_tensor(tokens[start:stop, :width].astype(np.int64)))
+                z, _ = self.net.encode(sentences, torch.as_tensor(times[start:stop]))
+                cells.append(z[:, 0].numpy())
+        out = adata.copy()
+        out.obsm["X_sctrace"] = np.concatenate(cells) if cells else np.zeros((0, self.config.d_model), np.float32)
+        genes = self.gene_embeddings()
+        table = np.full((adata.n_vars, genes.shape[1]), np.nan, dtype=np.float32)
+        index = pd.Index(spec.genes).get_indexer(adata.var_names.astype(str))
+        table[index >= 0] = genes[index[index >= 0]]
+        out.varm["sctrace_genes"] = table
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def _write_weights(self, run_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        tmp = run_dir / (WEIGHTS_FILE + ".tmp")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format": "sctrace", "version": "1"})
+        os.replace(tmp, run_dir / WEIGHTS_FILE)  # atomic: a kill never leaves a half-written model
+
+    def save(self, run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write weights (safetensors), config (YAML) and the tokenized corpus; enough to predict later."""
+        self._require_trained("save")
+        root = prepare_run_dir(run_dir, overwrite=overwrite)
+        self.corpus.save(root / CORPUS_DIR)
+        self.config.to_yaml(root / CONFIG_FILE)
+        self._write_weights(root)
+        return root
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> TRACE:
+        """Load a saved run without the training data (no pickle is read: safetensors + JSON/YAML + .npy)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise SctraceInputError(f"run directory {run_dir} does not exist; pass the --out directory of `sctrace fit`.")
+        for name in (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR):
+            if not (run_dir / name).exists():
+                raise SctraceInputError(
+                    f"run directory {run_dir} is incomplete: {name} is missing (was fit interrupted? resume it with --resume)."
+                )
+        self = cls.__new__(cls)
+        self.config = TraceConfig.from_yaml(run_dir / CONFIG_FILE)
+        self.corpus = Corpus.load(run_dir / CORPUS_DIR)
+        self.timecourse = None
+        self.seed = 0
+        self.history = None
+        self.net = _build_net(self.corpus.spec, self.config)
+        try:
+            state = load_file(str(run_dir / WEIGHTS_FILE))
+        except (SafetensorError, OSError) as err:
+            raise SctraceInputError(f"model weights {run_dir / WEIGHTS_FILE} are corrupt ({err}); re-run `sctrace fit`.") from err
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise SctraceInputError(
+                f"model weights in {run_dir} do not match its config ({len(missing)} missing, {len(unexpected)} unexpected "
+                "tensors); the run directory is corrupt or mixed from two runs."
+            )
+        self.net.eval()
+        self.is_trained = True
+        return self
+
+
+def _read_any(path: str | os.PathLike) -> ad.AnnData:
+    path = Path(path)
+    if not path.exists():
+        raise SctraceInputError(f"file {path} does not exist; check the path.")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # anndata raises many types for non-AnnData files
+        raise SctraceInputError(f"{path} is not a readable .h5ad AnnData file ({type(err).__name__}).") from err
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's start-up chatter (GPU/TPU availability, tips) says nothing useful to our users."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*treespec.*")
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)

@@ -1,0 +1,122 @@
+"""MaskGIT decoding of gene sentences at a real time value, then counts from the count decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sctrace.model.masking import mask_ratio
+from sctrace.model.module import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID, TraceNet
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    uniform = torch.rand(shape, generator=generator, device=device).clamp_(1e-10, 1 - 1e-10)
+    return -torch.log(-torch.log(uniform))
+
+
+def _first_claim(genes: torch.Tensor, confidence: torch.Tensor, candidate: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Among candidate positions of a row that drew the same gene, keep only the most confident one.
+
+    genes, confidence, candidate: (batch, length). Returns a (batch, length) bool mask of winners, so two
+    positions never take the same gene in one step (ties go to the lower position). Vectorised with
+    scatter_reduce over a (batch, vocab) table instead of a loop over positions.
+    """
+    batch, length = genes.shape
+    neg_inf = torch.finfo(confidence.dtype).min
+    conf = torch.where(candidate, confidence, torch.full_like(confidence, neg_inf))
+    best = torch.full((batch, vocab_size), neg_inf, dtype=conf.dtype, device=conf.device)
+    best.scatter_reduce_(1, genes, conf, reduce="amax")
+    is_best = candidate & (conf == best.gather(1, genes))
+    position = torch.arange(length, device=genes.device).expand(batch, length)
+    first = torch.full((batch, vocab_size), length, dtype=torch.long, device=genes.device)
+    first.scatter_reduce_(1, genes, torch.where(is_best, position, torch.full_like(position, length)), reduce="amin")
+    return is_best & (first.gather(1, genes) == position)
+
+
+@torch.no_grad()
+def maskgit_generate(
+    net: TraceNet,
+    source: torch.Tensor,
+    source_time: float,
+    context: Sequence[tuple[torch.Tensor, float]],
+    target_time: float,
+    lengths: torch.Tensor,
+    *,
+    n_iter: int = 20,
+    temperature: float = 1.0,
+    schedule: str = "cosine",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate gene sentences for ``target_time`` from source cells and observed-time context.
+
+    Parameters
+    ----------
+    source
+        (batch, length) int64 source sentences with [CLS] first.
+    context
+        ``(sentences (batch, length) with [CLS], time)`` for each context time point, in time order.
+    lengths
+        (batch,) int64 number of gene tokens to generate per cell (<= net.max_len and <= genes).
+    n_iter
+        R, the number of MaskGIT iterations; the schedule fixes how many positions stay masked after each.
+    temperature
+        Sampling temperature (> 0). The random part of the confidence used to choose which positions to
+        keep is scaled by ``temperature * (1 - (r + 1) / R)``, so it fades to zero without any division.
+
+    Returns
+    -------
+    tokens
+        (batch, max(lengths) + 1) int64 with [CLS] first, PAD after each cell's length; genes never repeat.
+    cls
+        (batch, d) final decoder [CLS] state, the input of the count decoder and the cell embedding.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    device = source.device
+    batch = source.shape[0]
+    z0, z0_pad = net.encode(source, source_time)
+    memory, memory_pad = net.build_context(z0, z0_pad, context)  # once per batch, not per iteration
+
+    width = int(lengths.max()) + 1
+    position = torch.arange(width, device=device).expand(batch, width)
+    in_sentence = (position >= 1) & (position <= lengths[:, None])
+    tokens = torch.full((batch, width), PAD_ID, dtype=torch.long, device=device)
+    tokens[:, 0] = CLS_ID
+    tokens[in_sentence] = MASK_ID
+    masked = in_sentence.clone()
+
+    step = 0
+    while bool(masked.any()):
+        logits = net.token_head(net.decode(tokens, target_time, memory, memory_pad)).float()
+        # Forbid special tokens and every gene already placed in the sentence.
+        placed = torch.zeros(batch, net.vocab_size, dtype=torch.bool, device=device)
+        placed.scatter_(1, torch.where(masked, torch.zeros_like(tokens), tokens), True)
+        placed[:, :N_SPECIAL] = True
+        logits = logits.masked_fill(placed[:, None, :], float("-inf")) / temperature
+        log_probs = torch.log_softmax(logits, dim=-1)
+        sampled = (log_probs + _gumbel(log_probs.shape, generator, device)).argmax(-1)
+        confidence = log_probs.gather(-1, sampled[..., None]).squeeze(-1)
+
+        if step < n_iter:
+            ratio = mask_ratio(torch.tensor((step + 1) / n_iter), schedule).item()
+            noise_scale = temperature * (1.0 - (step + 1) / n_iter)
+        else:  # extra rounds only resolve positions that lost an in-step duplicate at the last scheduled step
+            ratio, noise_scale = 0.0, 0.0
+        confidence = confidence + noise_scale * _gumbel(confidence.shape, generator, device)
+        winners = _first_claim(sampled, confidence, masked, net.vocab_size)
+
+        n_masked = masked.sum(1)
+        keep_masked = torch.floor(lengths.float() * ratio).long()
+        keep_masked = torch.minimum(keep_masked, (n_masked - 1).clamp(min=0))
+        n_reveal = n_masked - keep_masked
+        score = torch.where(winners, confidence, torch.full_like(confidence, float("-inf")))
+        order = score.argsort(dim=1, descending=True)
+        rank = order.argsort(dim=1)
+        reveal = winners & (rank < n_reveal[:, None])
+        tokens = torch.where(reveal, sampled, tokens)
+        masked &= ~reveal
+        step += 1
+
+    hidden = net.decode(tokens, target_time, memory, memory_pad)
+    return tokens, hidden[:, 0]

@@ -1,0 +1,629 @@
+"""Distribution and sequence metrics comparing generated cells with the real cells of a time point.
+
+Every expression metric takes log-normalised values (``normalize_total`` to 1e4, then ``log1p``) over the same
+genes in the same order: ``pred`` is (n_pred, n_genes), ``real`` is (n_real, n_genes), either a numpy array or
+a scipy sparse matrix, and the two sets may differ in size. Sparse input is only densified where a metric needs
+dense rows (MMD on its subsample, EMD a block of genes at a time); means and PCA fits work on it directly.
+
+The ROUGE metrics compare paired gene-token sequences (the rank-value tokens of a generated cell and of the
+real cell it stands for).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from sctrace._errors import SctraceInputError
+from sctrace.data.tokenize import N_SPECIAL
+
+__all__ = [
+    "MMD_GAMMAS",
+    "PCAProjection",
+    "e_distance",
+    "emd",
+    "emd_per_gene",
+    "fit_pca",
+    "mmd_rbf",
+    "pearson_delta",
+    "pearson_mean",
+    "r2_mean",
+    "rouge1",
+    "rouge_l",
+    "score",
+]
+
+# RBF kernel parameters gamma in exp(-gamma * ||x - y||^2), as used by the TRACE paper, CPA, CellOT and CellFlow.
+MMD_GAMMAS: tuple[float, ...] = (2.0, 1.0, 0.5, 0.1, 0.01, 0.005)
+
+# Upper bound on the float64 elements of one dense block (256 MiB), so chunked densification stays bounded.
+_BLOCK_ELEMENTS = 2**25
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_expression(matrix, name: str):
+    """Return ``matrix`` as a CSR matrix or a 2-D ndarray after checking that it is non-empty and finite."""
+    if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix)
+        values = matrix.data
+    else:
+        matrix = np.asarray(matrix)
+        values = matrix
+    if matrix.ndim != 2:
+        raise SctraceInputError(
+            f"{name} must be a 2-D (cells, genes) matrix but has {matrix.ndim} dimension(s); pass one row per cell."
+        )
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise SctraceInputError(f"{name} is empty (shape {matrix.shape}); pass at least one cell and one gene.")
+    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise SctraceInputError(
+            f"{name} contains non-finite or non-numeric values; pass log-normalised expression without NaN or inf."
+        )
+    return matrix
+
+
+def _as_expression_pair(pred, real, real_name: str = "real"):
+    """Check both sets and that they share the same gene columns."""
+    pred = _as_expression(pred, "pred")
+    real = _as_expression(real, real_name)
+    if pred.shape[1] != real.shape[1]:
+        raise SctraceInputError(
+            f"pred has shape {pred.shape} but {real_name} has shape {real.shape}: they must have the same genes "
+            "(columns) in the same order; subset both to the same gene list."
+        )
+    return pred, real
+
+
+def _dense_rows(matrix, rows: np.ndarray | None = None) -> np.ndarray:
+    """Return the chosen rows (all when None) as a float64 ndarray."""
+    block = matrix if rows is None else matrix[rows]
+    return block.toarray().astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
+
+
+def _mean_expression(matrix) -> np.ndarray:
+    """(n_genes,) float64 mean over cells, computed without densifying sparse input."""
+    return np.asarray(matrix.mean(axis=0, dtype=np.float64)).ravel()
+
+
+def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
+    """Pearson r of two vectors; NaN with a warning when either is constant (r is undefined there)."""
+    a = a - a.mean()
+    b = b - b.mean()
+    norm = np.sqrt((a @ a) * (b @ b))
+    if not norm > 0:
+        warnings.warn(f"{what} is undefined because one vector has zero variance; returning NaN.", RuntimeWarning,
+                      stacklevel=3)
+        return float("nan")
+    return float(np.clip((a @ b) / norm, -1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PCA (used by the E-distance and the linear baseline)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PCAProjection:
+    """A fitted PCA: ``z = (x - mean) @ components.T``.
+
+    Attributes
+    ----------
+    mean
+        (n_genes,) float64 gene means of the cells it was fitted on.
+    components
+        (n_pcs, n_genes) float64 orthonormal principal axes, by decreasing variance.
+    explained_variance
+        (n_pcs,) float64 variance along each axis.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+
+    def transform(self, matrix) -> np.ndarray:
+        """Project (n_cells, n_genes) dense or sparse expression to (n_cells, n_pcs) float64 coordinates."""
+        if matrix.shape[-1] != self.mean.shape[0]:
+            raise SctraceInputError(
+                f"the PCA was fitted on {self.mean.shape[0]} genes but the cells have {matrix.shape[-1]}; "
+                "use the same genes for fitting and projecting."
+            )
+        # Subtracting the projected mean instead of centring the cells keeps sparse input sparse.
+        return np.asarray(matrix @ self.components.T, dtype=np.float64) - self.mean @ self.components.T
+
+    def inverse_transform(self, coordinates: np.ndarray) -> np.ndarray:
+        """Map (n_cells, n_pcs) coordinates back to (n_cells, n_genes) expression."""
+        return coordinates @ self.components + self.mean
+
+
+def fit_pca(matrix, n_pcs: int = 50) -> PCAProjection:
+    """Fit a PCA by eigendecomposition of the gene covariance matrix.
+
+    The covariance is accumulated from row blocks densified to float64 and multiplied with BLAS (cost
+    O(n_cells n_genes^2), fine for a few thousand HVGs), so a large or sparse matrix is never centred or
+    densified whole. ``n_pcs`` is capped at ``min(n_genes, n_cells - 1)`` (the rank of the centred data),
+    with at least one component.
+
+    Parameters
+    ----------
+    matrix
+        (n_cells, n_genes) dense or sparse expression.
+    n_pcs
+        Number of components wanted.
+
+    Returns
+    -------
+    PCAProjection
+        Mean, (n_pcs, n_genes) components and their variances.
+    """
+    matrix = _as_expression(matrix, "the matrix to fit a PCA on")
+    n_cells, n_genes = matrix.shape
+    if n_pcs < 1:
+        raise SctraceInputError(f"n_pcs must be at least 1 but is {n_pcs}; ask for one or more components.")
+    n_pcs = max(1, min(n_pcs, n_genes, n_cells - 1))
+    gram = np.zeros((n_genes, n_genes))
+    step = max(1, _BLOCK_ELEMENTS // n_genes)
+    for start in range(0, n_cells, step):
+        block = _dense_rows(matrix[start:start + step])
+        gram += block.T @ block
+    mean = _mean_expression(matrix)
+    covariance = (gram - n_cells * np.outer(mean, mean)) / max(n_cells - 1, 1)
+    variances, axes = scipy.linalg.eigh(covariance, subset_by_index=(n_genes - n_pcs, n_genes - 1))
+    order = np.argsort(variances)[::-1]
+    return PCAProjection(mean=mean, components=np.ascontiguousarray(axes[:, order].T),
+                         explained_variance=np.clip(variances[order], 0.0, None))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# distribution metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _subsample_rows(n_rows: int, max_cells: int | None, seed: int) -> np.ndarray | None:
+    """Sorted row indices of a seeded subsample of size ``max_cells``, or None when every row is kept."""
+    if max_cells is None or n_rows <= max_cells:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_cells, replace=False))
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n_a, n_b) squared Euclidean distances by ||a||^2 + ||b||^2 - 2 a.b, clipped at 0 against round-off."""
+    distances = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.clip(distances, 0.0, None, out=distances)
+
+
+def mmd_rbf(pred, real, gammas: Sequence[float] = MMD_GAMMAS, max_cells: int | None = 2000, seed: int = 0) -> float:
+    """Squared maximum mean discrepancy with an RBF kernel, averaged over kernel widths.
+
+    ``MMD^2 = mean K(x, x') + mean K(y, y') - 2 mean K(x, y)`` with ``K(x, y) = exp(-gamma ||x - y||^2)``; the
+    biased (V-statistic) estimate, which includes the i = j terms and so is never negative. The default gammas
+    are (2, 1, 0.5, 0.1, 0.01, 0.005), those of the TRACE paper, CPA, CellOT and CellFlow. The three pairwise
+    squared-distance matrices are computed once and reused for every gamma.
+
+    Note that on a few thousand log-normalised genes typical squared distances between cells are in the
+    hundreds, so the wide-gamma kernels (gamma >= 0.1) are nearly the identity and contribute a near-constant
+    ``1/n_pred + 1/n_real``; only the small gammas discriminate. This matches the published protocol.
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, dense or sparse.
+    real
+        (n_real, n_genes) real cells, dense or sparse.
+    gammas
+        Kernel parameters to average over.
+    max_cells
+        Each set larger than this is subsampled to ``max_cells`` rows (without replacement) first, to bound the
+        O(n^2) cost; None uses every cell. Each set gets its own generator seeded with ``seed``, so the value
+        is symmetric in its arguments.
+    seed
+        Seed of the subsampling.
+
+    Returns
+    -------
+    float
+        MMD^2 averaged over ``gammas``; 0 for identical sets.
+    """
+    pred, real = _as_expression_pair(pred, real)
+    if len(gammas) == 0:
+        raise SctraceInputError("gammas is empty; pass at least one RBF kernel parameter.")
+    x = _dense_rows(pred, _subsample_rows(pred.shape[0], max_cells, seed))
+    y = _dense_rows(real, _subsample_rows(real.shape[0], max_cells, seed))
+    within_x = _squared_distances(x, x)
+    within_y = _squared_distances(y, y)
+    # A point's distance to itself is exactly 0; the norm trick can leave round-off on the diagonal.
+    np.fill_diagonal(within_x, 0.0)
+    np.fill_diagonal(within_y, 0.0)
+    between = _squared_distances(x, y)
+    values = [
+        np.exp(-gamma * within_x).mean() + np.exp(-gamma * within_y).mean() - 2.0 * np.exp(-gamma * between).mean()
+        for gamma in gammas
+    ]
+    return float(max(np.mean(values), 0.0))
+
+
+def _sorted_gene_block(matrix, genes: slice) -> np.ndarray:
+    """(n_cells, block) float64 values of a block of genes, each column sorted."""
+    block = matrix[:, genes]
+    block = block.toarray() if sp.issparse(block) else block
+    return np.sort(np.asarray(block, dtype=np.float64), axis=0)
+
+
+def emd_per_gene(pred, real) -> np.ndarray:
+    """1-D Wasserstein-1 distance between the predicted and real values of each gene.
+
+    Equal to ``scipy.stats.wasserstein_distance(pred[:, g], real[:, g])`` for every gene g, computed for all
+    genes at once through the quantile functions: ``W1 = integral_0^1 |F^-1(u) - G^-1(u)| du``, whose integrand
+    is piecewise constant between the breakpoints ``i / n_pred`` and ``j / n_real``, the same for every gene.
+    Genes are processed in blocks so sparse input is densified a block at a time.
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, dense or sparse.
+    real
+        (n_real, n_genes) real cells, dense or sparse.
+
+    Returns
+    -------
+    np.ndarray
+        (n_genes,) float64 distances.
+    """
+    pred, real = _as_expression_pair(pred, real)
+    n_pred, n_real = pred.shape[0], real.shape[0]
+    # Breakpoints on the integer grid u * n_pred * n_real, so they merge exactly without float ties.
+    breakpoints = np.union1d(np.arange(n_pred + 1) * n_real, np.arange(n_real + 1) * n_pred)
+    widths = np.diff(breakpoints) / (n_pred * n_real)
+    pred_rank = breakpoints[:-1] // n_real  # which sorted pred value is the quantile on each piece
+    real_rank = breakpoints[:-1] // n_pred
+    if sp.issparse(pred):
+        pred = pred.tocsc()
+    if sp.issparse(real):
+        real = real.tocsc()
+    n_genes = pred.shape[1]
+    step = max(1, _BLOCK_ELEMENTS // (len(widths) + n_pred + n_real))
+    distances = np.empty(n_genes)
+    for start in range(0, n_genes, step):
+        genes = slice(start, min(start + step, n_genes))
+        pred_sorted = _sorted_gene_block(pred, genes)
+        real_sorted = _sorted_gene_block(real, genes)
+        distances[genes] = widths @ np.abs(pred_sorted[pred_rank] - real_sorted[real_rank])
+    return distances
+
+
+def emd(pred, real) -> float:
+    """Mean over genes of the per-gene 1-D Wasserstein distance (see :func:`emd_per_gene`).
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, dense or sparse.
+    real
+        (n_real, n_genes) real cells, dense or sparse.
+    """
+    return float(emd_per_gene(pred, real).mean())
+
+
+def e_distance(pred, real, n_pcs: int = 50, pca_fit=None) -> float:
+    """scPerturb's E-distance in the PCA space of the real cells.
+
+    ``E = 2 mean ||x - y||^2 - mean ||x - x'||^2 - mean ||y - y'||^2`` over all pairs (i = j included) with
+    squared Euclidean distances, x the projected predicted cells and y the projected real cells. With squared
+    distances this expression equals ``2 ||mean(x) - mean(y)||^2`` exactly, which is how it is computed here
+    (in O(n) instead of O(n^2)); hence it measures only the shift of the mean in PCA space, not differences
+    in spread or shape (MMD and EMD see those).
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, dense or sparse.
+    real
+        (n_real, n_genes) real cells, dense or sparse.
+    n_pcs
+        Number of principal components of ``real`` to use when ``pca_fit`` is None.
+    pca_fit
+        An already fitted projection with a ``transform`` method mapping (n, n_genes) to (n, n_pcs), such as
+        :class:`PCAProjection` or a fitted ``sklearn.decomposition.PCA``; it must be affine (it is applied to
+        the mean cells). None fits a PCA on ``real``.
+
+    Returns
+    -------
+    float
+        Non-negative E-distance; 0 for identical sets.
+    """
+    pred, real = _as_expression_pair(pred, real)
+    if pca_fit is None:
+        if real.shape[0] < 2:
+            raise SctraceInputError(
+                "e_distance needs at least 2 real cells to fit a PCA; pass more real cells or a fitted pca_fit."
+            )
+        pca_fit = fit_pca(real, n_pcs)
+    # An affine projection maps the mean cell to the mean of the projected cells.
+    projected = np.asarray(pca_fit.transform(np.stack([_mean_expression(pred), _mean_expression(real)])),
+                           dtype=np.float64)
+    shift = projected[0] - projected[1]
+    return float(2.0 * shift @ shift)
+
+
+def pearson_mean(pred, real) -> float:
+    """Pearson r between the mean expression vectors of the predicted and the real cells.
+
+    This is r, not r^2 (the authors' code labels r^2 as "PearsonR").
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, dense or sparse.
+    real
+        (n_real, n_genes) real cells, dense or sparse.
+
+    Returns
+    -------
+    float
+        r in [-1, 1]; NaN with a warning when either mean vector is constant.
+    """
+    pred, real = _as_expression_pair(pred, real)
+    return _pearson(_mean_expression(pred), _mean_expression(real), "pearson_mean")
+
+
+def r2_mean(pred, real) -> float:
+    """Coefficient of determination of the real mean expression by the predicted one.
+
+    ``R^2 = 1 - sum_g (m_real - m_pred)^2 / sum_g (m_real - mean_g m_real)^2`` with the real means as the truth
+    (as ``sklearn.metrics.r2_score(m_real, m_pred)``). Unlike r^2 it is not symmetric, and it is negative when
+    the prediction is worse than predicting every gene's mean by the average over genes.
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, dense or sparse.
+    real
+        (n_real, n_genes) real cells, dense or sparse.
+
+    Returns
+    -------
+    float
+        R^2 in (-inf, 1]; NaN with a warning when the real mean vector is constant.
+    """
+    pred, real = _as_expression_pair(pred, real)
+    pred_mean, real_mean = _mean_expression(pred), _mean_expression(real)
+    total = ((real_mean - real_mean.mean()) ** 2).sum()
+    if not total > 0:
+        warnings.warn("r2_mean is undefined because the real mean vector is constant; returning NaN.",
+                      RuntimeWarning, stacklevel=2)
+        return float("nan")
+    return float(1.0 - ((real_mean - pred_mean) ** 2).sum() / total)
+
+
+def pearson_delta(pred, real, reference) -> float:
+    """Pearson r between the predicted and the real change of mean expression from a reference.
+
+    ``r(mean(pred) - mean(reference), mean(real) - mean(reference))`` with ``reference`` the cells of the
+    previous observed time point. Plain Pearson r of mean vectors is dominated by the large spread of baseline
+    expression across genes, so it exceeds 0.9 even for a method that copies the previous time point; on the
+    change it is about 0 for such a copy (and undefined, NaN, for an exact copy of ``reference``).
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, dense or sparse.
+    real
+        (n_real, n_genes) real cells, dense or sparse.
+    reference
+        (n_reference, n_genes) cells of the previous observed time point, dense or sparse.
+
+    Returns
+    -------
+    float
+        r in [-1, 1]; NaN with a warning when either change vector is constant.
+    """
+    pred, real = _as_expression_pair(pred, real)
+    _, reference = _as_expression_pair(pred, reference, real_name="reference")
+    reference_mean = _mean_expression(reference)
+    return _pearson(_mean_expression(pred) - reference_mean, _mean_expression(real) - reference_mean,
+                    "pearson_delta")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sequence metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _gene_token_matrix(sequences, name: str, padding: int) -> np.ndarray:
+    """(n_sequences, max_len) int64 matrix of the gene tokens in order, special tokens and padding = ``padding``.
+
+    Accepts a 2-D integer array (padded with [PAD]=0) or a sequence of integer sequences of any lengths.
+    """
+    if getattr(sequences, "ndim", None) == 2:
+        tokens = np.array(sequences)
+    else:
+        rows = [np.asarray(row).ravel() for row in sequences]
+        if any(row.size and not np.issubdtype(row.dtype, np.integer) for row in rows):
+            raise SctraceInputError(f"{name} must hold integer token ids; pass token sequences, not expression.")
+        tokens = np.zeros((len(rows), max((row.size for row in rows), default=0)), dtype=np.int64)
+        for i, row in enumerate(rows):
+            tokens[i, : row.size] = row
+    if tokens.shape[0] == 0:
+        raise SctraceInputError(f"{name} is empty; pass at least one token sequence.")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise SctraceInputError(f"{name} must hold integer token ids; pass token sequences, not expression.")
+    tokens = tokens.astype(np.int64)
+    tokens[tokens < N_SPECIAL] = padding
+    return tokens
+
+
+def _paired_tokens(generated, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Token matrices of both sides; their paddings differ so padding never matches padding."""
+    generated_tokens = _gene_token_matrix(generated, "generated", padding=-1)
+    reference_tokens = _gene_token_matrix(reference, "reference", padding=-2)
+    if generated_tokens.shape[0] != reference_tokens.shape[0]:
+        raise SctraceInputError(
+            f"generated has {generated_tokens.shape[0]} sequences but reference has {reference_tokens.shape[0]}; "
+            "ROUGE compares paired cells, so pass one reference sequence per generated sequence."
+        )
+    return generated_tokens, reference_tokens
+
+
+def _precision_recall_f1(overlap: np.ndarray, generated_size: np.ndarray, reference_size: np.ndarray,
+                         prefix: str) -> dict[str, float]:
+    """Average per-pair precision, recall and F1; an empty side gives 0 rather than a division by zero."""
+    precision = np.divide(overlap, generated_size, out=np.zeros(len(overlap)), where=generated_size > 0)
+    recall = np.divide(overlap, reference_size, out=np.zeros(len(overlap)), where=reference_size > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(overlap)),
+                   where=precision + recall > 0)
+    return {f"{prefix}_precision": float(precision.mean()), f"{prefix}_recall": float(recall.mean()),
+            f"{prefix}_f1": float(f1.mean())}
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; by sorting, as numpy 2.4's hash-based ``np.unique`` is ~50x slower on int64."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]][: values.size]]
+
+
+def rouge1(generated: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> dict[str, float]:
+    """ROUGE-1 between paired gene-token sequences, on token sets.
+
+    A gene appears at most once in a cell's sequence, so unigram overlap is set intersection:
+    ``precision = |G & R| / |G|``, ``recall = |G & R| / |R|``, ``f1 = 2 P R / (P + R)``, computed per pair and
+    averaged over pairs. Ids below 3 ([PAD]=0, [MASK]=1, [CLS]=2) are ignored. A pair side with no gene token
+    scores 0.
+
+    Parameters
+    ----------
+    generated
+        (n_pairs, len) int array padded with 0, or n_pairs integer sequences of any lengths.
+    reference
+        The same for the real cells, paired row by row with ``generated``.
+
+    Returns
+    -------
+    dict
+        ``rouge1_precision``, ``rouge1_recall``, ``rouge1_f1``.
+    """
+    generated_tokens, reference_tokens = _paired_tokens(generated, reference)
+    n_pairs = generated_tokens.shape[0]
+    stride = int(max(generated_tokens.max(), reference_tokens.max(), N_SPECIAL)) + 1
+    keys = []
+    for tokens in (generated_tokens, reference_tokens):
+        rows, cols = np.nonzero(tokens >= N_SPECIAL)
+        keys.append(_distinct(rows * stride + tokens[rows, cols]))
+    shared = np.intersect1d(keys[0], keys[1], assume_unique=True)
+    return _precision_recall_f1(np.bincount(shared // stride, minlength=n_pairs),
+                                np.bincount(keys[0] // stride, minlength=n_pairs),
+                                np.bincount(keys[1] // stride, minlength=n_pairs), "rouge1")
+
+
+def _lcs_lengths(generated_tokens: np.ndarray, reference_tokens: np.ndarray) -> np.ndarray:
+    """(n_pairs,) longest-common-subsequence lengths, one DP row per generated position for all pairs at once.
+
+    Row update: ``lcs[j] = max_{k <= j} (lcs_prev[k-1] + 1 if match at k else lcs_prev[k])``; the running max
+    replaces the left-neighbour term of the textbook recurrence, so each row is a few vector operations.
+    """
+    n_pairs, reference_len = reference_tokens.shape
+    previous = np.zeros((n_pairs, reference_len + 1), dtype=np.int32)
+    for position in range(generated_tokens.shape[1]):
+        match = generated_tokens[:, position, None] == reference_tokens
+        candidate = np.where(match, previous[:, :-1] + 1, previous[:, 1:])
+        previous[:, 1:] = np.maximum.accumulate(candidate, axis=1)
+    return previous[:, -1]
+
+
+def _left_align(tokens: np.ndarray, padding: int) -> np.ndarray:
+    """Move each row's gene tokens to the front in their order, padding the rest, and trim all-padding columns."""
+    is_gene = tokens >= N_SPECIAL
+    lengths = is_gene.sum(1)
+    aligned = np.full((tokens.shape[0], int(lengths.max(initial=0))), padding, dtype=np.int64)
+    aligned[np.arange(aligned.shape[1])[None, :] < lengths[:, None]] = tokens[is_gene]
+    return aligned
+
+
+def rouge_l(generated: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> dict[str, float]:
+    """ROUGE-L between paired gene-token sequences: longest common subsequence of the ordered tokens.
+
+    Per pair ``precision = LCS / |G|``, ``recall = LCS / |R|``, ``f1 = 2 P R / (P + R)`` with |.| the number of
+    gene tokens, averaged over pairs. Rank order matters here, unlike in :func:`rouge1`. Ids below 3 are
+    ignored; a pair side with no gene token scores 0.
+
+    Parameters
+    ----------
+    generated
+        (n_pairs, len) int array padded with 0, or n_pairs integer sequences of any lengths.
+    reference
+        The same for the real cells, paired row by row with ``generated``.
+
+    Returns
+    -------
+    dict
+        ``rougeL_precision``, ``rougeL_recall``, ``rougeL_f1``.
+    """
+    generated_tokens, reference_tokens = _paired_tokens(generated, reference)
+    # Drop special tokens so that the DP runs only over gene tokens, keeping their order.
+    generated_tokens = _left_align(generated_tokens, padding=-1)
+    reference_tokens = _left_align(reference_tokens, padding=-2)
+    # Pairs are processed in batches to bound the (batch, reference_len) work arrays.
+    step = max(1, _BLOCK_ELEMENTS // 8 // max(reference_tokens.shape[1], 1))
+    lcs = np.concatenate([_lcs_lengths(generated_tokens[start:start + step], reference_tokens[start:start + step])
+                          for start in range(0, generated_tokens.shape[0], step)])
+    return _precision_recall_f1(lcs, (generated_tokens >= N_SPECIAL).sum(1),
+                                (reference_tokens >= N_SPECIAL).sum(1), "rougeL")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# everything at once
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def score(pred, real, reference=None, genes=None, per_gene: bool = False, mmd_max_cells: int | None = 2000,
+          seed: int = 0) -> dict:
+    """Every expression metric that applies, under stable names.
+
+    Parameters
+    ----------
+    pred
+        (n_pred, n_genes) generated cells, log-normalised, dense or sparse.
+    real
+        (n_real, n_genes) real cells of the same time point.
+    reference
+        (n_reference, n_genes) cells of the previous observed time point; adds ``pearson_delta``.
+    genes
+        (n_genes,) gene names, needed for ``per_gene``.
+    per_gene
+        Add ``emd_per_gene``: {gene name: EMD}.
+    mmd_max_cells, seed
+        Passed to :func:`mmd_rbf`.
+
+    Returns
+    -------
+    dict
+        ``mmd``, ``emd``, ``e_distance``, ``pearson``, ``r2``, and ``pearson_delta`` when ``reference`` is given,
+        ``emd_per_gene`` when ``per_gene``.
+    """
+    pred, real = _as_expression_pair(pred, real)
+    if per_gene:
+        if genes is None or len(genes) != pred.shape[1]:
+            raise SctraceInputError(
+                f"per_gene=True needs one gene name per column ({pred.shape[1]}) but got "
+                f"{'none' if genes is None else len(genes)}; pass genes=<the gene names>."
+            )
+    gene_distances = emd_per_gene(pred, real)
+    scores = {
+        "mmd": mmd_rbf(pred, real, max_cells=mmd_max_cells, seed=seed),
+        "emd": float(gene_distances.mean()),
+        "e_distance": e_distance(pred, real),
+        "pearson": pearson_mean(pred, real),
+        "r2": r2_mean(pred, real),
+    }
+    if reference is not None:
+        scores["pearson_delta"] = pearson_delta(pred, real, reference)
+    if per_gene:
+        scores["emd_per_gene"] = {str(gene): float(value) for gene, value in zip(genes, gene_distances)}
+    return scores

@@ -1,0 +1,1 @@
+"""The TRACE network as plain torch modules and pure functions (no AnnData here)."""

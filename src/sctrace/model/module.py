@@ -1,0 +1,143 @@
+"""The TRACE network: encoder for the source cell, decoder with cross-attention to the time-point context."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sctrace.model.counts import CountDecoder
+from sctrace.model.embeddings import CellEmbedding
+from sctrace.model.masking import random_mask
+from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
+
+PAD_ID, MASK_ID, CLS_ID, N_SPECIAL = 0, 1, 2, 3
+
+
+def add_cls(tokens: torch.Tensor) -> torch.Tensor:
+    """Prepend [CLS]: (batch, length) -> (batch, length + 1)."""
+    cls = torch.full((tokens.shape[0], 1), CLS_ID, dtype=tokens.dtype, device=tokens.device)
+    return torch.cat([cls, tokens], dim=1)
+
+
+class TraceNet(nn.Module):
+    """Plain ``nn.Module`` of TRACE; knows nothing of AnnData (see :class:`sctrace.TRACE` for that).
+
+    Parameters
+    ----------
+    vocab_size
+        Genes + 3 special tokens.
+    n_genes
+        Genes modelled by the count decoder (the HVGs, in vocabulary order).
+    max_len
+        Longest gene sentence (without [CLS]).
+    time_origin, time_span
+        Observed time range, used to scale real time values before the sinusoidal encoding.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_genes: int,
+        max_len: int,
+        *,
+        d_model: int = 64,
+        n_heads: int = 4,
+        head_dim: int = 16,
+        n_encoder_layers: int = 2,
+        n_decoder_layers: int = 2,
+        dropout: float = 0.1,
+        rank_encoding: str = "learnable",
+        time_origin: float = 0.0,
+        time_span: float = 1.0,
+        time_scale: float = 100.0,
+        count_hidden: int = 128,
+        count_dropout: float = 0.1,
+        likelihood: str = "zinb",
+    ):
+        super().__init__()
+        self.vocab_size, self.n_genes, self.max_len = vocab_size, n_genes, max_len
+        embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale)
+        # The source cell and the target/context cells get their own embeddings: they play different roles.
+        self.source_embedding = CellEmbedding(vocab_size, d_model, max_len, dropout=dropout, **embed_args)
+        self.target_embedding = CellEmbedding(vocab_size, d_model, max_len, dropout=dropout, **embed_args)
+        self.encoder = Stack(EncoderLayer, n_encoder_layers, d_model, n_heads, head_dim, dropout)
+        self.decoder = Stack(DecoderLayer, n_decoder_layers, d_model, n_heads, head_dim, dropout)
+        self.token_head = nn.Linear(d_model, vocab_size)
+        self.count_decoder = CountDecoder(d_model, n_genes, n_hidden=count_hidden, dropout=count_dropout, likelihood=likelihood)
+
+    @staticmethod
+    def _times(time: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+        time = torch.as_tensor(time, dtype=torch.float32, device=device)
+        return time.expand(batch) if time.ndim == 0 else time
+
+    def encode(self, source: torch.Tensor, time: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """source: (batch, length) with [CLS] first. Returns Z_0 (batch, length, d) and its pad mask."""
+        pad = source == PAD_ID
+        x = self.source_embedding(source, self._times(time, source.shape[0], source.device))
+        return self.encoder(x, pad), pad
+
+    def decode(
+        self, target: torch.Tensor, time: torch.Tensor | float, memory: torch.Tensor, memory_pad: torch.Tensor
+    ) -> torch.Tensor:
+        """target: (batch, length) with [CLS] first (may hold [MASK]). Returns hidden states (batch, length, d)."""
+        pad = target == PAD_ID
+        x = self.target_embedding(target, self._times(time, target.shape[0], target.device))
+        return self.decoder(x, pad, memory, memory_pad)
+
+    @torch.no_grad()
+    def build_context(
+        self, z0: torch.Tensor, z0_pad: torch.Tensor, context: Sequence[tuple[torch.Tensor, float]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory.
+
+        context: (tokens with [CLS] (batch, length), time) for every context time point, in time order.
+        """
+        memory, memory_pad = [z0.detach()], [z0_pad]
+        for tokens, time in context:
+            hidden = self.decode(tokens, time, torch.cat(memory, 1), torch.cat(memory_pad, 1))
+            memory.append(hidden)
+            memory_pad.append(tokens == PAD_ID)
+        return torch.cat(memory, 1), torch.cat(memory_pad, 1)
+
+    def training_losses(
+        self,
+        sentences: torch.Tensor,
+        times: torch.Tensor,
+        target_index: int,
+        target_counts: torch.Tensor,
+        library_size: torch.Tensor,
+        schedule: str,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Masked-token and count losses for one batch.
+
+        Parameters
+        ----------
+        sentences
+            (batch, n_times, length) int64 paired sentences with [CLS] first; time 0 is the source.
+        times
+            (n_times,) real time values.
+        target_index
+            Which time point (>= 1) is reconstructed; the others become context.
+        target_counts
+            (batch, n_genes) counts (or log-normalised values) of the target cells.
+        library_size
+            (batch,) total counts of the target cells over the modelled genes.
+        """
+        z0, z0_pad = self.encode(sentences[:, 0], times[0])
+        context = [(sentences[:, k], times[k]) for k in range(1, sentences.shape[1]) if k != target_index]
+        memory, memory_pad = self.build_context(z0, z0_pad, context)
+        # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
+        memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
+        masked, labels = random_mask(sentences[:, target_index], schedule, generator)
+        hidden = self.decode(masked, times[target_index], memory, memory_pad)
+        chosen = labels != -100
+        logits = self.token_head(hidden[chosen])
+        token_loss = F.cross_entropy(logits, labels[chosen])
+        accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
+        params = self.count_decoder(hidden[:, 0], library_size)
+        count_loss = self.count_decoder.loss(params, target_counts)
+        return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}

@@ -1,0 +1,63 @@
+"""Lightning training plan: masked-token loss + count loss, two optimiser groups, seeded masking."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from sctrace.config import TraceConfig
+from sctrace.model.module import TraceNet
+
+
+class TracePlan(L.LightningModule):
+    """Trains a :class:`TraceNet`; each training batch reconstructs one randomly chosen later time point."""
+
+    def __init__(self, net: TraceNet, config: TraceConfig, seed: int = 0):
+        super().__init__()
+        self.net, self.config, self.seed = net, config, seed
+        self._generator: torch.Generator | None = None
+
+    def _losses(self, batch: dict[str, torch.Tensor], target_index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        losses = self.net.training_losses(
+            batch["sentences"],
+            batch["times"],
+            target_index,
+            batch["counts"][:, target_index],
+            batch["library_size"][:, target_index],
+            self.config.mask_schedule,
+            generator,
+        )
+        # Per-gene scale keeps the count term comparable to the token cross-entropy whatever the gene number.
+        losses["count_loss"] = losses["count_loss"] / self.net.n_genes
+        losses["loss"] = losses["token_loss"] + self.config.count_loss_weight * losses["count_loss"]
+        return losses
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)
+        n_times = batch["sentences"].shape[1]
+        target_index = int(torch.randint(1, n_times, (1,), generator=self._generator))
+        losses = self._losses(batch, target_index, self._generator)
+        self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
+        self.log("train_loss", losses["loss"], prog_bar=True, batch_size=len(batch["sentences"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Fixed masks per batch and every target time point, so validation loss is comparable across epochs.
+        generator = torch.Generator(device=self.device).manual_seed(1_000_003 + batch_idx)
+        n_times = batch["sentences"].shape[1]
+        per_target = [self._losses(batch, k, generator) for k in range(1, n_times)]
+        mean = {key: torch.stack([l[key] for l in per_target]).mean() for key in per_target[0]}
+        self.log_dict({f"val_{k}": v for k, v in mean.items() if k != "loss"}, batch_size=len(batch["sentences"]))
+        self.log("val_loss", mean["loss"], prog_bar=True, batch_size=len(batch["sentences"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        count_params = list(self.net.count_decoder.parameters())
+        count_ids = {id(p) for p in count_params}
+        other = [p for p in self.net.parameters() if id(p) not in count_ids]
+        return torch.optim.AdamW(
+            [
+                {"params": other, "lr": self.config.lr, "weight_decay": self.config.weight_decay},
+                {"params": count_params, "lr": self.config.count_lr, "weight_decay": self.config.count_weight_decay},
+            ]
+        )

@@ -1,0 +1,128 @@
+"""Task splits, HVGs, tokenization and pairing together; nothing may depend on held-out cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sctrace import SctraceInputError
+from sctrace.data.corpus import Corpus, prepare_corpus, split_times, subset_genes, tokenize_with_spec
+from sctrace.data.io import read_timecourse
+from sctrace.data.tokenize import N_SPECIAL
+
+
+def test_split_times_interpolate_and_extrapolate():
+    values = np.array([0.0, 1.0, 2.5, 4.0, 6.0])
+    train, held = split_times(values, "interpolate", 2.5)
+    assert held == 2.5 and train.tolist() == [0.0, 1.0, 4.0, 6.0]
+    train, _ = split_times(values, "extrapolate", 4.0)
+    assert train.tolist() == [0.0, 1.0, 2.5]
+    train, held = split_times(values, "none", None)
+    assert held is None and len(train) == 5
+
+
+@pytest.mark.parametrize(
+    "task, holdout, message",
+    [
+        ("interpolate", 0.0, "strictly between the first"),
+        ("interpolate", 6.0, "use task 'extrapolate'"),
+        ("extrapolate", 1.0, "leaves 1 training time point"),
+        ("sideways", 1.0, "unknown task 'sideways'"),
+        ("interpolate", None, "needs a held-out time"),
+    ],
+)
+def test_split_times_errors(task, holdout, message):
+    with pytest.raises(SctraceInputError, match=message):
+        split_times(np.array([0.0, 1.0, 2.5, 4.0, 6.0]), task, holdout)
+
+
+def test_unknown_holdout_time_is_named(small_timecourse):
+    tc = read_timecourse(small_timecourse, "time")
+    with pytest.raises(SctraceInputError, match="3.3"):
+        prepare_corpus(tc, task="interpolate", holdout=3.3)
+
+
+def _fitted_artefacts(adata, holdout):
+    corpus = prepare_corpus(read_timecourse(adata, "time"), task="interpolate", holdout=holdout, n_top_genes=100, max_len=40)
+    return corpus
+
+
+def test_held_out_cells_change_nothing_that_is_fitted(small_timecourse):
+    """Replace every held-out cell's counts by other counts: genes, medians, tokens, pairs, statistics stay equal."""
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    before = _fitted_artefacts(small_timecourse, holdout)
+
+    changed = small_timecourse.copy()
+    held = np.flatnonzero(np.isclose(changed.obs["time"].to_numpy(float), holdout))
+    X = changed.X.tolil()
+    rng = np.random.default_rng(5)
+    X[held] = sp.random(len(held), changed.n_vars, density=0.5, random_state=rng, data_rvs=lambda n: rng.integers(1, 500, n))
+    changed.X = sp.csr_matrix(X).astype(np.int32)
+    after = _fitted_artefacts(changed, holdout)
+
+    assert before.spec == after.spec
+    np.testing.assert_array_equal(before.tokens, after.tokens)
+    np.testing.assert_array_equal(before.lengths, after.lengths)
+    np.testing.assert_array_equal(before.pairs, after.pairs)
+    assert (before.counts != after.counts).nnz == 0
+    assert not np.isclose(after.cell_times, holdout).any()
+
+
+def test_corpus_shapes_and_pairs(small_timecourse):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    corpus = _fitted_artefacts(small_timecourse, holdout)
+    spec = corpus.spec
+    assert spec.n_genes == 100 and corpus.tokens.shape == (len(corpus.cell_times), 40)
+    assert corpus.tokens.max() < spec.vocab_size and corpus.tokens[corpus.tokens > 0].min() >= N_SPECIAL
+    for k, t in enumerate(spec.time_values):
+        assert np.isclose(corpus.cell_times[corpus.pairs[:, k]], t).all()
+    # every target cell is used at least once (enough pairs per source were drawn)
+    for k in range(1, len(spec.time_values)):
+        n_at_time = np.isclose(corpus.cell_times, spec.time_values[k]).sum()
+        assert len(np.unique(corpus.pairs[:, k])) == n_at_time
+    assert len(spec.library_quantiles) == len(spec.time_values)
+    assert all(np.all(np.diff(q) >= 0) for q in spec.library_quantiles)
+
+
+def test_generation_statistics_interpolate(small_timecourse):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    spec = _fitted_artefacts(small_timecourse, holdout).spec
+    earlier, later, weight = spec.neighbours(holdout)
+    assert spec.time_values[earlier] < holdout < spec.time_values[later] and 0 < weight < 1
+    rng = np.random.default_rng(0)
+    sizes = spec.sample_library_sizes(holdout, 2000, rng)
+    lo = min(spec.library_quantiles[earlier][0], spec.library_quantiles[later][0])
+    hi = max(spec.library_quantiles[earlier][-1], spec.library_quantiles[later][-1])
+    assert sizes.min() >= lo and sizes.max() <= hi
+    assert spec.default_length(holdout) == round((1 - weight) * spec.mean_lengths[earlier] + weight * spec.mean_lengths[later])
+    assert spec.neighbours(1e6)[0] == len(spec.time_values) - 1
+
+
+def test_save_load_roundtrip(tmp_path, small_timecourse):
+    corpus = _fitted_artefacts(small_timecourse, sorted(small_timecourse.obs["time"].unique())[2])
+    corpus.save(tmp_path / "corpus")
+    loaded = Corpus.load(tmp_path / "corpus")
+    assert loaded.spec == corpus.spec
+    np.testing.assert_array_equal(loaded.tokens, corpus.tokens)
+    np.testing.assert_array_equal(loaded.pairs, corpus.pairs)
+
+
+def test_tokenize_with_spec_matches_training_tokens_and_names_missing_genes(small_timecourse):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    corpus = _fitted_artefacts(small_timecourse, holdout)
+    train = ~np.isclose(small_timecourse.obs["time"].to_numpy(float), holdout)
+    tokens, _ = tokenize_with_spec(corpus.spec, small_timecourse.X[train], small_timecourse.var_names)
+    np.testing.assert_array_equal(tokens, corpus.tokens)
+    with pytest.raises(SctraceInputError, match="3 of the model's 100 genes are missing"):
+        keep = ~np.isin(small_timecourse.var_names, corpus.spec.genes[:3])
+        subset_genes(corpus.spec, small_timecourse.X[:, keep], small_timecourse.var_names[keep])
+
+
+def test_stratified_pairing_keeps_strata(small_timecourse):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    tc = read_timecourse(small_timecourse, "time", stratify=["donor"])
+    corpus = prepare_corpus(tc, task="interpolate", holdout=holdout, n_top_genes=100, max_len=40, pairing="stratified")
+    train = ~np.isclose(small_timecourse.obs["time"].to_numpy(float), holdout)
+    donors = small_timecourse.obs["donor"].to_numpy()[train]
+    assert (donors[corpus.pairs] == donors[corpus.pairs[:, :1]]).all()

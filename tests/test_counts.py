@@ -1,0 +1,196 @@
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from sctrace._errors import SctraceInputError
+from sctrace.model.counts import (
+    LIKELIHOODS,
+    CountDecoder,
+    _standard_gamma,
+    gaussian_log_prob,
+    log_nb_positive,
+    log_zinb_positive,
+)
+
+torch.set_num_threads(1)
+
+
+def _random_count_params(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    mu = 10 ** rng.uniform(-3, 4, n)
+    theta = 10 ** rng.uniform(-2, 3, n)
+    # Zeros, small counts and counts far in the tail.
+    x = np.concatenate([np.zeros(n // 4), rng.integers(1, 10, n // 4), rng.poisson(mu[n // 2 :] + 1)]).astype(float)
+    x[-5:] = [1e4, 5e4, 2e5, 1e3, 3e5]
+    logits = rng.normal(0, 3, n)
+    return x, mu, theta, logits
+
+
+def _t(a):
+    return torch.tensor(a, dtype=torch.float64)
+
+
+def test_log_nb_positive_matches_scipy():
+    x, mu, theta, _ = _random_count_params()
+    expected = stats.nbinom.logpmf(x, n=theta, p=theta / (theta + mu))
+    got = log_nb_positive(_t(x), _t(mu), _t(theta)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_log_zinb_positive_matches_scipy_mixture():
+    x, mu, theta, logits = _random_count_params(seed=1)
+    pi = 1 / (1 + np.exp(-logits))
+    nb = stats.nbinom(n=theta, p=theta / (theta + mu))
+    expected = np.where(x == 0, np.log(pi + (1 - pi) * nb.pmf(0)), np.log1p(-pi) + nb.logpmf(x))
+    got = log_zinb_positive(_t(x), _t(mu), _t(theta), _t(logits)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_zinb_reduces_to_nb_without_inflation():
+    x, mu, theta, _ = _random_count_params(seed=2)
+    nb = log_nb_positive(_t(x), _t(mu), _t(theta))
+    # Logits far below every log NB(0) here (>= -2400), so the inflation weight is negligible even at zeros.
+    zinb = log_zinb_positive(_t(x), _t(mu), _t(theta), torch.full((len(x),), -1e4, dtype=torch.float64))
+    torch.testing.assert_close(zinb, nb, rtol=1e-8, atol=1e-10)
+
+
+def test_zinb_probabilities_sum_to_one():
+    x = torch.arange(0, 3000, dtype=torch.float64)
+    total = log_zinb_positive(x, _t(12.0), _t(0.7), _t(0.3)).exp().sum()
+    assert abs(total.item() - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_likelihood_gradients_finite_at_extremes(dtype):
+    values = torch.tensor([1e-10, 1e-4, 1.0, 1e4, 1e7], dtype=dtype)
+    mu, theta, logits = torch.meshgrid(values, values, torch.tensor([-60.0, 0.0, 60.0], dtype=dtype), indexing="ij")
+    mu, theta, logits = (t.reshape(-1).clone().requires_grad_(True) for t in (mu, theta, logits))
+    for x_value in (0.0, 1.0, 1e6):
+        x = torch.full_like(mu, x_value)
+        ll = log_zinb_positive(x, mu, theta, logits) + log_nb_positive(x, mu, theta)
+        assert torch.isfinite(ll).all()
+        grads = torch.autograd.grad(ll.sum(), (mu, theta, logits))
+        assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_gaussian_log_prob_matches_scipy():
+    rng = np.random.default_rng(3)
+    x, mean, log_var = rng.normal(size=(3, 50))
+    expected = stats.norm.logpdf(x, loc=mean, scale=np.exp(0.5 * log_var))
+    np.testing.assert_allclose(gaussian_log_prob(_t(x), _t(mean), _t(log_var)).numpy(), expected, rtol=1e-10)
+
+
+def test_standard_gamma_moments_and_seed():
+    shape = torch.tensor([0.05, 0.5, 1.0, 3.0, 50.0], dtype=torch.float64).repeat(20000, 1)
+    draws = _standard_gamma(shape, torch.Generator().manual_seed(0))
+    assert (draws >= 0).all()
+    torch.testing.assert_close(draws.mean(0), shape[0], rtol=0.05, atol=0.01)
+    torch.testing.assert_close(draws.var(0), shape[0], rtol=0.08, atol=0.01)
+    again = _standard_gamma(shape, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+
+
+def _decoder_and_inputs(likelihood, n_cells=8, n_input=16, n_genes=30, seed=0):
+    torch.manual_seed(seed)
+    decoder = CountDecoder(n_input, n_genes, n_hidden=32, dropout=0.0, likelihood=likelihood)
+    cls_embedding = torch.randn(n_cells, n_input)
+    library_size = torch.linspace(500, 5000, n_cells)
+    return decoder, cls_embedding, library_size
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_count_decoder_shapes(likelihood):
+    decoder, cls_embedding, library_size = _decoder_and_inputs(likelihood)
+    params = decoder(cls_embedding, library_size)
+    expected_keys = {"zinb": {"mu", "theta", "pi_logits"}, "nb": {"mu", "theta"}, "gaussian": {"mean", "log_var"}}
+    assert set(params) == expected_keys[likelihood]
+    assert all(v.shape == (8, 30) for v in params.values())
+    assert decoder.mean(params).shape == (8, 30)
+    assert decoder.sample(params, torch.Generator().manual_seed(0)).shape == (8, 30)
+    assert decoder.loss(params, torch.ones(8, 30)).ndim == 0
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "nb"])
+def test_count_decoder_mu_sums_to_library_size(likelihood):
+    decoder, cls_embedding, library_size = _decoder_and_inputs(likelihood)
+    params = decoder(cls_embedding, library_size)
+    torch.testing.assert_close(params["mu"].sum(1), library_size)
+    assert (params["theta"] > 0).all()
+
+
+def test_count_decoder_is_scale_invariant_in_cls():
+    # The L2 normalisation comes first, so rescaling the CLS embedding changes nothing.
+    decoder, cls_embedding, library_size = _decoder_and_inputs("zinb")
+    a = decoder(cls_embedding, library_size)
+    b = decoder(7.0 * cls_embedding, library_size)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_count_decoder_loss_is_mean_cell_nll():
+    decoder, cls_embedding, library_size = _decoder_and_inputs("zinb")
+    params = decoder(cls_embedding, library_size)
+    x = torch.poisson(params["mu"].detach())
+    expected = -log_zinb_positive(x, params["mu"], params["theta"], params["pi_logits"]).sum(1).mean()
+    torch.testing.assert_close(decoder.loss(params, x), expected)
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "nb"])
+def test_count_decoder_sample_mean_matches_mean(likelihood):
+    decoder, cls_embedding, library_size = _decoder_and_inputs(likelihood, n_cells=2, n_genes=10)
+    with torch.no_grad():
+        decoder.log_theta.fill_(np.log(2.0))
+        params = {k: v.repeat(5000, 1) for k, v in decoder(cls_embedding, library_size).items()}
+    samples = decoder.sample(params, torch.Generator().manual_seed(0))
+    assert torch.equal(samples, samples.round()) and (samples >= 0).all()
+    empirical = samples.reshape(5000, 2, 10).mean(0)
+    expected = decoder.mean(params)[:2]
+    # Relative standard error of a mean of 5000 NB(theta=2) draws is < 3 %; allow ~5 of them.
+    torch.testing.assert_close(empirical, expected, rtol=0.15, atol=0.5)
+
+
+def test_count_decoder_sample_reproducible():
+    decoder, cls_embedding, library_size = _decoder_and_inputs("zinb")
+    params = decoder(cls_embedding, library_size)
+    a = decoder.sample(params, torch.Generator().manual_seed(4))
+    b = decoder.sample(params, torch.Generator().manual_seed(4))
+    c = decoder.sample(params, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_count_decoder_gaussian_sample_clipped_and_mean():
+    decoder, cls_embedding, _ = _decoder_and_inputs("gaussian")
+    params = decoder(cls_embedding)
+    samples = decoder.sample(params, torch.Generator().manual_seed(0))
+    assert (samples >= 0).all()
+    torch.testing.assert_close(decoder.mean(params), params["mean"])
+    x = torch.rand(8, 30)
+    expected = -gaussian_log_prob(x, params["mean"], params["log_var"]).sum(1).mean()
+    torch.testing.assert_close(decoder.loss(params, x), expected)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_count_decoder_training_reduces_loss(likelihood):
+    decoder, cls_embedding, library_size = _decoder_and_inputs(likelihood)
+    generator = torch.Generator().manual_seed(1)
+    rates = torch.rand(8, 30, generator=generator) * 20
+    counts = torch.poisson(rates, generator=generator)
+    x = torch.log1p(counts) if likelihood == "gaussian" else counts
+    optimiser = torch.optim.Adam(decoder.parameters(), lr=2e-2)
+    losses = []
+    for _ in range(40):
+        loss = decoder.loss(decoder(cls_embedding, counts.sum(1)), x)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_count_decoder_errors():
+    with pytest.raises(SctraceInputError, match="zinb, nb, gaussian"):
+        CountDecoder(8, 10, likelihood="poisson")
+    decoder = CountDecoder(8, 10)
+    with pytest.raises(SctraceInputError, match="library_size"):
+        decoder(torch.randn(2, 8))

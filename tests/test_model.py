@@ -1,0 +1,205 @@
+"""The TRACE network, MaskGIT generation and the estimator façade."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sctrace import SctraceInputError
+from sctrace.config import load_config, preset_names
+from sctrace.estimator import TRACE
+from sctrace.generate import _first_claim, maskgit_generate
+from sctrace.model.module import CLS_ID, N_SPECIAL, PAD_ID, TraceNet, add_cls
+
+
+def _random_net(vocab=43, max_len=30, seed=0) -> TraceNet:
+    torch.manual_seed(seed)
+    return TraceNet(vocab, vocab - N_SPECIAL, max_len, d_model=32, n_heads=2, head_dim=16).eval()
+
+
+def test_presets_cover_the_paper_tables():
+    assert {"cpu-small", "lps-interpolate", "lps-extrapolate", "tcell", "eb"} <= set(preset_names())
+    eb = load_config("eb")
+    assert (eb.d_model, eb.head_dim, eb.max_len, eb.count_dropout, eb.temperature) == (512, 32, 270, 0.25, 0.5)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(SctraceInputError, match="unknown preset 'big'"):
+        load_config("big")
+    with pytest.raises(SctraceInputError, match="unknown config key.*d_modle"):
+        load_config("cpu-small", d_modle=3)
+    bad = tmp_path / "c.yaml"
+    bad.write_text("lr: [1, 2]\n")
+    with pytest.raises(SctraceInputError, match="'lr'.*must be a float"):
+        load_config("cpu-small", bad)
+
+
+def test_first_claim_keeps_most_confident_duplicate():
+    genes = torch.tensor([[5, 5, 7, 5], [3, 4, 3, 3]])
+    confidence = torch.tensor([[0.1, 0.9, 0.5, 0.9], [0.2, 0.1, 0.3, 0.0]])
+    candidate = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    winners = _first_claim(genes, confidence, candidate, vocab_size=10)
+    assert winners.tolist() == [[False, True, True, False], [True, True, False, False]]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential", "cubic", "linear"])
+def test_generation_never_repeats_genes_or_emits_specials(schedule):
+    net = _random_net()
+    gen = torch.Generator().manual_seed(1)
+    batch = 16
+    source = add_cls(torch.randint(N_SPECIAL, 43, (batch, 20), generator=gen))
+    context = [(add_cls(torch.randint(N_SPECIAL, 43, (batch, 25), generator=gen)), 1.0)]
+    lengths = torch.randint(1, 31, (batch,), generator=gen)
+    tokens, cls = maskgit_generate(net, source, 0.0, context, 0.5, lengths, n_iter=5, temperature=2.0,
+                                   schedule=schedule, generator=gen)
+    assert cls.shape == (batch, 32) and tokens[:, 0].eq(CLS_ID).all()
+    for row, length in zip(tokens, lengths):
+        genes = row[1 : length + 1]
+        assert (genes >= N_SPECIAL).all(), "a special token or an unfilled mask was emitted"
+        assert len(set(genes.tolist())) == int(length), "a gene was placed twice"
+        assert (row[length + 1 :] == PAD_ID).all()
+
+
+def test_generation_length_equal_to_vocabulary_uses_every_gene():
+    net = _random_net(vocab=13, max_len=10)
+    source = add_cls(torch.arange(3, 13).repeat(4, 1))
+    tokens, _ = maskgit_generate(net, source, 0.0, [], 1.0, torch.full((4,), 10), n_iter=3, temperature=5.0,
+                                 generator=torch.Generator().manual_seed(0))
+    assert all(sorted(row[1:].tolist()) == list(range(3, 13)) for row in tokens)
+
+
+def test_generation_is_seeded():
+    net = _random_net()
+    source = add_cls(torch.randint(N_SPECIAL, 43, (4, 10), generator=torch.Generator().manual_seed(0)))
+    run = lambda s: maskgit_generate(net, source, 0.0, [], 1.0, torch.full((4,), 12), n_iter=4,
+                                     generator=torch.Generator().manual_seed(s))[0]
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
+def test_tiny_model_overfits_a_handful_of_cells():
+    """Four fixed cell pairs: masked-token accuracy far above chance and generation recovers the target genes."""
+    torch.manual_seed(0)
+    vocab, n_genes, length = 63, 60, 12
+    gen = torch.Generator().manual_seed(0)
+    perm = lambda: torch.randperm(n_genes, generator=gen)[:length] + N_SPECIAL
+    sentences = torch.stack([torch.stack([add_cls(perm()[None])[0] for _ in range(3)]) for _ in range(4)])
+    times = torch.tensor([0.0, 1.0, 2.0])
+    counts = torch.rand(4, 3, n_genes, generator=gen).mul(5).floor()
+    net = TraceNet(vocab, n_genes, length, d_model=64, n_heads=4, head_dim=16, dropout=0.0)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for step in range(300):
+        k = 1 + step % 2
+        losses = net.training_losses(sentences, times, k, counts[:, k], counts[:, k].sum(-1), "cosine", gen)
+        optimiser.zero_grad()
+        (losses["token_loss"] + losses["count_loss"] / n_genes).backward()
+        optimiser.step()
+    net.eval()
+    accuracy = np.mean([
+        float(net.training_losses(sentences, times, k, counts[:, k], counts[:, k].sum(-1), "cosine", gen)["masked_accuracy"])
+        for k in (1, 2) for _ in range(5)
+    ])
+    assert accuracy > 0.8, f"masked accuracy {accuracy:.2f} (chance is {1 / n_genes:.3f})"
+    tokens, _ = maskgit_generate(net, sentences[:, 0], 0.0, [(sentences[:, 1], 1.0)], 2.0, torch.full((4,), length),
+                                 n_iter=6, temperature=0.5, generator=gen)
+    recovered = np.mean([len(set(tokens[i, 1:].tolist()) & set(sentences[i, 2, 1:].tolist())) / length for i in range(4)])
+    assert recovered > 0.7, f"generation recovered only {recovered:.0%} of the target genes"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, small_timecourse, tiny_fast_config):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, **tiny_fast_config)
+    model.fit(run_dir=run_dir, progress=False)
+    return model, run_dir, holdout
+
+
+def test_fit_writes_a_complete_run(fitted):
+    model, run_dir, _ = fitted
+    for name in ("model.safetensors", "config.yaml", "corpus/corpus.json", "corpus/tokens.npy", "checkpoints/last.ckpt"):
+        assert (run_dir / name).exists(), name
+    assert model.history is not None and "train_loss" in model.history.columns
+
+
+def test_predict_output_and_save_load_roundtrip(fitted):
+    model, run_dir, holdout = fitted
+    first = model.predict(holdout, n_cells=20, seed=3)
+    assert first.shape == (20, model.spec.n_genes) and list(first.var_names) == model.spec.genes
+    assert {"zinb_mean"} <= set(first.layers) and first.obsm["X_sctrace"].shape == (20, 32)
+    assert set(first.obs.columns) >= {"time", "source_cell", "library_size"}
+    assert np.all(first.X.data >= 0) and np.allclose(first.X.data, np.round(first.X.data))
+    loaded = TRACE.load(run_dir)
+    again = loaded.predict(holdout, n_cells=20, seed=3)
+    np.testing.assert_array_equal(first.X.toarray(), again.X.toarray())
+    np.testing.assert_array_equal(first.obsm["sctrace_tokens"], again.obsm["sctrace_tokens"])
+
+
+def test_predict_at_unseen_times_and_errors(fitted):
+    model, _, _ = fitted
+    late = model.predict(model.spec.time_values[-1] + 3.0, n_cells=5)
+    assert late.n_obs == 5
+    with pytest.raises(SctraceInputError, match="cannot parse time"):
+        model.predict("soon")
+
+
+def test_fit_is_reproducible(small_timecourse, tiny_fast_config):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    config = {**tiny_fast_config, "max_epochs": 1}
+    weights = []
+    for _ in range(2):
+        model = TRACE(small_timecourse, "time", holdout=holdout, seed=11, **config).fit(progress=False)
+        weights.append(torch.cat([p.detach().flatten() for p in model.net.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_embed_writes_cell_and_gene_embeddings(fitted, small_timecourse):
+    model, _, _ = fitted
+    out = model.embed(small_timecourse[:30])
+    assert out.obsm["X_sctrace"].shape == (30, 32)
+    known = np.isin(out.var_names, model.spec.genes)
+    assert np.isfinite(out.varm["sctrace_genes"][known]).all() and np.isnan(out.varm["sctrace_genes"][~known]).all()
+    with pytest.raises(SctraceInputError, match="genes are missing from the data"):
+        model.embed(small_timecourse[:30, 50:])
+
+
+def test_run_directory_safety(fitted, tmp_path, small_timecourse, tiny_fast_config):
+    model, run_dir, holdout = fitted
+    with pytest.raises(SctraceInputError, match="already exists; pass overwrite=True"):
+        model.save(run_dir)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    with pytest.raises(SctraceInputError, match="did not write"):
+        model.save(foreign, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "precious"
+
+
+def test_load_rejects_incomplete_or_corrupt_runs(fitted, tmp_path):
+    model, _, _ = fitted
+    target = model.save(tmp_path / "copy")
+    (target / "model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(SctraceInputError, match="corrupt"):
+        TRACE.load(target)
+    (target / "model.safetensors").unlink()
+    with pytest.raises(SctraceInputError, match="incomplete: model.safetensors is missing"):
+        TRACE.load(target)
+    with pytest.raises(SctraceInputError, match="does not exist"):
+        TRACE.load(tmp_path / "nowhere")
+
+
+def test_resume_continues_from_last_checkpoint(small_timecourse, tiny_fast_config, tmp_path):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    config = {**tiny_fast_config, "max_epochs": 1}
+    run_dir = tmp_path / "run"
+    TRACE(small_timecourse, "time", holdout=holdout, **config).fit(run_dir=run_dir, progress=False)
+    resumed = TRACE(small_timecourse, "time", holdout=holdout, **config)
+    resumed.fit(max_epochs=2, run_dir=run_dir, resume=True, progress=False)
+    assert resumed.history["epoch"].max() == 1  # epoch 0 came from the checkpoint, epoch 1 was trained now
+    with pytest.raises(SctraceInputError, match="nothing to resume"):
+        TRACE(small_timecourse, "time", holdout=holdout, **config).fit(run_dir=tmp_path / "new", resume=True)
+
+
+def test_lognorm_data_needs_gaussian_likelihood(small_timecourse):
+    with pytest.raises(SctraceInputError, match="likelihood='gaussian'"):
+        TRACE(small_timecourse, "time", holdout=2.5, count_kind="lognorm")
