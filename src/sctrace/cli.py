@@ -1,4 +1,4 @@
-"""Command line: ``sctrace simulate | prepare | fit | predict | embed | demo``."""
+"""Command line: ``sctrace simulate | prepare | fit | predict | embed | demo | evaluate | benchmark | plot``."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def simulate(
     adata = simulate_timecourse(n_cells=n_cells, n_genes=n_genes, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out)
-    typer.echo(f"wrote {adata.n_obs} cells x {adata.n_vars} genes, times {sorted(adata.obs['time'].unique())} to {out}")
+    times = ", ".join(f"{t:g}" for t in sorted(adata.obs["time"].unique()))
+    typer.echo(f"wrote {adata.n_obs} cells x {adata.n_vars} genes, times {times} to {out}")
 
 
 @app.command()
@@ -79,17 +80,24 @@ def prepare(
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     n_top_genes: Annotated[int, typer.Option(help="Highly variable genes.")] = 2000,
     max_len: Annotated[int, typer.Option(help="Gene tokens per cell.")] = 256,
+    likelihood: Annotated[Optional[str], typer.Option(help="As for fit: gaussian reads log-normalised data.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Threads = 1,
 ) -> None:
     """Run the data half of the pipeline (split, HVGs, tokenize, pair) and print a summary."""
     from sctrace.data.corpus import prepare_corpus
     from sctrace.data.io import parse_time, read_timecourse
+    from sctrace.model.counts import LIKELIHOODS
     from sctrace.report import corpus_summary
 
     _set_threads(threads)
+    if likelihood is not None and likelihood not in LIKELIHOODS:  # fit checks this when it builds the model
+        raise SctraceInputError(f"unknown likelihood '{likelihood}'; choose one of {', '.join(LIKELIHOODS)}.")
     source = data if data is not None else _simulated()
-    timecourse = read_timecourse(source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map))
+    timecourse = read_timecourse(
+        source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map),
+        count_kind="lognorm" if likelihood == "gaussian" else "counts",
+    )
     if holdout is None and task != "none":
         values = timecourse.time_values
         holdout = str(values[len(values) // 2] if task == "interpolate" else values[-1])
@@ -125,19 +133,28 @@ def fit(
     resume: Annotated[bool, typer.Option(help="Continue from --out/checkpoints/last.ckpt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     threads: Threads = 1,
+    accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto | cpu | gpu.")] = "auto",
+    devices: Annotated[str, typer.Option(help="Processes (devices) per node, or 'auto'; >1 trains data-parallel.")] = "1",
+    num_nodes: Annotated[int, typer.Option(help="Machines in a multi-node run (launched by torchrun or SLURM).")] = 1,
+    strategy: Annotated[str, typer.Option(help="Lightning strategy: auto | ddp | ddp_spawn | ...")] = "auto",
 ) -> None:
     """Train TRACE on every time point but the held-out one; write a run directory."""
-    from sctrace.estimator import TRACE
+    from sctrace.estimator import TRACE, check_run_dir
 
     _set_threads(threads)
-    count_kind = "lognorm" if likelihood == "gaussian" else "counts"
+    check_run_dir(out, overwrite=overwrite, resume=resume)
+    count_kind = None if likelihood is None else ("lognorm" if likelihood == "gaussian" else "counts")
     model = TRACE(
         data, time_key, task=task, holdout=holdout, layer=layer, time_map=_parse_time_map(time_map),
         stratify=stratify or (), count_kind=count_kind, preset=preset, config=config, seed=seed,
         **({"likelihood": likelihood} if likelihood else {}),
     )
     typer.echo(repr(model))
-    model.fit(max_epochs=max_epochs, run_dir=out, overwrite=overwrite, resume=resume, progress=progress)
+    model.fit(
+        max_epochs=max_epochs, run_dir=out, overwrite=overwrite, resume=resume, progress=progress,
+        accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices, num_nodes=num_nodes,
+        strategy=strategy,
+    )
     typer.echo(f"saved the trained model to {out}")
 
 
@@ -196,6 +213,98 @@ def demo(
 
     _set_threads(threads)
     run_demo(out, seed=seed, max_epochs=max_epochs, echo=typer.echo)
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted cells (.h5ad written by `sctrace predict`).")],
+    data: Annotated[Path, typer.Argument(help="Real cells (.h5ad) with every gene of the prediction.")],
+    time: Annotated[str, typer.Option(help="Time point of DATA to score against.")],
+    time_key: Annotated[str, typer.Option(help="obs column of DATA with the time.")] = "time",
+    out: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON here (e.g. metrics.json).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer of DATA with the expression (default X).")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run directory that made PRED: its gene medians tokenize the "
+                                                "real cells, which ROUGE needs (skipped without it).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the MMD subsample and the ROUGE pairing.")] = 0,
+    threads: Threads = 1,
+) -> None:
+    """Score predicted cells against the real cells at one time (MMD, EMD, E-distance, Pearson, R², ROUGE)."""
+    from sctrace.evaluate import evaluate_prediction, format_evaluation, write_json
+
+    _set_threads(threads)
+    result = evaluate_prediction(pred, data, time_key, time, layer=layer, run_dir=run, seed=seed)
+    typer.echo(format_evaluation(result))
+    if out is not None:
+        typer.echo(f"wrote {write_json(result, out)}")
+
+
+def _parse_list(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise SctraceInputError(f"--{what} is empty; give a comma-separated list.")
+    return items
+
+
+@app.command()
+def benchmark(
+    data: Annotated[Path, typer.Argument(help=".h5ad file with raw counts (or log-normalised, see --count-kind).")],
+    holdout: Annotated[str, typer.Option(help="Held-out time value.")],
+    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, plots/, runs/, work/).")],
+    time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
+    task: Annotated[str, typer.Option(help="interpolate | extrapolate")] = "interpolate",
+    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,linear,otcfm.")] = "sctrace,identity,linear,otcfm",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every method runs once per seed.")] = "0,1,2",
+    preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
+    config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs.")] = None,
+    count_kind: Annotated[str, typer.Option(help="counts | lognorm (what X or the layer holds).")] = "counts",
+    layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
+    ablate: Annotated[Optional[str], typer.Option(help="Vary sctrace: schedule | pos-encoding | iterations | length.")] = None,
+    otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
+    plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
+    layout: Annotated[str, typer.Option(help="umap | pca for the embedding map (UMAP compiles ~30 s first).")] = "umap",
+    overwrite: Annotated[bool, typer.Option(help="Replace earlier results in --out.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Run every method on the same split, each seed in a fresh process; score all on the held-out cells."""
+    from sctrace.benchmark import run_benchmark
+
+    try:
+        seed_values = [int(s) for s in _parse_list(seeds, "seeds")]
+    except ValueError as err:
+        raise SctraceInputError(f"--seeds must be comma-separated integers (e.g. 0,1,2), got '{seeds}'.") from err
+    _set_threads(threads)
+    results = run_benchmark(
+        data, time_key, task=task, holdout=holdout, out_dir=out, methods=_parse_list(methods, "methods"),
+        seeds=seed_values, preset=preset, config=config, max_epochs=max_epochs, count_kind=count_kind, layer=layer,
+        ablate=ablate, otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps}, threads=threads,
+        overwrite=overwrite, plots=plots, embedding_layout=layout, echo=typer.echo,
+    )
+    failed = [name for name, entry in results["methods"].items() if entry.get("failed")]
+    if failed:
+        typer.echo(f"error: {', '.join(failed)} failed; see {out / 'results.md'}.", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def plot(
+    pred: Annotated[Path, typer.Argument(help="Predicted cells (.h5ad written by `sctrace predict`).")],
+    data: Annotated[Path, typer.Argument(help="Real cells (.h5ad) with every gene of the prediction.")],
+    time: Annotated[str, typer.Option(help="Time point of DATA the prediction stands for.")],
+    out: Annotated[Path, typer.Option(help="Output folder for the PNG files.")],
+    time_key: Annotated[str, typer.Option(help="obs column of DATA with the time.")] = "time",
+    run: Annotated[Optional[Path], typer.Option(help="Run directory that made PRED: embeds the real cells too and "
+                                                "adds the cell-gene dot plot.")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer of DATA with the expression (default X).")] = None,
+    layout: Annotated[str, typer.Option(help="umap | pca for the embedding map (UMAP compiles ~30 s first).")] = "umap",
+    threads: Threads = 1,
+) -> None:
+    """PCA, cell-type PCA, violins of time-variable genes, embedding map and dot plot of a prediction."""
+    from sctrace.plots import plot_prediction
+
+    _set_threads(threads)
+    written = plot_prediction(pred, data, time_key, time, out, run_dir=run, layer=layer, layout=layout)
+    typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
 def _write_h5ad(adata, out: Path) -> None:

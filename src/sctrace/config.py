@@ -36,6 +36,7 @@ class TraceConfig:
     count_hidden: int = 128
     count_dropout: float = 0.1
     likelihood: str = "zinb"
+    count_input: str = "complete"
     # training
     batch_size: int = 32
     lr: float = 1e-3

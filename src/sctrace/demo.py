@@ -14,23 +14,11 @@ from sctrace.baselines import identity_baseline, linear_baseline
 from sctrace.data.preprocess import log_normalize
 from sctrace.data.simulate import simulate_timecourse
 from sctrace.estimator import TRACE
+from sctrace.evaluate import lognorm_over_genes, scoring_cells
 from sctrace.metrics import score
 from sctrace.report import markdown_table
 
 DEMO_COLUMNS = ["emd", "mmd", "pearson", "pearson_delta", "e_distance"]
-
-
-def held_out_reference(adata, times: np.ndarray, genes: list[str], holdout: float, train_times: list[float]):
-    """Log-normalised real cells at the held-out time and at the previous observed time, over the model's genes.
-
-    Normalisation uses each cell's total over all genes, like the training data; only called after fitting.
-    """
-    lognorm = log_normalize(adata.X)
-    columns = adata.var_names.get_indexer(genes)
-    previous = max(t for t in train_times if t < holdout)
-    real = lognorm[np.isclose(times, holdout)][:, columns]
-    reference = lognorm[np.isclose(times, previous)][:, columns]
-    return real, reference, lognorm[:, columns]
 
 
 def run_demo(out_dir: str | Path, seed: int = 0, max_epochs: int | None = None, echo: Callable[[str], None] = print) -> dict:
@@ -41,9 +29,9 @@ def run_demo(out_dir: str | Path, seed: int = 0, max_epochs: int | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     adata = simulate_timecourse(seed=seed)
-    values = sorted(adata.obs["time"].unique())
+    values = sorted(float(v) for v in adata.obs["time"].unique())
     holdout = float(values[len(values) // 2])
-    echo(f"simulated {adata.n_obs} cells x {adata.n_vars} genes at times {values}; holding out {holdout:g}")
+    echo(f"simulated {adata.n_obs} cells x {adata.n_vars} genes at times {', '.join(f'{v:g}' for v in values)}; holding out {holdout:g}")
 
     model = TRACE(adata, "time", task="interpolate", holdout=holdout, seed=seed)
     echo(repr(model))
@@ -51,7 +39,10 @@ def run_demo(out_dir: str | Path, seed: int = 0, max_epochs: int | None = None, 
     fit_seconds = time.perf_counter() - started
 
     times = adata.obs["time"].to_numpy(dtype=float)
-    real, reference, lognorm_all = held_out_reference(adata, times, model.spec.genes, holdout, model.spec.time_values)
+    # Scored only now, after fitting: every method over the model's genes, normalised over those genes.
+    cells = scoring_cells(adata.X, times, adata.var_names, model.spec.genes, holdout, observed_times=model.spec.time_values)
+    real, reference = cells.real, cells.reference
+    lognorm_all = lognorm_over_genes(adata.X, adata.var_names, model.spec.genes)
     n_real = real.shape[0]
     generated = model.predict(holdout, n_cells=n_real, seed=seed)
     predicted = log_normalize(generated.X)

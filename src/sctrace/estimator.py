@@ -54,19 +54,47 @@ def _build_net(spec: CorpusSpec, config: TraceConfig) -> TraceNet:
         count_hidden=config.count_hidden,
         count_dropout=config.count_dropout,
         likelihood=config.likelihood,
+        count_input=config.count_input,
     )
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create the run directory, refusing to reuse one unless asked; never deletes files that are not ours."""
+def is_rank_zero() -> bool:
+    """False in the other processes of a multi-process run, which leave the run directory to rank 0.
+
+    Lightning's subprocess launcher, torchrun and SLURM set the rank in the environment before our code runs,
+    and Lightning reads it at import; a single process is rank 0.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def check_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse an unusable run directory before any expensive work (reading, tokenizing, training)."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    if not is_rank_zero():  # rank 0 may already have created it for this very run
+        return run_dir
+    if resume:
+        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+        if not last.exists():
+            raise SctraceInputError(f"nothing to resume: {last} does not exist; run fit without --resume first.")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise SctraceInputError(f"run directory {run_dir} already exists; pass overwrite=True (CLI: --overwrite) or another --out.")
         if not (run_dir / RUN_MARKER).exists():
             raise SctraceInputError(
                 f"run directory {run_dir} holds files that sctrace did not write; refusing to overwrite it, choose another --out."
             )
+    return run_dir
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run directory, refusing to reuse one unless asked; never deletes files that are not ours."""
+    run_dir = check_run_dir(run_dir, overwrite, resume)
+    if not is_rank_zero():
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         for name in _OWN_ENTRIES:
             path = run_dir / name
             if path.is_dir():
@@ -107,7 +135,7 @@ class TRACE:
         layer: str | None = None,
         time_map: Mapping[str, float] | None = None,
         stratify: Sequence[str] = (),
-        count_kind: str = "counts",
+        count_kind: str | None = None,
         preset: str = DEFAULT_PRESET,
         config: str | os.PathLike | None = None,
         seed: int = 0,
@@ -116,6 +144,8 @@ class TRACE:
         if stratify and "pairing" not in overrides:
             overrides["pairing"] = "stratified"
         self.config = load_config(preset, config, **overrides)
+        # The likelihood decides what the matrix must hold unless the caller says otherwise.
+        count_kind = count_kind or ("lognorm" if self.config.likelihood == "gaussian" else "counts")
         if count_kind == "lognorm" and self.config.likelihood != "gaussian":
             raise SctraceInputError(
                 "the data hold log-normalised values, not counts; use likelihood='gaussian' (CLI: --likelihood gaussian)."
@@ -162,11 +192,18 @@ class TRACE:
         progress: bool = True,
         accelerator: str = "auto",
         devices: int | str = 1,
+        num_nodes: int = 1,
+        strategy: str = "auto",
     ) -> TRACE:
         """Train with early stopping on a validation split of pairs; checkpoints go to ``run_dir/checkpoints``.
 
         With ``resume=True`` training continues from ``run_dir/checkpoints/last.ckpt``. After training the
         best checkpoint's weights are loaded and, when ``run_dir`` is given, the run is saved there.
+
+        ``accelerator``, ``devices``, ``num_nodes`` and ``strategy`` go to Lightning's ``Trainer``: with more than
+        one process (e.g. ``devices=2, strategy="ddp"``) each rank trains on its own share of the pairs
+        (Lightning's ``DistributedSampler``), gradients are averaged, and only rank 0 writes the run directory,
+        which must then be on a file system every node sees.
         """
         import lightning as L
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -177,20 +214,18 @@ class TRACE:
 
         if max_epochs is not None:
             self.config = self.config.update({"max_epochs": max_epochs})
+        if self.config.max_epochs < 1:
+            raise SctraceInputError(f"max_epochs must be at least 1, got {self.config.max_epochs}.")
         scratch = None
         if run_dir is None:
             scratch = tempfile.TemporaryDirectory(prefix="sctrace_")
             root = Path(scratch.name)
         else:
             root = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
-            self.corpus.save(root / CORPUS_DIR)
-            self.config.to_yaml(root / CONFIG_FILE)
-        ckpt_path = None
-        if resume:
-            last = root / CHECKPOINT_DIR / "last.ckpt"
-            if not last.exists():
-                raise SctraceInputError(f"nothing to resume: {last} does not exist; run fit without --resume first.")
-            ckpt_path = str(last)
+            if is_rank_zero():
+                self.corpus.save(root / CORPUS_DIR)
+                self.config.to_yaml(root / CONFIG_FILE)
+        ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
         L.seed_everything(self.seed, workers=True, verbose=False)
         datamodule = TraceDataModule(self.corpus, self.config.batch_size, self.config.val_fraction, self.seed)
@@ -206,6 +241,8 @@ class TRACE:
                 max_epochs=self.config.max_epochs,
                 accelerator=accelerator,
                 devices=devices,
+                num_nodes=num_nodes,
+                strategy=strategy,
                 precision="bf16-mixed" if torch.cuda.is_available() and accelerator != "cpu" else "32-true",
                 logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
                 callbacks=callbacks,
@@ -222,14 +259,15 @@ class TRACE:
         if best and Path(best).exists():
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             plan.load_state_dict(state)
+        trainer.strategy.barrier("sctrace_best_loaded")  # every rank has read rank 0's checkpoint before cleanup
         self.net = plan.net.cpu().eval()
         self.is_trained = True
         metrics = Path(trainer.logger.log_dir) / "metrics.csv"
-        self.history = pd.read_csv(metrics) if metrics.exists() else None
-        if scratch is None:
-            self._write_weights(root)
-        else:
+        self.history = pd.read_csv(metrics) if trainer.is_global_zero and metrics.exists() else None
+        if scratch is not None:
             scratch.cleanup()
+        elif trainer.is_global_zero:
+            self._write_weights(root)
         return self
 
     # ------------------------------------------------------------------ generation

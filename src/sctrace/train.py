@@ -39,7 +39,9 @@ class TracePlan(L.LightningModule):
         target_index = int(torch.randint(1, n_times, (1,), generator=self._generator))
         losses = self._losses(batch, target_index, self._generator)
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
-        self.log("train_loss", losses["loss"], prog_bar=True, batch_size=len(batch["sentences"]))
+        # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and
+        # early stopping decide differently per rank and hang; a no-op in one process.
+        self.log("train_loss", losses["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["sentences"]), sync_dist=True)
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -48,8 +50,8 @@ class TracePlan(L.LightningModule):
         n_times = batch["sentences"].shape[1]
         per_target = [self._losses(batch, k, generator) for k in range(1, n_times)]
         mean = {key: torch.stack([l[key] for l in per_target]).mean() for key in per_target[0]}
-        self.log_dict({f"val_{k}": v for k, v in mean.items() if k != "loss"}, batch_size=len(batch["sentences"]))
-        self.log("val_loss", mean["loss"], prog_bar=True, batch_size=len(batch["sentences"]))
+        self.log_dict({f"val_{k}": v for k, v in mean.items() if k != "loss"}, batch_size=len(batch["sentences"]), sync_dist=True)
+        self.log("val_loss", mean["loss"], prog_bar=True, batch_size=len(batch["sentences"]), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         count_params = list(self.net.count_decoder.parameters())

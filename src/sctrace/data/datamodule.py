@@ -9,8 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sctrace.data.corpus import Corpus
-
-CLS_ID = 2
+from sctrace.data.tokenize import CLS_ID
 
 
 class PairRows(Dataset):

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
 from sctrace.model.embeddings import CellEmbedding
 from sctrace.model.masking import random_mask
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 
-PAD_ID, MASK_ID, CLS_ID, N_SPECIAL = 0, 1, 2, 3
+__all__ = ["CLS_ID", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls"]
 
 
 def add_cls(tokens: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,9 @@ class TraceNet(nn.Module):
         Longest gene sentence (without [CLS]).
     time_origin, time_span
         Observed time range, used to scale real time values before the sinusoidal encoding.
+    count_input
+        Which [CLS] state trains the count decoder: ``masked`` (the masked training pass, no extra cost) or
+        ``complete`` (an extra decoder pass over the unmasked target sentence, matching generation).
     """
 
     def __init__(
@@ -56,8 +60,12 @@ class TraceNet(nn.Module):
         count_hidden: int = 128,
         count_dropout: float = 0.1,
         likelihood: str = "zinb",
+        count_input: str = "masked",
     ):
         super().__init__()
+        if count_input not in ("masked", "complete"):
+            raise ValueError(f"count_input must be 'masked' or 'complete', got {count_input!r}")
+        self.count_input = count_input
         self.vocab_size, self.n_genes, self.max_len = vocab_size, n_genes, max_len
         embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale)
         # The source cell and the target/context cells get their own embeddings: they play different roles.
@@ -138,6 +146,11 @@ class TraceNet(nn.Module):
         logits = self.token_head(hidden[chosen])
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
-        params = self.count_decoder(hidden[:, 0], library_size)
+        if self.count_input == "complete":
+            # [CLS] of the complete target sentence, as at generation, where the sentence is fully generated.
+            cls = self.decode(sentences[:, target_index], times[target_index], memory, memory_pad)[:, 0]
+        else:
+            cls = hidden[:, 0]
+        params = self.count_decoder(cls, library_size)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}

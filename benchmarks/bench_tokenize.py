@@ -1,7 +1,7 @@
 """Time and memory of the rank-value tokenizer on a T-cell-sized simulated matrix (run on demand).
 
-    .venv/bin/python benchmarks/tokenize.py                      # 655,000 cells x 2,000 genes
-    .venv/bin/python benchmarks/tokenize.py --n-cells 50000 --threads 2
+    .venv/bin/python benchmarks/bench_tokenize.py                      # 655,000 cells x 2,000 genes
+    .venv/bin/python benchmarks/bench_tokenize.py --n-cells 50000 --threads 2
 
 The matrix is simulated chunk by chunk (not timed): each gene has a detection rate drawn from a
 Beta distribution with mean ``--density`` and each cell a log-normal depth, so genes range from rare
@@ -14,17 +14,11 @@ is printed beside wall time because the benchmark machine may be shared.
 
 from __future__ import annotations
 
+import argparse
 import os
+import resource
 import sys
-
-# This file is named like the standard library's `tokenize`, which numpy and scipy import through
-# `inspect`; drop the script's own folder from the import path so they get the real one.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
-
-import argparse  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
+import time
 
 
 def parse_args() -> argparse.Namespace:
