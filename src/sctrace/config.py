@@ -49,6 +49,7 @@ class TraceConfig:
     patience: int = 8
     val_fraction: float = 0.1
     gradient_clip: float = 1.0
+    group_by_length: bool = False  # training batches of similar sentence widths: less padding
     # generation
     temperature: float = 1.0
     n_iter: int = 20

@@ -228,7 +228,9 @@ class TRACE:
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
         L.seed_everything(self.seed, workers=True, verbose=False)
-        datamodule = TraceDataModule(self.corpus, self.config.batch_size, self.config.val_fraction, self.seed)
+        datamodule = TraceDataModule(
+            self.corpus, self.config.batch_size, self.config.val_fraction, self.seed, group_by_length=self.config.group_by_length
+        )
         plan = TracePlan(self.net, self.config, self.seed)
         has_val = len(datamodule.val_rows) > 0
         monitor = "val_loss" if has_val else "train_loss"

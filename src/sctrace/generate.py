@@ -15,6 +15,25 @@ def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.
     return -torch.log(-torch.log(uniform))
 
 
+def _sample_categorical(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw per row from ``softmax(logits)`` and its log-probability, by inverse-CDF sampling.
+
+    logits: (n, vocab) float, ``-inf`` where a token is forbidden (every row keeps at least one finite entry);
+    it is overwritten, since at generation size a copy costs as much as the arithmetic.
+    Returns (n,) int64 tokens and (n,) float log-probabilities. One uniform per row: the Gumbel-max trick
+    draws ``vocab`` of them and takes two logarithms of each, which was most of the generation time on CPU.
+    """
+    weights = logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    cdf = weights.cumsum(dim=1)
+    total = cdf[:, -1:]
+    uniform = torch.rand(total.shape, generator=generator, device=logits.device, dtype=cdf.dtype)
+    # Strictly below the total, so the first cdf entry above it exists and has non-zero probability.
+    threshold = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, threshold, right=True)
+    log_prob = torch.log(weights.gather(1, tokens) / total)
+    return tokens.squeeze(1), log_prob.squeeze(1)
+
+
 def _first_claim(genes: torch.Tensor, confidence: torch.Tensor, candidate: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Among candidate positions of a row that drew the same gene, keep only the most confident one.
 
@@ -88,15 +107,17 @@ def maskgit_generate(
 
     step = 0
     while bool(masked.any()):
-        logits = net.token_head(net.decode(tokens, target_time, memory, memory_pad)).float()
-        # Forbid special tokens and every gene already placed in the sentence.
-        placed = torch.zeros(batch, net.vocab_size, dtype=torch.bool, device=device)
-        placed.scatter_(1, torch.where(masked, torch.zeros_like(tokens), tokens), True)
-        placed[:, :N_SPECIAL] = True
-        logits = logits.masked_fill(placed[:, None, :], float("-inf")) / temperature
-        log_probs = torch.log_softmax(logits, dim=-1)
-        sampled = (log_probs + _gumbel(log_probs.shape, generator, device)).argmax(-1)
-        confidence = log_probs.gather(-1, sampled[..., None]).squeeze(-1)
+        hidden = net.decode(tokens, target_time, memory, memory_pad)
+        # Logits and draws only at masked positions (row-major, as boolean indexing orders them): the others
+        # are never candidates, and (positions x vocab) work is most of what a step costs beyond the decoder.
+        logits = net.token_head(hidden[masked]).float()
+        # Forbid every gene already placed in the sentence, and the special tokens: PAD, CLS and MASK fill the
+        # cell's other positions, so scattering its tokens covers both in (positions x length) writes.
+        logits.scatter_(1, tokens[masked.nonzero()[:, 0]], float("-inf"))
+        logits[:, :N_SPECIAL] = float("-inf")
+        draws, log_probs = _sample_categorical(logits.div_(temperature), generator)
+        sampled = tokens.masked_scatter(masked, draws)
+        confidence = torch.zeros(batch, width, dtype=log_probs.dtype, device=device).masked_scatter_(masked, log_probs)
 
         if step < n_iter:
             ratio = mask_ratio(torch.tensor((step + 1) / n_iter), schedule).item()

@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sctrace.data.corpus import Corpus
 from sctrace.data.tokenize import CLS_ID
@@ -54,12 +54,82 @@ class PairCollator:
         }
 
 
-class TraceDataModule(L.LightningDataModule):
-    """Splits pair rows by source cell into training and validation (no source cell in both)."""
+def row_widths(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) longest sentence among each pair row's cells: the padded width the row forces on its batch."""
+    return corpus.lengths[corpus.pairs[rows]].max(axis=1)
 
-    def __init__(self, corpus: Corpus, batch_size: int = 32, val_fraction: float = 0.1, seed: int = 0):
+
+def padding_fraction(corpus: Corpus, batches: list[np.ndarray]) -> float:
+    """Share of the gene positions in collated batches that are padding ([CLS] aside).
+
+    batches: pair-row indices of each batch; :class:`PairCollator` pads every sentence of a batch to the
+    batch's longest one.
+    """
+    real = padded = 0
+    for rows in batches:
+        lengths = corpus.lengths[corpus.pairs[rows]]
+        real += int(lengths.sum())
+        padded += lengths.size * max(1, int(lengths.max()))
+    return 1.0 - real / padded if padded else 0.0
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Random order in which each run of ``batch_size`` indices has similar widths, to cut padding.
+
+    Per epoch: shuffle, cut into chunks of ``batch_size * chunk_batches`` indices, sort each chunk by width,
+    cut it into batches and shuffle the batches (a short last batch stays last, so the DataLoader's batches
+    line up with these). Contents and order of batches stay random, but widths within a batch are
+    neighbours. Under DDP Lightning wraps the sampler and rank r takes every world-size-th index, so the
+    groups must be ``batch_size * world_size`` long for every rank's batches to stay grouped.
+
+    Parameters
+    ----------
+    widths
+        (n,) width of each dataset index (:func:`row_widths`).
+    batch_size
+        Size of a group: the DataLoader's batch size times the number of processes sharing the data.
+    seed
+        Seed of the order; :meth:`set_epoch` (Lightning calls it) gives each epoch its own.
+    chunk_batches
+        Batches per sorted chunk: larger groups tighter, smaller keeps more randomness.
+    """
+
+    def __init__(self, widths: np.ndarray, batch_size: int, seed: int = 0, chunk_batches: int = 64):
+        self.widths, self.batch_size, self.seed, self.chunk_batches = np.asarray(widths), batch_size, seed, chunk_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self.widths))
+        chunk = self.batch_size * self.chunk_batches
+        batches = []
+        for start in range(0, len(order), chunk):
+            rows = order[start : start + chunk]
+            rows = rows[np.argsort(self.widths[rows], kind="stable")]
+            batches.extend(rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size))
+        short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        batches = [batches[i] for i in rng.permutation(len(batches))] + short
+        return iter(np.concatenate(batches).tolist() if batches else [])
+
+
+class TraceDataModule(L.LightningDataModule):
+    """Splits pair rows by source cell into training and validation (no source cell in both).
+
+    With ``group_by_length`` training batches hold rows of similar sentence widths
+    (:class:`LengthGroupedSampler`), which cuts the padding the batches carry.
+    """
+
+    def __init__(
+        self, corpus: Corpus, batch_size: int = 32, val_fraction: float = 0.1, seed: int = 0, group_by_length: bool = False
+    ):
         super().__init__()
-        self.corpus, self.batch_size = corpus, batch_size
+        self.corpus, self.batch_size, self.group_by_length = corpus, batch_size, group_by_length
         sources = np.unique(corpus.pairs[:, 0])
         rng = np.random.default_rng(seed)
         n_val = int(round(val_fraction * len(sources))) if len(sources) > 1 else 0
@@ -70,6 +140,10 @@ class TraceDataModule(L.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
+        if self.group_by_length:
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+            sampler = LengthGroupedSampler(row_widths(self.corpus, self.train_rows), self.batch_size * world_size, self.seed)
+            return DataLoader(PairRows(self.train_rows), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             PairRows(self.train_rows), batch_size=self.batch_size, shuffle=True, collate_fn=self.collate, generator=generator
