@@ -7,7 +7,8 @@
 One training step is ``TraceNet.training_losses`` + backward + gradient clipping + AdamW, exactly as the
 Lightning plan does it but without Lightning, so only the model is timed. The corpus is synthetic and has the
 preset's shapes: ``--n-times`` time points (source + targets), every cell a full ``max_len`` sentence of
-distinct genes (no padding), ``--n-genes`` genes, negative-binomial-like counts.
+distinct genes (no padding), ``--n-genes`` genes, Poisson counts around log-normal gene means. Presets other
+than cpu-small run at batch 8 on CPU unless ``--batch-size`` says otherwise.
 
 FLOPs per example are counted from the model's shapes (:func:`training_flops`): every matmul of the encoder,
 of the no-grad context passes (forward only), of the masked target pass, of the token head on the masked
@@ -15,8 +16,8 @@ positions (expected number under the mask schedule) and of the count decoder; at
 ``Q K^T`` and ``A V``; a pass with gradient costs 3x its forward (backward = 2x). Elementwise work
 (softmax, LayerNorm, GELU, the likelihood) is not counted, as is the convention. The first step of each run
 is also counted by ``torch.utils.flop_counter.FlopCounterMode`` and printed beside the analytic count, as a
-check on the formula. The achieved FLOP/s is divided by ``torch.matmul`` FLOP/s on a square fp32 matrix,
-timed in the same run with the same thread count.
+check on the formula. The achieved FLOP/s is divided by ``torch.matmul`` FLOP/s on a square fp32 matrix
+(bf16 on GPU), timed in the same run with the same thread count before and after the steps.
 """
 
 from __future__ import annotations

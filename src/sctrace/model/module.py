@@ -88,12 +88,21 @@ class TraceNet(nn.Module):
         return self.encoder(x, pad), pad
 
     def decode(
-        self, target: torch.Tensor, time: torch.Tensor | float, memory: torch.Tensor, memory_pad: torch.Tensor
+        self,
+        target: torch.Tensor,
+        time: torch.Tensor | float,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """target: (batch, length) with [CLS] first (may hold [MASK]). Returns hidden states (batch, length, d)."""
+        """target: (batch, length) with [CLS] first (may hold [MASK]). Returns hidden states (batch, length, d).
+
+        memory_kv: ``self.decoder.project_memory(memory)``, passed by callers that decode against the same
+        memory many times (generation), so its keys and values are projected once.
+        """
         pad = target == PAD_ID
         x = self.target_embedding(target, self._times(time, target.shape[0], target.device))
-        return self.decoder(x, pad, memory, memory_pad)
+        return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv)
 
     @torch.no_grad()
     def build_context(

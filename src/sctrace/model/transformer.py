@@ -27,11 +27,26 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d_model, 2 * inner)
         self.out = nn.Linear(inner, d_model)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (batch, n_query, d); memory: (batch, n_key, d); key_padding_mask: (batch, n_key) bool."""
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of memory (batch, n_key, d), each (batch, n_heads, n_key, head_dim)."""
+        k, v = self.kv(memory).view(memory.shape[0], -1, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+        memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x: (batch, n_query, d); memory: (batch, n_key, d); key_padding_mask: (batch, n_key) bool.
+
+        memory_kv: :meth:`project_memory` of ``memory``, computed once by a caller that attends to the same
+        memory many times (MaskGIT generation); the result is the same.
+        """
         batch, n_query, _ = x.shape
         q = self.q(x).view(batch, n_query, self.n_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(memory).view(batch, -1, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = memory_kv if memory_kv is not None else self.project_memory(memory)
         attn_mask = None
         if key_padding_mask is not None:
             # Boolean SDPA masks mean "may attend"; broadcast over heads and queries.
@@ -73,11 +88,16 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, padding_mask: torch.Tensor, memory: torch.Tensor, memory_padding_mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor,
+        memory: torch.Tensor,
+        memory_padding_mask: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         h = self.norm1(x)
         x = x + self.drop(self.self_attn(h, h, padding_mask))
-        x = x + self.drop(self.cross_attn(self.norm2(x), memory, memory_padding_mask))
+        x = x + self.drop(self.cross_attn(self.norm2(x), memory, memory_padding_mask, memory_kv))
         return x + self.drop(self.ff(self.norm3(x)))
 
 
@@ -89,7 +109,20 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(layer_cls(d_model, n_heads, head_dim, dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, *memory_args: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, padding_mask, *memory_args)
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor,
+        *memory_args: torch.Tensor,
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """memory_kv (decoder stacks): :meth:`project_memory` of the memory in ``memory_args``."""
+        for i, layer in enumerate(self.layers):
+            layer_kv = () if memory_kv is None else (memory_kv[i],)
+            x = layer(x, padding_mask, *memory_args, *layer_kv)
         return self.norm(x)
+
+    def project_memory(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every decoder layer's cross-attention keys and values of memory (batch, n_key, d), for callers that
+        decode against one memory many times: the projections then run once instead of on every call."""
+        return [layer.cross_attn.project_memory(memory) for layer in self.layers]
