@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -22,9 +21,9 @@ import torch
 from sctrace._errors import SctraceInputError
 from sctrace.config import DEFAULT_PRESET, TraceConfig, load_config
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
-from sctrace.data.io import TimeCourse, parse_time, read_timecourse
+from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
 from sctrace.generate import maskgit_generate
-from sctrace.model.module import CLS_ID, N_SPECIAL, TraceNet, add_cls
+from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -318,8 +317,8 @@ class TRACE:
         for start in range(0, n_cells, batch_size):
             chunk = rows[start : start + batch_size]
             cells = corpus.pairs[chunk]
-            source = self._sentences(cells[:, 0])
-            context = [(self._sentences(cells[:, k]), spec.time_values[k]) for k in context_columns]
+            source = gather_sentences(corpus.tokens, corpus.lengths, cells[:, 0])
+            context = [(gather_sentences(corpus.tokens, corpus.lengths, cells[:, k]), spec.time_values[k]) for k in context_columns]
             lengths = torch.full((len(chunk),), length, dtype=torch.long)
             tokens, cls = maskgit_generate(
                 self.net, source, spec.source_time, context, time, lengths,
@@ -347,11 +346,6 @@ class TRACE:
         }
         return out
 
-    def _sentences(self, rows: np.ndarray) -> torch.Tensor:
-        width = max(1, int(self.corpus.lengths[rows].max()))
-        tokens = torch.as_tensor(np.asarray(self.corpus.tokens[rows, :width], dtype=np.int64))
-        return add_cls(tokens)
-
     def gene_embeddings(self) -> np.ndarray:
         """(n_genes, d) rows of the decoder's token table, in ``spec.genes`` order."""
         return self.net.target_embedding.token.weight[N_SPECIAL:].detach().cpu().numpy()
@@ -366,7 +360,7 @@ class TRACE:
         """
         self._require_trained("embed")
         if not isinstance(adata, ad.AnnData):
-            adata = _read_any(adata)
+            adata = read_h5ad(adata)
         spec = self.spec
         matrix = adata.layers[layer] if layer is not None else adata.X
         tokens, lengths = tokenize_with_spec(spec, matrix, adata.var_names)
@@ -379,10 +373,8 @@ class TRACE:
         cells = []
         with torch.no_grad():
             for start in range(0, adata.n_obs, batch_size):
-                stop = start + batch_size
-                width = max(1, int(lengths[start:stop].max())) if stop > start else 1
-                sentences = add_cls(torch.as_tensor(tokens[start:stop, :width].astype(np.int64)))
-                z, _ = self.net.encode(sentences, torch.as_tensor(times[start:stop]))
+                chunk = slice(start, start + batch_size)
+                z, _ = self.net.encode(gather_sentences(tokens, lengths, chunk), torch.as_tensor(times[chunk]))
                 cells.append(z[:, 0].numpy())
         out = adata.copy()
         out.obsm["X_sctrace"] = np.concatenate(cells) if cells else np.zeros((0, self.config.d_model), np.float32)
@@ -445,16 +437,6 @@ class TRACE:
         self.net.eval()
         self.is_trained = True
         return self
-
-
-def _read_any(path: str | os.PathLike) -> ad.AnnData:
-    path = Path(path)
-    if not path.exists():
-        raise SctraceInputError(f"file {path} does not exist; check the path.")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # anndata raises many types for non-AnnData files
-        raise SctraceInputError(f"{path} is not a readable .h5ad AnnData file ({type(err).__name__}).") from err
 
 
 @contextlib.contextmanager

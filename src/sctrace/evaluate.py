@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.data.io import COUNT_KINDS, parse_time, read_timecourse
+from sctrace.data.io import COUNT_KINDS, parse_time, read_h5ad, read_timecourse
 from sctrace.data.preprocess import log_normalize
 from sctrace.metrics import rouge1, rouge_l, score
 
@@ -36,7 +36,6 @@ __all__ = [
     "format_evaluation",
     "genes_in_order",
     "lognorm_over_genes",
-    "read_h5ad_file",
     "rouge_scores",
     "run_spec",
     "scoring_cells",
@@ -212,17 +211,6 @@ def rouge_scores(generated_tokens: np.ndarray, real_tokens: np.ndarray, seed: in
     return {**rouge1(generated_tokens, paired), **rouge_l(generated_tokens, paired)}
 
 
-def read_h5ad_file(path: str | os.PathLike, what: str) -> ad.AnnData:
-    """Read an .h5ad file, or raise one sentence naming ``what`` it should have been."""
-    path = Path(path)
-    if not path.exists():
-        raise SctraceInputError(f"{what} file {path} does not exist; check the path.")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # anndata raises many types for files that are not AnnData
-        raise SctraceInputError(f"{what} {path} is not a readable .h5ad AnnData file ({type(err).__name__}).") from err
-
-
 def run_spec(run_dir: str | os.PathLike):
     """The corpus spec (genes, medians, max_len) of a run directory, read without loading the network."""
     from sctrace.data.corpus import CorpusSpec
@@ -270,7 +258,7 @@ def evaluate_prediction(pred: ad.AnnData | str | os.PathLike, data: ad.AnnData |
         value, see :data:`METRIC_LABELS`) and ``notes`` (what was skipped and why).
     """
     if not isinstance(pred, ad.AnnData):
-        pred = read_h5ad_file(pred, "prediction")
+        pred = read_h5ad(pred, what="prediction file")
     if pred.n_obs == 0 or pred.n_vars == 0:
         raise SctraceInputError(f"the prediction is empty ({pred.n_obs} cells x {pred.n_vars} genes); pass generated cells.")
     if count_kind is None:

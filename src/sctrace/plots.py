@@ -431,11 +431,11 @@ def plot_prediction(pred, data, time_key: str, time, out_dir: str | Path, *, run
     """
     import anndata as ad
 
-    from sctrace.data.io import parse_time, read_timecourse
-    from sctrace.evaluate import lognorm_over_genes, read_h5ad_file, run_spec, scoring_cells
+    from sctrace.data.io import parse_time, read_h5ad, read_timecourse
+    from sctrace.evaluate import lognorm_over_genes, run_spec, scoring_cells
 
     if not isinstance(pred, ad.AnnData):
-        pred = read_h5ad_file(pred, "prediction")
+        pred = read_h5ad(pred, what="prediction file")
     count_kind = str(pred.uns.get("sctrace", {}).get("count_kind", "counts"))
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
     time = parse_time(time)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sctrace.data.corpus import Corpus
-from sctrace.data.tokenize import CLS_ID
+from sctrace.model.module import gather_sentences
 
 
 class PairRows(Dataset):
@@ -39,15 +39,13 @@ class PairCollator:
     def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         cells = self.corpus.pairs[np.asarray(rows)]  # (batch, n_times)
         flat = cells.ravel()
-        width = max(1, int(self.corpus.lengths[flat].max()))
-        tokens = np.asarray(self.corpus.tokens[flat, :width], dtype=np.int64)
-        tokens = np.concatenate([np.full((len(flat), 1), CLS_ID, dtype=np.int64), tokens], axis=1)
+        sentences = gather_sentences(self.corpus.tokens, self.corpus.lengths, flat)
         counts = self.corpus.counts[flat]
         counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
         batch, n_times = cells.shape
         counts = torch.from_numpy(counts.astype(np.float32)).view(batch, n_times, -1)
         return {
-            "sentences": torch.from_numpy(tokens).view(batch, n_times, -1),
+            "sentences": sentences.view(batch, n_times, -1),
             "counts": counts,
             "library_size": counts.sum(-1),
             "times": self.times,

@@ -23,7 +23,7 @@ from anndata.abc import CSCDataset, CSRDataset
 
 from sctrace._errors import SctraceInputError
 
-__all__ = ["COUNT_KINDS", "TimeCourse", "check_holdout", "parse_time", "read_timecourse"]
+__all__ = ["COUNT_KINDS", "TimeCourse", "check_holdout", "parse_time", "read_h5ad", "read_timecourse"]
 
 COUNT_KINDS = ("counts", "lognorm")
 """What the expression matrix holds: raw integer ``counts``, or already log-normalised values (``lognorm``)."""
@@ -153,7 +153,7 @@ def read_timecourse(
         raise SctraceInputError(f"unknown count_kind {count_kind!r}; choose one of {_format_names(COUNT_KINDS)}.")
     if isinstance(stratify, str):
         stratify = (stratify,)
-    adata = data if isinstance(data, anndata.AnnData) else _read_h5ad(Path(data), backed=backed)
+    adata = data if isinstance(data, anndata.AnnData) else read_h5ad(data, backed=backed)
 
     obs_columns = list(adata.obs.columns)
     if time_key not in adata.obs.columns:
@@ -249,10 +249,14 @@ def check_holdout(tc: TimeCourse, holdout: float) -> float:
     return float(observed[matches[0]])
 
 
-def _read_h5ad(path: Path, *, backed: bool) -> anndata.AnnData:
-    """Open an ``.h5ad`` file, telling a missing file apart from a file that is not AnnData."""
+def read_h5ad(path: str | os.PathLike, *, backed: bool = False, what: str = "input file") -> anndata.AnnData:
+    """Open an ``.h5ad`` file, telling a missing file apart from a file that is not AnnData.
+
+    ``what`` names the file in the message (e.g. "prediction file"), for callers reading several.
+    """
+    path = Path(path)
     if not path.exists():
-        raise SctraceInputError(f"input file {str(path)!r} does not exist; check the path.")
+        raise SctraceInputError(f"{what} {str(path)!r} does not exist; check the path.")
     # An .h5ad is an HDF5 file with at least obs and var groups; checking first gives a clear message
     # instead of anndata's KeyError or h5py's "file signature not found".
     is_anndata = path.is_file() and h5py.is_hdf5(path)
@@ -261,7 +265,7 @@ def _read_h5ad(path: Path, *, backed: bool) -> anndata.AnnData:
             is_anndata = "obs" in handle and "var" in handle
     if not is_anndata:
         raise SctraceInputError(
-            f"input file {str(path)!r} is not an AnnData .h5ad file; save your data with adata.write_h5ad(path)."
+            f"{what} {str(path)!r} is not an AnnData .h5ad file; save your data with adata.write_h5ad(path)."
         )
     return anndata.read_h5ad(path, backed="r" if backed else None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,13 +15,24 @@ from sctrace.model.embeddings import CellEmbedding
 from sctrace.model.masking import random_mask
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 
-__all__ = ["CLS_ID", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls"]
+__all__ = ["CLS_ID", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls", "gather_sentences"]
 
 
 def add_cls(tokens: torch.Tensor) -> torch.Tensor:
     """Prepend [CLS]: (batch, length) -> (batch, length + 1)."""
     cls = torch.full((tokens.shape[0], 1), CLS_ID, dtype=tokens.dtype, device=tokens.device)
     return torch.cat([cls, tokens], dim=1)
+
+
+def gather_sentences(tokens: np.ndarray, lengths: np.ndarray, rows: np.ndarray | slice) -> torch.Tensor:
+    """[CLS]-prefixed int64 sentences of ``rows``, trimmed to the longest of them (less padding to attend over).
+
+    tokens: (n_cells, max_len) gene token ids (may be a memory map); lengths: (n_cells,).
+    Returns (len(rows), width + 1) int64.
+    """
+    row_lengths = lengths[rows]
+    width = max(1, int(row_lengths.max())) if len(row_lengths) else 1
+    return add_cls(torch.as_tensor(np.asarray(tokens[rows, :width], dtype=np.int64)))
 
 
 class TraceNet(nn.Module):
