@@ -203,3 +203,17 @@ def test_resume_continues_from_last_checkpoint(small_timecourse, tiny_fast_confi
 def test_lognorm_data_needs_gaussian_likelihood(small_timecourse):
     with pytest.raises(SctraceInputError, match="likelihood='gaussian'"):
         TRACE(small_timecourse, "time", holdout=2.5, count_kind="lognorm")
+
+
+def test_predict_from_given_source_cells(fitted, small_timecourse):
+    model, _, holdout = fitted
+    first = small_timecourse[small_timecourse.obs["time"] == model.spec.source_time][:7]
+    out = model.predict(holdout, source=first, seed=2)
+    assert out.n_obs == 7 and list(out.obs["source_cell"]) == list(first.obs_names)
+    # The source cells matter: other sources give other sentences.
+    other = model.predict(holdout, source=small_timecourse[small_timecourse.obs["time"] == model.spec.source_time][7:14], seed=2)
+    assert not np.array_equal(out.obsm["sctrace_tokens"], other.obsm["sctrace_tokens"])
+    with pytest.raises(SctraceInputError, match="genes are missing"):
+        model.predict(holdout, source=first[:, 40:])
+    with pytest.raises(SctraceInputError, match="no cells"):
+        model.predict(holdout, source=first[:0])

@@ -286,6 +286,8 @@ class TRACE:
         temperature: float | None = None,
         n_iter: int | None = None,
         batch_size: int = 128,
+        source: ad.AnnData | None = None,
+        layer: str | None = None,
     ) -> ad.AnnData:
         """Generate cells at a real time value (held out, in between, or past the last observed time).
 
@@ -297,12 +299,23 @@ class TRACE:
         Returns an AnnData over the model's genes: ``X`` sampled counts, ``layers['<likelihood>_mean']`` the
         expected value, ``obsm['X_sctrace']`` the [CLS] cell embedding, ``obsm['sctrace_tokens']`` the generated
         sentences, ``obs`` with ``time``, ``source_cell`` and ``library_size``.
+
+        ``source``: cells to start from instead of the training source cells (e.g. held-out cells of the source
+        time point, for imputation); one generated cell per source cell (``n_cells`` is ignored), with ``X``
+        (or ``layer``) holding the same kind of values as at fit and the model's genes. Their context cells are
+        drawn from the training pairs.
         """
         self._require_trained("predict")
         time = parse_time(time)
         spec, corpus = self.spec, self.corpus
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
+        if source is not None:
+            if source.n_obs == 0:
+                raise SctraceInputError("the source AnnData has no cells; pass at least one source cell.")
+            matrix = source.layers[layer] if layer is not None else source.X
+            source_tokens, source_lengths = tokenize_with_spec(spec, matrix, source.var_names)
+            n_cells = source.n_obs
         n_cells = n_cells or len(np.unique(corpus.pairs[:, 0]))
         rows = rng.choice(len(corpus.pairs), size=n_cells, replace=n_cells > len(corpus.pairs))
         length = length or spec.default_length(time)
@@ -317,11 +330,14 @@ class TRACE:
         for start in range(0, n_cells, batch_size):
             chunk = rows[start : start + batch_size]
             cells = corpus.pairs[chunk]
-            source = gather_sentences(corpus.tokens, corpus.lengths, cells[:, 0])
+            if source is None:
+                start_cells = gather_sentences(corpus.tokens, corpus.lengths, cells[:, 0])
+            else:
+                start_cells = gather_sentences(source_tokens, source_lengths, slice(start, start + len(chunk)))
             context = [(gather_sentences(corpus.tokens, corpus.lengths, cells[:, k]), spec.time_values[k]) for k in context_columns]
             lengths = torch.full((len(chunk),), length, dtype=torch.long)
             tokens, cls = maskgit_generate(
-                self.net, source, spec.source_time, context, time, lengths,
+                self.net, start_cells, spec.source_time, context, time, lengths,
                 n_iter=n_iter, temperature=temperature, schedule=self.config.mask_schedule, generator=generator,
             )
             with torch.no_grad():
@@ -331,7 +347,7 @@ class TRACE:
             tokens_out.append(tokens.numpy().astype(np.int32))
             cls_out.append(cls.numpy())
 
-        source_names = corpus.obs_names[corpus.pairs[rows, 0]]
+        source_names = corpus.obs_names[corpus.pairs[rows, 0]] if source is None else np.asarray(source.obs_names).astype(str)
         obs = pd.DataFrame(
             {"time": np.full(n_cells, time), "source_cell": source_names, "library_size": library},
             index=[f"sctrace_{i}" for i in range(n_cells)],
