@@ -37,6 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
+from sctrace._threads import set_threads as _set_threads
 from sctrace.config import DEFAULT_PRESET, load_config
 from sctrace.data.corpus import split_times
 from sctrace.data.io import check_holdout, read_timecourse
@@ -106,20 +107,6 @@ def peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-def _set_threads(threads: int, torch_too: bool) -> None:
-    """Limit BLAS threads, and torch's when the method uses torch (the baselines do not even import it)."""
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(max(1, threads))
-    except ImportError:
-        pass
-    if torch_too:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
 
 
 def _run_job(job: dict) -> list[dict]:

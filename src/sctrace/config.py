@@ -15,6 +15,17 @@ from sctrace._errors import SctraceInputError
 
 DEFAULT_PRESET = "cpu-small"
 
+# Keys that take one of a few words: a typo is named at load time, not deep inside a fit.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "pairing": ("random", "stratified"),
+    "rank_encoding": ("learnable", "sinusoidal"),
+    "likelihood": ("zinb", "nb", "gaussian"),
+    "count_input": ("masked", "complete"),
+    "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
+    "encoder": ("scratch", "geneformer"),
+    "encoder_mode": ("frozen", "finetune"),
+}
+
 
 @dataclass
 class TraceConfig:
@@ -26,12 +37,16 @@ class TraceConfig:
     pairing: str = "random"
     # model
     d_model: int = 64
+    encoder: str = "scratch"  # or "geneformer": a pretrained Geneformer-format BERT reads the source cell
+    encoder_path: str = ""  # directory of the pretrained encoder (config.json, safetensors, token dictionary, medians)
+    encoder_mode: str = "frozen"  # frozen | finetune
     n_heads: int = 4
     head_dim: int = 16
     n_encoder_layers: int = 2
     n_decoder_layers: int = 2
     dropout: float = 0.1
     rank_encoding: str = "learnable"
+    tie_token_embeddings: bool = False
     time_scale: float = 100.0
     count_hidden: int = 128
     count_dropout: float = 0.1
@@ -71,6 +86,10 @@ class TraceConfig:
                 values[key] = kind(value) if kind is not bool else bool(value)
             except (TypeError, ValueError) as err:
                 raise SctraceInputError(f"config key '{key}' in {origin} must be a {kind.__name__}, got {value!r}.") from err
+            if key in CHOICES and values[key] not in CHOICES[key]:
+                raise SctraceInputError(
+                    f"config key '{key}' in {origin} must be one of {', '.join(CHOICES[key])}, got {value!r}."
+                )
         return TraceConfig(**values)
 
     def to_yaml(self, path: str | os.PathLike) -> None:

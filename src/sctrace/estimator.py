@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,15 +28,50 @@ from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
+ENCODER_FILE = "encoder.json"  # the pretrained encoder's architecture and gene map; its weights are in WEIGHTS_FILE
 CORPUS_DIR = "corpus"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
-_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
+_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
 
 
-def _build_net(spec: CorpusSpec, config: TraceConfig) -> TraceNet:
+def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
+    """The pretrained encoder's gene medians for the data's genes: sentences must be ranked as it was trained."""
+    from sctrace.model.pretrained import find_encoder_files, geneformer_medians_for, load_gene_medians, load_token_dictionary
+
+    files = find_encoder_files(_encoder_dir(config))
+    return geneformer_medians_for(gene_names, load_gene_medians(files.gene_medians), load_token_dictionary(files.token_dictionary))
+
+
+def _encoder_dir(config: TraceConfig) -> Path:
+    if not config.encoder_path:
+        raise SctraceInputError("encoder 'geneformer' needs its directory; pass encoder_path (CLI: --encoder-path DIR).")
+    path = Path(config.encoder_path)
+    if not path.is_dir():
+        raise SctraceInputError(f"pretrained encoder directory {path} does not exist; pass the folder holding its config.json.")
+    return path
+
+
+def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None = None) -> TraceNet:
+    """The network for a corpus; ``encoder_config`` rebuilds a saved pretrained encoder without its directory."""
     times = spec.time_values
+    pretrained = None
+    if config.encoder == "geneformer":
+        from sctrace.model.pretrained import PretrainedEncoder
+
+        if encoder_config is not None:
+            pretrained = PretrainedEncoder(**encoder_config)
+        else:
+            pretrained = PretrainedEncoder.from_directory(
+                _encoder_dir(config), spec.genes, config.d_model, mode=config.encoder_mode,
+                time_origin=times[0], time_span=times[-1] - times[0], time_scale=config.time_scale,
+            )
+        if spec.max_len > pretrained.max_genes:
+            raise SctraceInputError(
+                f"sentences of {spec.max_len} genes are longer than the pretrained encoder takes ({pretrained.max_genes}); "
+                "lower max_len."
+            )
     return TraceNet(
         spec.vocab_size,
         spec.n_genes,
@@ -54,6 +90,8 @@ def _build_net(spec: CorpusSpec, config: TraceConfig) -> TraceNet:
         count_dropout=config.count_dropout,
         likelihood=config.likelihood,
         count_input=config.count_input,
+        tie_token_embeddings=config.tie_token_embeddings,
+        pretrained=pretrained,
     )
 
 
@@ -111,7 +149,9 @@ class TRACE:
     Parameters
     ----------
     adata
-        AnnData or path to an ``.h5ad`` with raw counts in ``X`` (or ``layer``) and a time column.
+        AnnData or path to an ``.h5ad`` with raw counts in ``X`` (or ``layer``) and a time column. A path (or a
+        backed AnnData) is read a block of cells at a time and the tokenized corpus goes to a temporary directory
+        (linked into ``run_dir/corpus`` by ``fit``), so memory does not grow with the number of cells.
     time_key
         obs column holding the time (numbers, or labels parsed by :func:`sctrace.data.io.parse_time` or mapped
         by ``time_map``).
@@ -150,10 +190,20 @@ class TRACE:
                 "the data hold log-normalised values, not counts; use likelihood='gaussian' (CLI: --likelihood gaussian)."
             )
         self.seed = seed
+        # Data on disk stay there: the matrix is read a block of cells at a time and the corpus is written to a
+        # directory of its own and read back by rows, so memory does not grow with the number of cells.
+        on_disk = not isinstance(adata, ad.AnnData) or adata.isbacked
         self.timecourse: TimeCourse | None = read_timecourse(
-            adata, time_key, layer=layer, time_map=time_map, stratify=stratify, count_kind=count_kind
+            adata, time_key, layer=layer, time_map=time_map, stratify=stratify, count_kind=count_kind, backed=on_disk
         )
+        corpus_dir = None
+        if on_disk:
+            corpus_dir = tempfile.mkdtemp(prefix="sctrace_corpus_")
+            weakref.finalize(self, shutil.rmtree, corpus_dir, ignore_errors=True)
         holdout_value = None if holdout is None else parse_time(holdout)
+        gene_medians = None
+        if self.config.encoder == "geneformer":
+            gene_medians = _geneformer_medians(self.config, self.timecourse.gene_names())
         self.corpus: Corpus = prepare_corpus(
             self.timecourse,
             task=task,
@@ -162,6 +212,8 @@ class TRACE:
             max_len=self.config.max_len,
             pairing=self.config.pairing,
             seed=seed,
+            gene_medians=gene_medians,
+            directory=corpus_dir,
         )
         torch.manual_seed(seed)
         self.net = _build_net(self.corpus.spec, self.config)
@@ -177,7 +229,9 @@ class TRACE:
         spec = self.spec
         return (
             f"TRACE({spec.n_genes} genes, times {spec.time_values}, task={spec.task}, holdout={spec.holdout}, "
-            f"{len(self.corpus.pairs)} pairs, trained={self.is_trained})"
+            f"{len(self.corpus.pairs)} pairs, trained={self.is_trained}"
+            + (f", encoder: {self.net.pretrained.summary()} ({self.config.encoder_mode})" if self.net.pretrained is not None else "")
+            + ")"
         )
 
     # ------------------------------------------------------------------ training
@@ -193,11 +247,14 @@ class TRACE:
         devices: int | str = 1,
         num_nodes: int = 1,
         strategy: str = "auto",
+        max_steps: int | None = None,
     ) -> TRACE:
         """Train with early stopping on a validation split of pairs; checkpoints go to ``run_dir/checkpoints``.
 
         With ``resume=True`` training continues from ``run_dir/checkpoints/last.ckpt``. After training the
         best checkpoint's weights are loaded and, when ``run_dir`` is given, the run is saved there.
+        ``max_steps`` stops training after that many optimiser steps even within an epoch (for smoke tests and
+        benchmarks); validation runs only at the end of an epoch, so a run stopped earlier keeps its last weights.
 
         ``accelerator``, ``devices``, ``num_nodes`` and ``strategy`` go to Lightning's ``Trainer``: with more than
         one process (e.g. ``devices=2, strategy="ddp"``) each rank trains on its own share of the pairs
@@ -215,6 +272,8 @@ class TRACE:
             self.config = self.config.update({"max_epochs": max_epochs})
         if self.config.max_epochs < 1:
             raise SctraceInputError(f"max_epochs must be at least 1, got {self.config.max_epochs}.")
+        if max_steps is not None and max_steps < 1:
+            raise SctraceInputError(f"max_steps must be at least 1, got {max_steps}; leave it out to train whole epochs.")
         scratch = None
         if run_dir is None:
             scratch = tempfile.TemporaryDirectory(prefix="sctrace_")
@@ -222,8 +281,7 @@ class TRACE:
         else:
             root = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
             if is_rank_zero():
-                self.corpus.save(root / CORPUS_DIR)
-                self.config.to_yaml(root / CONFIG_FILE)
+                self._write_description(root)
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
         L.seed_everything(self.seed, workers=True, verbose=False)
@@ -236,10 +294,14 @@ class TRACE:
         checkpoint = ModelCheckpoint(
             dirpath=root / CHECKPOINT_DIR, filename="best", monitor=monitor, save_last=True, save_weights_only=False
         )
-        callbacks = [checkpoint, EarlyStopping(monitor=monitor, patience=self.config.patience)]
+        # Checked after validation (every epoch end) rather than at the end of the training epoch, so a run that
+        # max_steps stops inside an epoch, before any validation, is not checked against a missing val_loss.
+        stopping = EarlyStopping(monitor=monitor, patience=self.config.patience, check_on_train_epoch_end=not has_val)
+        callbacks = [checkpoint, stopping]
         with _quiet_lightning():
             trainer = L.Trainer(
                 max_epochs=self.config.max_epochs,
+                max_steps=-1 if max_steps is None else max_steps,
                 accelerator=accelerator,
                 devices=devices,
                 num_nodes=num_nodes,
@@ -402,11 +464,19 @@ class TRACE:
         return out
 
     # ------------------------------------------------------------------ persistence
+    def _write_description(self, run_dir: Path) -> None:
+        """Everything but the weights: corpus, config and, with a pretrained encoder, its architecture."""
+        self.corpus.save(run_dir / CORPUS_DIR)
+        self.config.to_yaml(run_dir / CONFIG_FILE)
+        if self.net.pretrained is not None:
+            (run_dir / ENCODER_FILE).write_text(json.dumps(self.net.pretrained.to_config()))
+
     def _write_weights(self, run_dir: Path) -> None:
         from safetensors.torch import save_file
 
         tmp = run_dir / (WEIGHTS_FILE + ".tmp")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        # clone: tied tables are one tensor under two names, and safetensors refuses shared memory.
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(tmp), metadata={"format": "sctrace", "version": "1"})
         os.replace(tmp, run_dir / WEIGHTS_FILE)  # atomic: a kill never leaves a half-written model
 
@@ -414,8 +484,7 @@ class TRACE:
         """Write weights (safetensors), config (YAML) and the tokenized corpus; enough to predict later."""
         self._require_trained("save")
         root = prepare_run_dir(run_dir, overwrite=overwrite)
-        self.corpus.save(root / CORPUS_DIR)
-        self.config.to_yaml(root / CONFIG_FILE)
+        self._write_description(root)
         self._write_weights(root)
         return root
 
@@ -428,18 +497,26 @@ class TRACE:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise SctraceInputError(f"run directory {run_dir} does not exist; pass the --out directory of `sctrace fit`.")
-        for name in (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR):
+        config = TraceConfig.from_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
+        needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if config and config.encoder != "scratch" else ())
+        for name in needed:
             if not (run_dir / name).exists():
                 raise SctraceInputError(
                     f"run directory {run_dir} is incomplete: {name} is missing (was fit interrupted? resume it with --resume)."
                 )
         self = cls.__new__(cls)
-        self.config = TraceConfig.from_yaml(run_dir / CONFIG_FILE)
+        self.config = config
         self.corpus = Corpus.load(run_dir / CORPUS_DIR)
         self.timecourse = None
         self.seed = 0
         self.history = None
-        self.net = _build_net(self.corpus.spec, self.config)
+        encoder_config = None
+        if self.config.encoder != "scratch":
+            try:
+                encoder_config = json.loads((run_dir / ENCODER_FILE).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise SctraceInputError(f"{run_dir / ENCODER_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
+        self.net = _build_net(self.corpus.spec, self.config, encoder_config)
         try:
             state = load_file(str(run_dir / WEIGHTS_FILE))
         except (SafetensorError, OSError) as err:

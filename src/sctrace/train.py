@@ -56,7 +56,8 @@ class TracePlan(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         count_params = list(self.net.count_decoder.parameters())
         count_ids = {id(p) for p in count_params}
-        other = [p for p in self.net.parameters() if id(p) not in count_ids]
+        # A frozen pretrained encoder's weights have requires_grad False and stay out of the optimiser.
+        other = [p for p in self.net.parameters() if id(p) not in count_ids and p.requires_grad]
         return torch.optim.AdamW(
             [
                 {"params": other, "lr": self.config.lr, "weight_decay": self.config.weight_decay},

@@ -28,6 +28,8 @@ class PairRows(Dataset):
 class PairCollator:
     """Gathers a batch of pair rows into tensors.
 
+    Only the batch's cells are read from ``corpus.tokens`` and ``corpus.counts``, so a corpus on disk
+    (:class:`~sctrace.data.corpus.NpyFile`, :class:`~sctrace.data.corpus.DiskCSR`) is never loaded whole.
     Returns ``sentences`` (batch, n_times, width) int64 with [CLS] first and the batch's padding trimmed,
     ``counts`` (batch, n_times, n_genes) float32 and ``library_size`` (batch, n_times) float32.
     """

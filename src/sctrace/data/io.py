@@ -2,7 +2,8 @@
 
 Every problem a user can fix is raised as :class:`~sctrace._errors.SctraceInputError` with one sentence that
 names the problem and the fix. Expression values are checked in chunks (stored values of a sparse matrix,
-row blocks of a dense one) so a large or backed matrix is never densified or loaded whole.
+row blocks of a dense one) so a large or backed matrix is never densified or loaded whole; later steps read
+it the same way, a block of cells at a time, through :class:`MatrixRows`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from anndata.abc import CSCDataset, CSRDataset
 
 from sctrace._errors import SctraceInputError
 
-__all__ = ["COUNT_KINDS", "TimeCourse", "check_holdout", "parse_time", "read_h5ad", "read_timecourse"]
+__all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_holdout", "parse_time", "read_h5ad", "read_timecourse"]
 
 COUNT_KINDS = ("counts", "lognorm")
 """What the expression matrix holds: raw integer ``counts``, or already log-normalised values (``lognorm``)."""
@@ -104,6 +105,63 @@ class TimeCourse:
         return np.asarray(names).astype(str)
 
 
+class MatrixRows:
+    """Chosen rows (and columns) of an expression matrix, read a block of rows at a time.
+
+    ``view[start:stop]`` is a scipy CSR matrix of the rows ``rows[start:stop]`` restricted to ``columns``.
+    It is read from the matrix in contiguous stretches of rows, so a backed matrix is never loaded whole
+    and an in-memory one is never copied whole; with ``shape`` and ``dtype`` this is all the chunked
+    functions of :mod:`sctrace.data.tokenize` and :mod:`sctrace.data.preprocess` need.
+
+    Parameters
+    ----------
+    matrix
+        ``(n_cells, n_genes)`` scipy sparse matrix, numpy array, or backed matrix whose ``matrix[a:b]``
+        gives rows (anndata backed ``X``, h5py dataset).
+    rows
+        ``(n_rows,)`` increasing row indices.
+    columns
+        ``(n_columns,)`` column indices kept, in their order; ``None`` keeps every column.
+    transform
+        Applied to the stored values of every block read (e.g. ``np.expm1``); ``None`` leaves them.
+    """
+
+    # Rows skipped inside one read: a wider gap (e.g. a block of held-out cells) starts a new read.
+    max_gap = 1_024
+
+    def __init__(
+        self,
+        matrix,
+        rows: np.ndarray,
+        columns: np.ndarray | None = None,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
+        self.matrix, self.rows, self.columns, self.transform = matrix, np.asarray(rows, dtype=np.int64), columns, transform
+        self.shape = (self.rows.size, matrix.shape[1] if columns is None else len(columns))
+        self.dtype = np.dtype(matrix.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> scipy.sparse.csr_matrix:
+        if not isinstance(key, slice) or key.indices(self.shape[0])[2] != 1:
+            raise TypeError(f"MatrixRows takes a slice of consecutive rows, got {key!r}.")
+        wanted = self.rows[key]
+        if wanted.size == 0:
+            return scipy.sparse.csr_matrix((0, self.shape[1]), dtype=self.dtype)
+        blocks = []
+        for stretch in np.split(wanted, np.flatnonzero(np.diff(wanted) > self.max_gap) + 1):
+            block = self.matrix[stretch[0] : stretch[-1] + 1]
+            block = scipy.sparse.csr_matrix(block if scipy.sparse.issparse(block) else np.asarray(block))
+            if stretch.size < block.shape[0]:
+                block = block[stretch - stretch[0]]
+            blocks.append(block if self.columns is None else block[:, self.columns])
+        block = blocks[0] if len(blocks) == 1 else scipy.sparse.vstack(blocks, format="csr")
+        if self.transform is not None:
+            block = scipy.sparse.csr_matrix((self.transform(block.data), block.indices, block.indptr), shape=block.shape)
+        return block
+
+
 def read_timecourse(
     data: str | os.PathLike | anndata.AnnData,
     time_key: str = "time",
@@ -137,7 +195,8 @@ def read_timecourse(
         One of :data:`COUNT_KINDS`. ``"counts"`` requires non-negative integers; ``"lognorm"`` requires
         non-negative values and warns if they look like raw counts.
     backed
-        Open an ``.h5ad`` path read-only in backed mode (``X`` stays on disk). Ignored for an AnnData input.
+        Open an ``.h5ad`` path read-only in backed mode (``X`` stays on disk; anndata still reads ``obs``,
+        ``var`` and any ``layers`` into memory, so keep large counts in ``X``). Ignored for an AnnData input.
 
     Returns
     -------

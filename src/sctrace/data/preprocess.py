@@ -1,9 +1,10 @@
-"""Log-normalisation and HVG selection with scanpy, fitted on training cells only."""
+"""Log-normalisation and HVG selection (scanpy's criterion, in memory or streamed), fitted on training cells only."""
 
 from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
@@ -44,3 +45,85 @@ def select_hvgs(lognorm, gene_names, n_top_genes: int = 2000) -> np.ndarray:
     sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat")
     chosen = set(adata.var_names[adata.var["highly_variable"].to_numpy()])
     return np.flatnonzero(np.isin(gene_names, list(chosen)))
+
+
+def select_hvgs_streamed(
+    matrix, n_top_genes: int = 2000, count_kind: str = "counts", chunk_size: int = 16_384
+) -> np.ndarray:
+    """The genes :func:`select_hvgs` picks on ``log_normalize(matrix)``, from one pass over blocks of cells.
+
+    scanpy's 'seurat' flavour needs only each gene's mean and variance of ``expm1`` of the log-normalised
+    values, and :func:`log_normalize` treats every cell on its own, so blocks of cells are log-normalised
+    one at a time and per-gene sums and sums of squares are accumulated; memory does not grow with the
+    number of cells. The criterion is then applied as scanpy does (:func:`_seurat_top_genes`). Sums are
+    float64 as in scanpy, only added in another order, so a gene could change sides only if its normalised
+    dispersion tied another's at the cut-off to about 1e-15.
+
+    Parameters
+    ----------
+    matrix
+        ``(n_cells, n_genes)`` raw counts (or log-normalised values for ``count_kind='lognorm'``) of the
+        training cells: anything whose ``matrix[start:stop]`` gives rows, in memory or backed
+        (:class:`sctrace.data.io.MatrixRows`).
+    n_top_genes, count_kind
+        As for :func:`select_hvgs` and :func:`log_normalize`.
+    chunk_size
+        Cells read at a time.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_selected,)`` int64 column indices, increasing.
+    """
+    n_cells, n_genes = matrix.shape
+    n_expressed = np.zeros(n_genes, dtype=np.int64)
+    sums = np.zeros(n_genes, dtype=np.float64)
+    squares = np.zeros(n_genes, dtype=np.float64)
+    for start in range(0, n_cells, chunk_size):
+        lognorm = sp.csr_matrix(log_normalize(matrix[start : start + chunk_size], count_kind))
+        genes = lognorm.indices
+        n_expressed += np.bincount(genes[lognorm.data > 0], minlength=n_genes)
+        values = np.expm1(lognorm.data)  # the seurat flavour works on expm1 of the float32 values
+        sums += np.bincount(genes, weights=values, minlength=n_genes)
+        # squared in float32 and summed in float64, as scanpy's kernel does
+        squares += np.bincount(genes, weights=values * values, minlength=n_genes)
+    expressed = np.flatnonzero(n_expressed)
+    if expressed.size <= n_top_genes:
+        return expressed
+    mean = sums[expressed] / n_cells
+    var = squares[expressed] / n_cells - mean**2
+    if n_cells > 1:
+        var *= n_cells / (n_cells - 1)  # scanpy's unbiased variance
+    return expressed[_seurat_top_genes(mean, var, n_top_genes)]
+
+
+def _seurat_top_genes(mean: np.ndarray, var: np.ndarray, n_top_genes: int, n_bins: int = 20) -> np.ndarray:
+    """scanpy's 'seurat' choice of the ``n_top_genes`` most variable genes from their moments.
+
+    ``mean`` and ``var`` are ``(n_genes,)`` float64 moments of ``expm1`` of log-normalised values. The
+    dispersion ``log(var / mean)`` is standardised within 20 equal-width bins of ``log1p(mean)`` (a bin
+    holding one gene gets normalised dispersion 1), and genes at or above the ``n_top_genes``-th highest
+    normalised dispersion are kept (ties may keep a few more, as in scanpy).
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_genes,)`` bool, True for the chosen genes.
+    """
+    mean = np.where(mean == 0, 1e-12, mean)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dispersion = var / mean
+        dispersion[dispersion == 0] = np.nan
+        dispersion = np.log(dispersion)
+    genes = pd.DataFrame({"dispersion": dispersion, "bin": pd.cut(np.log1p(mean), bins=n_bins)})
+    stats = genes.groupby("bin", observed=True)["dispersion"].agg(avg="mean", dev="std")
+    one_gene = stats["dev"].isnull()
+    stats.loc[one_gene, "dev"] = stats.loc[one_gene, "avg"]
+    stats.loc[one_gene, "avg"] = 0
+    per_gene = stats.loc[genes["bin"]]
+    normalised = (dispersion - per_gene["avg"].to_numpy()) / per_gene["dev"].to_numpy()
+    ranked = np.sort(normalised[~np.isnan(normalised)])[::-1]
+    if ranked.size == 0:  # every gene has zero variance: none is variable
+        return np.zeros(mean.size, dtype=bool)
+    cutoff = ranked[min(n_top_genes, ranked.size) - 1]
+    return np.nan_to_num(normalised, nan=-np.inf) >= cutoff

@@ -51,6 +51,12 @@ class TraceNet(nn.Module):
     count_input
         Which [CLS] state trains the count decoder: ``masked`` (the masked training pass, no extra cost) or
         ``complete`` (an extra decoder pass over the unmasked target sentence, matching generation).
+    tie_token_embeddings
+        Share the decoder's input gene table with the output layer (and start the gene tables small, std 0.02):
+        an input table of its own, initialised N(0, 1), barely moves in a few hundred steps.
+    pretrained
+        A source encoder with the signature of :meth:`encode` (e.g.
+        :class:`sctrace.model.pretrained.PretrainedEncoder`) replacing the from-scratch one.
     """
 
     def __init__(
@@ -73,6 +79,8 @@ class TraceNet(nn.Module):
         count_dropout: float = 0.1,
         likelihood: str = "zinb",
         count_input: str = "masked",
+        pretrained: nn.Module | None = None,
+        tie_token_embeddings: bool = False,
     ):
         super().__init__()
         if count_input not in ("masked", "complete"):
@@ -81,11 +89,22 @@ class TraceNet(nn.Module):
         self.vocab_size, self.n_genes, self.max_len = vocab_size, n_genes, max_len
         embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale)
         # The source cell and the target/context cells get their own embeddings: they play different roles.
-        self.source_embedding = CellEmbedding(vocab_size, d_model, max_len, dropout=dropout, **embed_args)
+        # Created in this order so that a seed gives the same initial weights as before the pretrained option.
+        self.pretrained = pretrained
+        if pretrained is None:
+            self.source_embedding = CellEmbedding(vocab_size, d_model, max_len, dropout=dropout, **embed_args)
         self.target_embedding = CellEmbedding(vocab_size, d_model, max_len, dropout=dropout, **embed_args)
-        self.encoder = Stack(EncoderLayer, n_encoder_layers, d_model, n_heads, head_dim, dropout)
+        if pretrained is None:
+            self.encoder = Stack(EncoderLayer, n_encoder_layers, d_model, n_heads, head_dim, dropout)
         self.decoder = Stack(DecoderLayer, n_decoder_layers, d_model, n_heads, head_dim, dropout)
         self.token_head = nn.Linear(d_model, vocab_size)
+        if tie_token_embeddings:
+            for embedding in (self.target_embedding, getattr(self, "source_embedding", None)):
+                if embedding is not None:
+                    nn.init.normal_(embedding.token.weight, std=0.02)
+                    with torch.no_grad():
+                        embedding.token.weight[embedding.token.padding_idx].zero_()
+            self.token_head.weight = self.target_embedding.token.weight
         self.count_decoder = CountDecoder(d_model, n_genes, n_hidden=count_hidden, dropout=count_dropout, likelihood=likelihood)
 
     @staticmethod
@@ -95,6 +114,8 @@ class TraceNet(nn.Module):
 
     def encode(self, source: torch.Tensor, time: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """source: (batch, length) with [CLS] first. Returns Z_0 (batch, length, d) and its pad mask."""
+        if self.pretrained is not None:
+            return self.pretrained(source, self._times(time, source.shape[0], source.device))
         pad = source == PAD_ID
         x = self.source_embedding(source, self._times(time, source.shape[0], source.device))
         return self.encoder(x, pad), pad
