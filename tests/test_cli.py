@@ -267,3 +267,12 @@ def test_embed_writes_cell_and_gene_embeddings(run_dir, sim_file, tiny_fast_conf
     # Gene rows are the model's gene table, matched by name.
     order = [model.spec.genes.index(g) for g in emb.var_names[known]]
     np.testing.assert_allclose(genes[known], model.gene_embeddings()[order], rtol=1e-6)
+
+
+def test_fit_encoder_flags_reach_the_config(sim_file, tmp_path, monkeypatch, capsys):
+    base = ["fit", sim_file, "--holdout", HOLDOUT, "--out", tmp_path / "run", "--max-epochs", 1]
+    assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "bert"], "'encoder' in overrides must be one of scratch, geneformer")
+    assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "geneformer"], "pass encoder_path (CLI: --encoder-path DIR)")
+    assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "geneformer", "--encoder-path", tmp_path / "none"],
+                          "does not exist")
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,5 @@
-"""Command line: ``sctrace simulate | prepare | fit | predict | embed | demo | evaluate | benchmark | plot``."""
+"""Command line: ``sctrace simulate | prepare | fit | predict | embed | demo | evaluate | benchmark | plot | impute |
+extrapolation | analyze``."""
 
 from __future__ import annotations
 
@@ -9,30 +10,13 @@ from typing import Annotated, Optional
 import typer
 
 from sctrace._errors import SctraceInputError
+from sctrace._threads import Threads
+from sctrace._threads import set_threads as _set_threads
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="TRACE: predict single-cell expression at time points nobody measured.",
 )
-
-Threads = Annotated[
-    int,
-    typer.Option(help="torch/BLAS threads; 1 is the safe default on a shared machine (small layers slow down badly "
-                 "when threads compete for cores)."),
-]
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(max(1, threads))
-    except ImportError:  # numpy then keeps its own default; torch is what matters for speed here
-        pass
-
 
 def _parse_time_map(pairs: list[str] | None) -> dict[str, float] | None:
     if not pairs:
@@ -137,6 +121,10 @@ def fit(
     devices: Annotated[str, typer.Option(help="Processes (devices) per node, or 'auto'; >1 trains data-parallel.")] = "1",
     num_nodes: Annotated[int, typer.Option(help="Machines in a multi-node run (launched by torchrun or SLURM).")] = 1,
     strategy: Annotated[str, typer.Option(help="Lightning strategy: auto | ddp | ddp_spawn | ...")] = "auto",
+    encoder: Annotated[Optional[str], typer.Option(help="Source encoder: scratch | geneformer (pretrained, local).")] = None,
+    encoder_path: Annotated[Optional[Path], typer.Option(help="Directory of the pretrained encoder: config.json, "
+                            "model.safetensors, token_dictionary.{json,csv,pkl}, gene medians.")] = None,
+    encoder_mode: Annotated[Optional[str], typer.Option(help="frozen | finetune (pretrained encoder only).")] = None,
 ) -> None:
     """Train TRACE on every time point but the held-out one; write a run directory."""
     from sctrace.estimator import TRACE, check_run_dir
@@ -148,6 +136,9 @@ def fit(
         data, time_key, task=task, holdout=holdout, layer=layer, time_map=_parse_time_map(time_map),
         stratify=stratify or (), count_kind=count_kind, preset=preset, config=config, seed=seed,
         **({"likelihood": likelihood} if likelihood else {}),
+        **({"encoder": encoder} if encoder else {}),
+        **({"encoder_path": str(encoder_path)} if encoder_path else {}),
+        **({"encoder_mode": encoder_mode} if encoder_mode else {}),
     )
     typer.echo(repr(model))
     model.fit(
@@ -313,6 +304,73 @@ def _write_h5ad(adata, out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     adata.write_h5ad(tmp)
     tmp.replace(out)
+
+
+@app.command("impute")
+def impute_command(
+    out: Annotated[Path, typer.Option(help="Output folder (imputation.md/.json, split.csv, plots/, runs/, work/).")],
+    data: Annotated[Optional[Path], typer.Argument(help=".h5ad file with raw counts (default: the built-in simulator).")] = None,
+    time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
+    seed: Annotated[int, typer.Option(help="Seed of the split, the training and the generation.")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Fraction of each time point held out.")] = 0.2,
+    stratify: Annotated[Optional[str], typer.Option(help="obs column to split within (default: cell_type if present).")] = None,
+    n_cells: Annotated[Optional[int], typer.Option(help="Cells per method and time (default: the held-out count).")] = None,
+    preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
+    config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs.")] = None,
+    plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace earlier results in --out.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Hold out a fraction of every time point, train on the rest, impute the held-out cells and score them."""
+    from sctrace.experiments import run_imputation
+
+    run_imputation(data if data is not None else _simulated(), time_key, out_dir=out, seed=seed, test_fraction=test_fraction,
+                   stratify_key=stratify, n_cells=n_cells, preset=preset, config=config, max_epochs=max_epochs,
+                   threads=threads, overwrite=overwrite, plots=plots, echo=typer.echo)
+    typer.echo(f"wrote {out / 'imputation.md'} and {out / 'imputation.json'}")
+
+
+@app.command("extrapolation")
+def extrapolation_command(
+    train_steps: Annotated[int, typer.Option(help="Train on this many leading time points; predict each later one.")],
+    out: Annotated[Path, typer.Option(help="Output folder (extrapolation.md/.json, plots/, runs/, work/).")],
+    data: Annotated[Optional[Path], typer.Argument(help=".h5ad file with raw counts (default: the built-in simulator).")] = None,
+    time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every method is fitted once per seed.")] = "0",
+    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,otcfm (linear only interpolates).")] = "sctrace,identity",
+    preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
+    config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs.")] = None,
+    otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
+    plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace earlier results in --out.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Train on the first K time points, predict each later one, and report the metrics against the distance."""
+    from sctrace.experiments import run_extrapolation_distance
+
+    try:
+        seed_values = [int(s) for s in _parse_list(seeds, "seeds")]
+    except ValueError as err:
+        raise SctraceInputError(f"--seeds must be comma-separated integers (e.g. 0,1,2), got '{seeds}'.") from err
+    run_extrapolation_distance(
+        data if data is not None else _simulated(), time_key, k=train_steps, out_dir=out, seeds=seed_values,
+        methods=_parse_list(methods, "methods"), preset=preset, config=config, max_epochs=max_epochs,
+        otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps}, threads=threads,
+        overwrite=overwrite, plots=plots, echo=typer.echo,
+    )
+    typer.echo(f"wrote {out / 'extrapolation.md'}, {out / 'extrapolation.json'} and {out / 'plots'}")
+
+
+def _register_analyze() -> None:
+    # The command lives beside its analysis; that module imports only numpy, pandas and typer at load time.
+    from sctrace.embedding_analysis import analyze_command
+
+    app.command("analyze")(analyze_command)
+
+
+_register_analyze()
 
 
 def main() -> None:

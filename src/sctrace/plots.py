@@ -213,21 +213,30 @@ def layout_2d(points: np.ndarray, layout: str = "umap", seed: int = 0) -> np.nda
 
 def embedding_map(cells: np.ndarray, colourings: dict[str, np.ndarray], path: str | Path, layout: str = "umap",
                   seed: int = 0, title: str = "") -> Path:
-    """One panel per colouring of the same 2-D layout of (n, d) cell embeddings."""
+    """One panel per colouring of the same 2-D layout of (n, d) cell embeddings.
+
+    A colouring of labels gets a colour per label and a legend; a float colouring (e.g. pseudotime) a continuous
+    colour scale.
+    """
     xy = layout_2d(cells, layout, seed)
     fig, axes = plt.subplots(1, len(colourings), figsize=(5 * len(colourings), 4.5), squeeze=False)
     for ax, (name, labels) in zip(axes[0], colourings.items()):
-        _scatter_by_label(ax, xy, labels, _palette(labels), size=5)
+        labels = np.asarray(labels)
+        if labels.dtype.kind == "f":
+            dots = ax.scatter(xy[:, 0], xy[:, 1], s=5, c=labels, cmap="viridis")
+            fig.colorbar(dots, ax=ax, label=name)
+        else:
+            _scatter_by_label(ax, xy, labels, _palette(labels), size=5)
+            ax.legend(loc="best", markerscale=3, fontsize=6)
         ax.set_title(f"coloured by {name}")
         ax.set_xlabel(f"{layout.upper()} 1")
         ax.set_ylabel(f"{layout.upper()} 2")
-        ax.legend(loc="best", markerscale=3, fontsize=6)
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def group_gene_similarity(cell_embeddings: np.ndarray, gene_embeddings: np.ndarray,
-                          groups: np.ndarray) -> tuple[list[str], np.ndarray]:
+def group_gene_similarity(cell_embeddings: np.ndarray, gene_embeddings: np.ndarray, groups: np.ndarray,
+                          order: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
     """Mean cosine similarity between the cells of each group and every gene.
 
     ``S[g, j] = mean_{i in g} cos(c_i, e_j)``, computed as the mean of the unit cell vectors of a group
@@ -241,11 +250,14 @@ def group_gene_similarity(cell_embeddings: np.ndarray, gene_embeddings: np.ndarr
         (n_genes, d) gene embeddings in the same space.
     groups
         (n_cells,) group label of each cell.
+    order
+        The groups (as strings) in the order of the rows; default the distinct groups, sorted. Each must have
+        at least one cell.
 
     Returns
     -------
     names
-        Sorted distinct groups.
+        The groups, in row order.
     similarity
         (n_groups, n_genes) float64 mean cosine similarities.
     """
@@ -259,19 +271,24 @@ def group_gene_similarity(cell_embeddings: np.ndarray, gene_embeddings: np.ndarr
     unit_cells = cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)
     unit_genes = genes / np.maximum(np.linalg.norm(genes, axis=1, keepdims=True), 1e-12)
     groups = np.asarray(groups).astype(str)
-    names = sorted(set(groups))
+    names = sorted(set(groups)) if order is None else [str(name) for name in order]
+    empty = [name for name in names if not (groups == name).any()]
+    if empty:
+        raise SctraceInputError(f"group '{empty[0]}' has no cells; leave it out of the groups to compare.")
     group_means = np.stack([unit_cells[groups == name].mean(0) for name in names])
     return names, group_means @ unit_genes.T
 
 
 def embedding_dotplot(cell_embeddings: np.ndarray, gene_embeddings: np.ndarray, groups: np.ndarray, expressed,
-                      gene_names: Sequence[str], path: str | Path, n_top: int = 3, title: str = "") -> Path:
+                      gene_names: Sequence[str], path: str | Path, n_top: int = 3, title: str = "",
+                      order: Sequence[str] | None = None) -> Path:
     """Dot plot: rows = groups, columns = each group's ``n_top`` genes by mean cell-gene cosine similarity.
 
-    Colour is the mean cosine similarity (:func:`group_gene_similarity`); dot size is the fraction of the
-    group's cells that express the gene (``expressed``: (n_cells, n_genes) values > 0 count as expressed).
+    Colour is the mean cosine similarity (:func:`group_gene_similarity`, rows in ``order``); dot size is the
+    fraction of the group's cells that express the gene (``expressed``: (n_cells, n_genes) values > 0 count as
+    expressed).
     """
-    names, similarity = group_gene_similarity(cell_embeddings, gene_embeddings, groups)
+    names, similarity = group_gene_similarity(cell_embeddings, gene_embeddings, groups, order=order)
     groups = np.asarray(groups).astype(str)
     columns = list(dict.fromkeys(int(j) for row in similarity for j in np.argsort(-row, kind="stable")[:n_top]))
     expressed = sp.csr_matrix(expressed) if sp.issparse(expressed) else np.asarray(expressed)
