@@ -33,6 +33,8 @@ def test_config_errors(tmp_path):
     bad.write_text("lr: [1, 2]\n")
     with pytest.raises(SctraceInputError, match="'lr'.*must be a float"):
         load_config("cpu-small", bad)
+    with pytest.raises(SctraceInputError, match="'mask_schedule' in overrides must be one of cosine, exponential"):
+        load_config("cpu-small", mask_schedule="cosin")
 
 
 def test_first_claim_keeps_most_confident_duplicate():
