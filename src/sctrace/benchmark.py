@@ -258,6 +258,22 @@ def _write_training_file(timecourse, train_rows: np.ndarray, path: Path) -> None
     train.write_h5ad(path)
 
 
+def training_hvgs(timecourse, train_rows: np.ndarray, n_top_genes: int) -> list[str]:
+    """The HVGs of the training cells, chosen as :func:`sctrace.data.corpus.prepare_corpus` chooses them."""
+    gene_names = timecourse.gene_names()
+    train_lognorm = log_normalize(sp.csr_matrix(timecourse.expression()[train_rows]), timecourse.count_kind)
+    return gene_names[select_hvgs(train_lognorm, gene_names, n_top_genes)].tolist()
+
+
+def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str,
+                     overrides: dict | None) -> tuple[dict, int]:
+    """Config overrides for TRACE (checked now, before any work) and the number of HVGs they give."""
+    overrides = {**(overrides or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
+    if count_kind == "lognorm":
+        overrides.setdefault("likelihood", "gaussian")
+    return overrides, load_config(preset, config, **overrides).n_top_genes
+
+
 def run_benchmark(
     data: ad.AnnData | str | os.PathLike,
     time_key: str = "time",
@@ -337,18 +353,13 @@ def run_benchmark(
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
     holdout = check_holdout(timecourse, holdout)
     train_times, _ = split_times(timecourse.time_values, task, holdout)
-    overrides = {**(sctrace_overrides or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
-    if count_kind == "lognorm":
-        overrides.setdefault("likelihood", "gaussian")
-    n_top_genes = load_config(preset, config, **overrides).n_top_genes  # also rejects a bad config up front
+    overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, sctrace_overrides)
     for variant in variants:
         load_config(preset, config, **overrides, **variant.fit_overrides)
 
     matrix, gene_names = timecourse.expression(), timecourse.gene_names()
     train_rows = np.flatnonzero(np.isin(timecourse.times, train_times))
-    train_lognorm = log_normalize(sp.csr_matrix(matrix[train_rows]), count_kind)
-    genes = gene_names[select_hvgs(train_lognorm, gene_names, n_top_genes)].tolist()
-    del train_lognorm
+    genes = training_hvgs(timecourse, train_rows, n_top_genes)
     cells = scoring_cells(matrix, timecourse.times, gene_names, genes, holdout, count_kind, observed_times=train_times)
     n_real = cells.real.shape[0]
     work = out_dir / "work"

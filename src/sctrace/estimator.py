@@ -126,18 +126,23 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: b
     return run_dir
 
 
+def remove_entries(directory: Path, names: Sequence[str]) -> None:
+    """Delete the named files or folders of ``directory`` that exist, and nothing else."""
+    for name in names:
+        path = directory / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
     """Create the run directory, refusing to reuse one unless asked; never deletes files that are not ours."""
     run_dir = check_run_dir(run_dir, overwrite, resume)
     if not is_rank_zero():
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        for name in _OWN_ENTRIES:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_entries(run_dir, _OWN_ENTRIES)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace"}))
     return run_dir

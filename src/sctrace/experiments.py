@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time as clock
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -47,12 +46,13 @@ from sctrace.benchmark import (
     _set_threads,
     _write_training_file,
     peak_rss_mb,
+    sctrace_options,
     summarise_runs,
+    training_hvgs,
 )
-from sctrace.config import DEFAULT_PRESET, load_config
+from sctrace.config import DEFAULT_PRESET
 from sctrace.data.io import _check_stratify_column, read_timecourse
-from sctrace.data.preprocess import log_normalize, select_hvgs
-from sctrace.estimator import check_run_dir, prepare_run_dir
+from sctrace.estimator import check_run_dir, prepare_run_dir, remove_entries
 from sctrace.evaluate import LOWER_IS_BETTER, METRIC_LABELS, lognorm_over_genes, rouge_scores, scoring_cells, write_json
 from sctrace.metrics import e_distance, fit_pca, score
 
@@ -146,29 +146,8 @@ def _draw_evenly(n_available: int, n_draws: int, rng: np.random.Generator) -> np
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     """Create ``out_dir`` (refusing one that is in use unless ``overwrite``), clearing earlier results."""
     prepare_run_dir(out_dir, overwrite=overwrite)
-    for name in _OUTPUTS:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_entries(out_dir, _OUTPUTS)
     return out_dir
-
-
-def _training_hvgs(timecourse, train_rows: np.ndarray, n_top_genes: int) -> list[str]:
-    """The HVGs of the training cells, chosen as :func:`sctrace.data.corpus.prepare_corpus` chooses them."""
-    gene_names = timecourse.gene_names()
-    train_lognorm = log_normalize(sp.csr_matrix(timecourse.expression()[train_rows]), timecourse.count_kind)
-    return gene_names[select_hvgs(train_lognorm, gene_names, n_top_genes)].tolist()
-
-
-def _sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str,
-                     overrides: dict | None) -> tuple[dict, int]:
-    """Config overrides for TRACE (checked now, before any work) and the number of HVGs they give."""
-    overrides = {**(overrides or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
-    if count_kind == "lognorm":
-        overrides.setdefault("likelihood", "gaussian")
-    return overrides, load_config(preset, config, **overrides).n_top_genes
 
 
 def _fit_sctrace(train_path: Path, time_key: str, genes: list[str], count_kind: str, preset: str, config,
@@ -293,7 +272,7 @@ def run_imputation(
     if n_cells is not None and n_cells < 2:
         raise SctraceInputError(f"n_cells must be at least 2 to score a time point, got {n_cells}.")
     out_dir = check_run_dir(out_dir, overwrite=overwrite)
-    overrides, n_top_genes = _sctrace_options(preset, config, max_epochs, count_kind, overrides)
+    overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, overrides)
     _set_threads(threads, torch_too=True)
 
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
@@ -319,7 +298,7 @@ def run_imputation(
                   "split": np.where(held_out, "held_out", "train")}).to_csv(out_dir / "split.csv", index=False)
     work = out_dir / "work"
     _write_training_file(timecourse, train_rows, work / TRAIN_FILE)
-    genes = _training_hvgs(timecourse, train_rows, n_top_genes)
+    genes = training_hvgs(timecourse, train_rows, n_top_genes)
     lognorm = lognorm_over_genes(matrix, gene_names, genes, count_kind)
     source_time = float(time_values[0])
     source_rows = test_rows[times[test_rows] == source_time]
@@ -539,7 +518,7 @@ def run_extrapolation_distance(
     methods, seeds = _check_methods(methods, seeds)
     otcfm_resolved = _otcfm_settings(otcfm_settings, methods)
     out_dir = check_run_dir(out_dir, overwrite=overwrite)
-    overrides, n_top_genes = _sctrace_options(preset, config, max_epochs, count_kind, overrides)
+    overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, overrides)
     _set_threads(threads, torch_too=True)
 
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
@@ -570,7 +549,7 @@ def run_extrapolation_distance(
     train_rows = np.flatnonzero(np.isin(times, train_times))
     work = out_dir / "work"
     _write_training_file(timecourse, train_rows, work / TRAIN_FILE)
-    genes = _training_hvgs(timecourse, train_rows, n_top_genes)
+    genes = training_hvgs(timecourse, train_rows, n_top_genes)
     train_lognorm = lognorm_over_genes(matrix[train_rows], gene_names, genes, count_kind)
     scoring = {float(t): scoring_cells(matrix, times, gene_names, genes, float(t), count_kind,
                                        observed_times=train_times) for t in targets}
