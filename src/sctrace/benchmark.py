@@ -46,7 +46,7 @@ from sctrace.evaluate import METRIC_LABELS, lognorm_over_genes, rouge_scores, ru
 
 __all__ = ["ABLATIONS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "run_benchmark", "summarise_runs"]
 
-METHODS = ("sctrace", "identity", "linear", "otcfm")
+METHODS = ("sctrace", "identity", "linear", "otcfm", "mioflow")
 # Metrics in the results table, in order; ROUGE only exists for sctrace (the others produce no sentences).
 TABLE_METRICS = ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "rouge1_f1")
 TRAIN_FILE = "train.h5ad"
@@ -115,7 +115,7 @@ def _run_job(job: dict) -> list[dict]:
     Writes each variant's (n_cells, n_genes) log-normalised prediction (for sctrace also its counts and token
     sentences) to an ``.npz`` and returns one record per variant with timings and memory.
     """
-    _set_threads(job["threads"], torch_too=job["method"] in ("sctrace", "otcfm"))
+    _set_threads(job["threads"], torch_too=job["method"] in ("sctrace", "otcfm", "mioflow"))
     train = ad.read_h5ad(job["train_path"])
     times = train.obs[job["time_key"]].to_numpy(dtype=np.float64)
     start_mb = peak_rss_mb()
@@ -149,6 +149,12 @@ def _run_job(job: dict) -> list[dict]:
             from sctrace.baselines import identity_baseline as predict_method
         elif method == "linear":
             from sctrace.baselines import linear_baseline as predict_method
+        elif method == "mioflow":
+            from sctrace.peers.mioflow import MIOFlowSettings, mioflow_predict
+
+            def predict_method(expr, cell_times, target_time, n_cells, seed):
+                return mioflow_predict(expr, cell_times, target_time, n_cells=n_cells, seed=seed,
+                                       settings=MIOFlowSettings(**job["mioflow"]))
         else:
             from sctrace.peers.otcfm import OTCFMSettings, otcfm_predict
 
@@ -230,7 +236,7 @@ def results_markdown(results: dict) -> str:
     starts = [run["start_mb"] for entry in results["methods"].values() for run in entry["runs"]]
     if starts:
         lines.append(f"Before its method started, each process held {min(starts):.0f}-{max(starts):.0f} MB (Python, "
-                     "numpy, scanpy, anndata and the training data, plus torch for sctrace and otcfm).")
+                     "numpy, scanpy, anndata and the training data, plus torch for sctrace and the peers).")
     lines += [f"- {name}: skipped, {reason}" for name, reason in results["skipped"].items()]
     lines += [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
@@ -291,6 +297,7 @@ def run_benchmark(
     ablate: str | None = None,
     sctrace_overrides: dict | None = None,
     otcfm_settings: dict | None = None,
+    mioflow_settings: dict | None = None,
     threads: int = 1,
     overwrite: bool = False,
     plots: bool = True,
@@ -311,8 +318,8 @@ def run_benchmark(
         Output folder: ``results.json``, ``results.md``, ``plots/``, ``runs/`` (sctrace run directories),
         ``work/`` (the training file and the predictions).
     methods
-        Any of :data:`METHODS`. ``linear`` is skipped for extrapolation and ``otcfm`` when torchcfm is not
-        installed, each with a note.
+        Any of :data:`METHODS`. ``linear`` is skipped for extrapolation, ``otcfm`` when torchcfm is not
+        installed and ``mioflow`` when mioflow is not, each with a note.
     seeds
         One run of every method per seed.
     preset, config, max_epochs, sctrace_overrides
@@ -323,6 +330,8 @@ def run_benchmark(
         One of :data:`ABLATIONS`: sctrace is run once per value instead of once.
     otcfm_settings
         Fields of :class:`sctrace.peers.otcfm.OTCFMSettings`.
+    mioflow_settings
+        Fields of :class:`sctrace.peers.mioflow.MIOFlowSettings`.
     threads
         torch/BLAS threads of each child process.
     overwrite
@@ -344,6 +353,7 @@ def run_benchmark(
         raise SctraceInputError(f"unknown benchmark task '{task}'; choose interpolate or extrapolate.")
     variants = ablation_variants(ablate)
     otcfm_resolved = _otcfm_settings(otcfm_settings, methods)
+    mioflow_resolved = _mioflow_settings(mioflow_settings, methods)
     if ablate is not None and "sctrace" not in methods:
         raise SctraceInputError("--ablate varies sctrace, but sctrace is not among the methods; add it to --methods.")
     out_dir = Path(out_dir)
@@ -382,10 +392,16 @@ def run_benchmark(
             if not otcfm_available():
                 skipped[method] = f"torchcfm is not installed (`{OTCFM_INSTALL_HINT}`)."
                 continue
+        if method == "mioflow":
+            from sctrace.peers import MIOFLOW_INSTALL_HINT, mioflow_available
+
+            if not mioflow_available():
+                skipped[method] = f"mioflow is not installed (`{MIOFLOW_INSTALL_HINT}`)."
+                continue
         for seed in seeds:
             if method != "sctrace":
                 jobs.append({**base, "method": method, "seed": seed, "variants": [{"label": method, "predict_options": {}}],
-                             "otcfm": otcfm_resolved or {}})
+                             "otcfm": otcfm_resolved or {}, "mioflow": mioflow_resolved or {}})
                 continue
             for fit_key, group in _group_by_fit(variants).items():
                 run_name = _file_label(group[0].label if fit_key else "sctrace")
@@ -405,7 +421,7 @@ def run_benchmark(
         "reference_time": cells.reference_time, "n_real": n_real, "n_genes": len(genes), "genes": genes,
         "seeds": seeds, "count_kind": count_kind, "preset": preset, "config": None if config is None else str(config),
         "sctrace_overrides": overrides, "ablate": ablate, "otcfm_settings": otcfm_resolved,
-        "skipped": skipped,
+        "mioflow_settings": mioflow_resolved, "skipped": skipped,
         "memory_measure": "peak resident set size (VmHWM) of the fresh process that ran one seed of the method, "
                           "including Python, its libraries and the training data",
         "notes": ["Every method saw only the training cells (work/train.h5ad); the held-out cells were used only "
@@ -433,6 +449,18 @@ def _otcfm_settings(settings: dict | None, methods: Sequence[str]) -> dict | Non
         return asdict(OTCFMSettings(**(settings or {})))
     except TypeError as err:
         raise SctraceInputError(f"bad OT-CFM settings ({err}); use fields of OTCFMSettings.") from err
+
+
+def _mioflow_settings(settings: dict | None, methods: Sequence[str]) -> dict | None:
+    """Every MIOFlow hyper-parameter (defaults filled in), checked here rather than in a child process."""
+    if "mioflow" not in methods:
+        return None
+    from sctrace.peers.mioflow import MIOFlowSettings
+
+    try:
+        return asdict(MIOFlowSettings(**(settings or {})))
+    except TypeError as err:
+        raise SctraceInputError(f"bad MIOFlow settings ({err}); use fields of MIOFlowSettings.") from err
 
 
 def _group_by_fit(variants: Sequence[Variant]) -> dict[tuple, list[Variant]]:

@@ -243,7 +243,7 @@ def benchmark(
     out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, plots/, runs/, work/).")],
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
     task: Annotated[str, typer.Option(help="interpolate | extrapolate")] = "interpolate",
-    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,linear,otcfm.")] = "sctrace,identity,linear,otcfm",
+    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,linear,otcfm,mioflow.")] = "sctrace,identity,linear,otcfm",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every method runs once per seed.")] = "0,1,2",
     preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
@@ -252,6 +252,7 @@ def benchmark(
     layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
     ablate: Annotated[Optional[str], typer.Option(help="Vary sctrace: schedule | pos-encoding | iterations | length.")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
+    mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
     plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
     layout: Annotated[str, typer.Option(help="umap | pca for the embedding map (UMAP compiles ~30 s first).")] = "umap",
     overwrite: Annotated[bool, typer.Option(help="Replace earlier results in --out.")] = False,
@@ -268,7 +269,8 @@ def benchmark(
     results = run_benchmark(
         data, time_key, task=task, holdout=holdout, out_dir=out, methods=_parse_list(methods, "methods"),
         seeds=seed_values, preset=preset, config=config, max_epochs=max_epochs, count_kind=count_kind, layer=layer,
-        ablate=ablate, otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps}, threads=threads,
+        ablate=ablate, otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
+        mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs}, threads=threads,
         overwrite=overwrite, plots=plots, embedding_layout=layout, echo=typer.echo,
     )
     failed = [name for name, entry in results["methods"].items() if entry.get("failed")]

@@ -6,17 +6,21 @@ every peer and :func:`available_peers` those whose dependency is installed.
 
 from __future__ import annotations
 
+from sctrace.peers.mioflow import INSTALL_HINT as MIOFLOW_INSTALL_HINT
+from sctrace.peers.mioflow import mioflow_available
 from sctrace.peers.otcfm import INSTALL_HINT as OTCFM_INSTALL_HINT
 from sctrace.peers.otcfm import otcfm_available
 
-__all__ = ["OTCFM_INSTALL_HINT", "available_peers", "otcfm_available", "peer_names"]
+__all__ = ["MIOFLOW_INSTALL_HINT", "OTCFM_INSTALL_HINT", "available_peers", "mioflow_available", "otcfm_available",
+           "peer_names"]
 
 
 def peer_names() -> tuple[str, ...]:
     """Names of the peer methods, in the order they are reported."""
-    return ("otcfm",)
+    return ("otcfm", "mioflow")
 
 
 def available_peers() -> tuple[str, ...]:
     """The peers whose optional dependency is installed."""
-    return tuple(name for name, available in (("otcfm", otcfm_available()),) if available)
+    return tuple(name for name, available in (("otcfm", otcfm_available()), ("mioflow", mioflow_available()))
+                 if available)
