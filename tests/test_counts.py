@@ -194,3 +194,35 @@ def test_count_decoder_errors():
     decoder = CountDecoder(8, 10)
     with pytest.raises(SctraceInputError, match="library_size"):
         decoder(torch.randn(2, 8))
+
+
+def test_zinb_mean_scale_keeps_the_library_size():
+    # scVI's link puts library x scale on the NB part, so zero-inflation lowers the expected total; with
+    # zinb_mean="scale" the ZINB's own mean is library x scale and sampled cells keep their depth on average.
+    torch.manual_seed(0)
+    cls_embedding, library_size = torch.randn(4, 8), torch.tensor([500.0, 1000.0, 2000.0, 4000.0])
+    totals = {}
+    for zinb_mean in ("nb", "scale"):
+        torch.manual_seed(0)
+        decoder = CountDecoder(8, 30, dropout=0.0, zinb_mean=zinb_mean)
+        with torch.no_grad():
+            decoder.dropout_head.bias.fill_(1.0)  # pi ~ 0.73: a large effect
+            params = decoder(cls_embedding, library_size)
+        expected = decoder.mean(params)
+        draws = decoder.sample({k: v.repeat(2000, 1) for k, v in params.items()}, torch.Generator().manual_seed(0))
+        totals[zinb_mean] = (expected.sum(1), draws.sum(1).reshape(2000, 4).mean(0))
+    torch.testing.assert_close(totals["scale"][0], library_size)
+    torch.testing.assert_close(totals["scale"][1], library_size, rtol=0.03, atol=0.0)
+    assert (totals["nb"][1] < 0.6 * library_size).all()
+    with pytest.raises(SctraceInputError, match="zinb_mean.*nb, scale"):
+        CountDecoder(8, 10, zinb_mean="total")
+
+
+def test_zinb_mean_scale_stays_finite_for_large_dropout_logits():
+    decoder = CountDecoder(8, 10, zinb_mean="scale")
+    with torch.no_grad():
+        decoder.dropout_head.bias.fill_(80.0)
+        params = decoder(torch.randn(3, 8), torch.full((3,), 1000.0))
+    assert torch.isfinite(params["mu"]).all()
+    loss = decoder.loss(params, torch.poisson(torch.full((3, 10), 5.0)))
+    assert torch.isfinite(loss)

@@ -55,7 +55,7 @@ def test_generation_never_repeats_genes_or_emits_specials(schedule):
     lengths = torch.randint(1, 31, (batch,), generator=gen)
     tokens, cls = maskgit_generate(net, source, 0.0, context, 0.5, lengths, n_iter=5, temperature=2.0,
                                    schedule=schedule, generator=gen)
-    assert cls.shape == (batch, 32) and tokens[:, 0].eq(CLS_ID).all()
+    assert cls.shape == (batch, tokens.shape[1], 32) and tokens[:, 0].eq(CLS_ID).all()
     for row, length in zip(tokens, lengths):
         genes = row[1 : length + 1]
         assert (genes >= N_SPECIAL).all(), "a special token or an unfilled mask was emitted"
@@ -69,6 +69,22 @@ def test_generation_length_equal_to_vocabulary_uses_every_gene():
     tokens, _ = maskgit_generate(net, source, 0.0, [], 1.0, torch.full((4,), 10), n_iter=3, temperature=5.0,
                                  generator=torch.Generator().manual_seed(0))
     assert all(sorted(row[1:].tolist()) == list(range(3, 13)) for row in tokens)
+
+
+def test_generation_takes_exactly_n_iter_decoder_passes_plus_the_cls_pass(monkeypatch):
+    # Small vocabulary, every gene used, hot sampling: in-step duplicates at the last step are near certain, and
+    # they are redrawn from that step's distribution instead of costing extra decoder forwards.
+    net = _random_net(vocab=13, max_len=10)
+    calls = []
+    decode = net.decode
+    monkeypatch.setattr(net, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    source = add_cls(torch.arange(3, 13).repeat(8, 1))
+    for n_iter in (1, 2, 4):
+        calls.clear()
+        tokens, _ = maskgit_generate(net, source, 0.0, [], 1.0, torch.full((8,), 10), n_iter=n_iter,
+                                     temperature=5.0, generator=torch.Generator().manual_seed(n_iter))
+        assert len(calls) == n_iter + 1
+        assert all(sorted(row[1:].tolist()) == list(range(3, 13)) for row in tokens)
 
 
 def test_generation_is_seeded():
@@ -234,3 +250,21 @@ def test_tied_token_tables_train_save_and_load(small_timecourse, tiny_fast_confi
     loaded = TRACE.load(tmp_path / "run")
     assert loaded.net.token_head.weight is loaded.net.target_embedding.token.weight
     torch.testing.assert_close(loaded.net.token_head.weight, model.net.token_head.weight)
+
+
+def test_count_state_pools_gene_positions_only():
+    torch.manual_seed(0)
+    net = TraceNet(43, 40, 30, d_model=32, n_heads=2, head_dim=16, count_pooling="cls+mean").eval()
+    assert net.count_decoder.hidden[0].in_features == 64
+    tokens = torch.tensor([[CLS_ID, 5, 9, 7, PAD_ID, PAD_ID], [CLS_ID, 11, 4, PAD_ID, PAD_ID, PAD_ID]])
+    hidden = torch.randn(2, 6, 32)
+    state = net.count_state(hidden, tokens)
+    for row, n in ((0, 3), (1, 2)):
+        expected_mean = hidden[row, 1 : 1 + n].mean(0)
+        torch.testing.assert_close(state[row, 32:], expected_mean / expected_mean.norm())
+        torch.testing.assert_close(state[row, :32], hidden[row, 0] / hidden[row, 0].norm())
+    # Padding states never enter the mean.
+    hidden[:, 4:] = 1e6
+    torch.testing.assert_close(net.count_state(hidden, tokens), state)
+    with pytest.raises(ValueError, match="count_pooling"):
+        TraceNet(43, 40, 30, count_pooling="max")

@@ -21,6 +21,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "rank_encoding": ("learnable", "sinusoidal"),
     "likelihood": ("zinb", "nb", "gaussian"),
     "count_input": ("masked", "complete"),
+    "zinb_mean": ("nb", "scale"),
+    "count_pooling": ("cls", "cls+mean"),
     "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
     "encoder": ("scratch", "geneformer"),
     "encoder_mode": ("frozen", "finetune"),
@@ -52,6 +54,12 @@ class TraceConfig:
     count_dropout: float = 0.1
     likelihood: str = "zinb"
     count_input: str = "complete"
+    # "nb": scVI's link, the NB part's mean is library x scale (runs before this key existed); "scale": the
+    # ZINB's own mean is library x scale, so generated cells keep their library size. Presets set "scale".
+    zinb_mean: str = "nb"
+    # What the count decoder reads: "cls" (runs before this key existed) or "cls+mean" (also the mean of the
+    # gene positions' decoder states). Presets set "cls+mean".
+    count_pooling: str = "cls"
     # training
     batch_size: int = 32
     lr: float = 1e-3

@@ -90,6 +90,8 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         count_dropout=config.count_dropout,
         likelihood=config.likelihood,
         count_input=config.count_input,
+        zinb_mean=config.zinb_mean,
+        count_pooling=config.count_pooling,
         tie_token_embeddings=config.tie_token_embeddings,
         pretrained=pretrained,
     )
@@ -403,12 +405,14 @@ class TRACE:
                 start_cells = gather_sentences(source_tokens, source_lengths, slice(start, start + len(chunk)))
             context = [(gather_sentences(corpus.tokens, corpus.lengths, cells[:, k]), spec.time_values[k]) for k in context_columns]
             lengths = torch.full((len(chunk),), length, dtype=torch.long)
-            tokens, cls = maskgit_generate(
+            tokens, hidden = maskgit_generate(
                 self.net, start_cells, spec.source_time, context, time, lengths,
                 n_iter=n_iter, temperature=temperature, schedule=self.config.mask_schedule, generator=generator,
             )
+            cls = hidden[:, 0]
             with torch.no_grad():
-                params = self.net.count_decoder(cls, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32))
+                state = self.net.count_state(hidden, tokens)
+                params = self.net.count_decoder(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32))
                 mean_out.append(self.net.count_decoder.mean(params).numpy())
                 sample_out.append(self.net.count_decoder.sample(params, generator=generator).numpy())
             tokens_out.append(tokens.numpy().astype(np.int32))

@@ -69,6 +69,42 @@ def _first_claim(genes: torch.Tensor, confidence: torch.Tensor, candidate: torch
     return is_best & (first.gather(1, genes) == position)
 
 
+def _redraw_duplicates(
+    sampled: torch.Tensor,
+    winners: torch.Tensor,
+    completing: torch.Tensor,
+    weights: torch.Tensor,
+    masked: torch.Tensor,
+    confidence: torch.Tensor,
+    vocab_size: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give every position of the rows being completed a gene of its own, from this step's distribution.
+
+    A position that lost an in-step duplicate at a row's last step would otherwise cost one more decoder
+    forward; here it draws again from the distribution this step already computed, with every gene its row
+    holds forbidden, until no duplicate is left. The loop touches only the losers (a few per batch).
+
+    sampled, winners, completing, masked, confidence: (batch, length); ``weights``: (masked positions, vocab),
+    the unnormalised probabilities :func:`_sample_categorical` left in place of the logits, in the row-major
+    order of ``masked``. Returns the updated ``sampled`` and ``winners``: every ``completing`` position wins.
+    """
+    flat_index = torch.zeros_like(sampled).masked_scatter_(masked, torch.arange(weights.shape[0], device=sampled.device))
+    pending = completing & ~winners
+    while bool(pending.any()):
+        held = torch.where(pending, torch.full_like(sampled, MASK_ID), sampled)
+        logits = weights[flat_index[pending]].log()
+        logits.scatter_(1, held[pending.nonzero()[:, 0]], float("-inf"))
+        draws, _ = _sample_categorical(logits, generator)
+        candidate = held.masked_scatter(pending, draws)
+        # Held genes were forbidden above, so only duplicates among the redrawn positions remain.
+        new_winners = _first_claim(candidate, confidence, pending, vocab_size)
+        sampled = torch.where(new_winners, candidate, sampled)
+        winners = winners | new_winners
+        pending = pending & ~new_winners
+    return sampled, winners
+
+
 @torch.no_grad()
 def maskgit_generate(
     net: TraceNet,
@@ -103,8 +139,9 @@ def maskgit_generate(
     -------
     tokens
         (batch, max(lengths) + 1) int64 with [CLS] first, PAD after each cell's length; genes never repeat.
-    cls
-        (batch, d) final decoder [CLS] state, the input of the count decoder and the cell embedding.
+    hidden
+        (batch, max(lengths) + 1, d) final decoder states of the complete sentences: ``[:, 0]`` is the [CLS]
+        state (the cell embedding), ``net.count_state(hidden, tokens)`` the count decoder's input.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
@@ -139,7 +176,7 @@ def maskgit_generate(
         if step < n_iter:
             ratio = mask_ratio(torch.tensor((step + 1) / n_iter), schedule).item()
             noise_scale = temperature * (1.0 - (step + 1) / n_iter)
-        else:  # extra rounds only resolve positions that lost an in-step duplicate at the last scheduled step
+        else:  # not reached when the last scheduled step completes every row (see _redraw_duplicates)
             ratio, noise_scale = 0.0, 0.0
         confidence = confidence + noise_scale * _gumbel(confidence.shape, generator, device)
         winners = _first_claim(sampled, confidence, masked, net.vocab_size)
@@ -147,6 +184,11 @@ def maskgit_generate(
         n_masked = masked.sum(1)
         keep_masked = torch.floor(lengths.float() * ratio).long()
         keep_masked = torch.minimum(keep_masked, (n_masked - 1).clamp(min=0))
+        completes = keep_masked == 0
+        if bool(completes.any()):
+            sampled, winners = _redraw_duplicates(
+                sampled, winners, masked & completes[:, None], logits, masked, confidence, net.vocab_size, generator
+            )
         n_reveal = n_masked - keep_masked
         score = torch.where(winners, confidence, torch.full_like(confidence, float("-inf")))
         order = score.argsort(dim=1, descending=True)
@@ -157,4 +199,4 @@ def maskgit_generate(
         step += 1
 
     hidden = net.decode(tokens, target_time, memory, memory_pad, memory_kv)
-    return tokens, hidden[:, 0]
+    return tokens, hidden

@@ -14,6 +14,10 @@ from torch import nn
 from sctrace._errors import SctraceInputError
 
 LIKELIHOODS = ("zinb", "nb", "gaussian")
+ZINB_MEANS = ("nb", "scale")
+# Largest log factor by which zinb_mean="scale" raises the NB mean (pi = 1 - e^-20): keeps mu finite where the
+# dropout logit runs away.
+_MAX_LOG_INFLATION = 20.0
 
 
 def log_nb_positive(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -136,7 +140,7 @@ class CountDecoder(nn.Module):
     """Count decoder ``d(phi)``: a cell's CLS embedding to the parameters of its gene count distribution.
 
     CLS embedding -> L2 normalisation -> ``Linear, GELU, Dropout, Linear, GELU, Dropout`` -> heads.
-    For ``zinb`` and ``nb`` (raw counts): ``mu = library_size * softmax(scale logits)``, a gene-wise learnable
+    For ``zinb`` and ``nb`` (raw counts): ``mu = library_size * softmax(scale logits)`` (see ``zinb_mean``), a gene-wise learnable
     inverse dispersion ``theta = exp(log_theta)`` (scVI's ``dispersion="gene"``), and for ``zinb`` per-cell,
     per-gene zero-inflation logits. For ``gaussian`` (log-normalised expression): a per-cell mean and a
     gene-wise learnable log-variance; the library size is not used.
@@ -153,13 +157,30 @@ class CountDecoder(nn.Module):
         Dropout probability after each hidden layer.
     likelihood
         One of :data:`LIKELIHOODS`.
+    zinb_mean
+        ``nb`` (scVI): the NB part has mean ``library_size * scale``, so the zero-inflation removes counts and
+        the expected total falls below the library size, by a quarter on the simulator: generated cells are
+        then shallower than real ones and their log-normalised non-zero values too high. ``scale``: the NB
+        mean is ``library_size * scale / (1 - pi)``, so the expected counts are ``library_size * scale``
+        and sum to the library size; zero-inflation shapes the zeros without moving the mean.
     """
 
-    def __init__(self, n_input: int, n_genes: int, n_hidden: int = 128, dropout: float = 0.1, likelihood: str = "zinb"):
+    def __init__(
+        self,
+        n_input: int,
+        n_genes: int,
+        n_hidden: int = 128,
+        dropout: float = 0.1,
+        likelihood: str = "zinb",
+        zinb_mean: str = "nb",
+    ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise SctraceInputError(f"Unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}.")
+        if zinb_mean not in ZINB_MEANS:
+            raise SctraceInputError(f"Unknown zinb_mean {zinb_mean!r}; choose one of {', '.join(ZINB_MEANS)}.")
         self.likelihood = likelihood
+        self.zinb_mean = zinb_mean
         self.hidden = nn.Sequential(
             nn.Linear(n_input, n_hidden),
             nn.GELU(),
@@ -207,6 +228,10 @@ class CountDecoder(nn.Module):
         }
         if self.likelihood == "zinb":
             params["pi_logits"] = self.dropout_head(hidden)
+            if self.zinb_mean == "scale":
+                # 1 / (1 - pi) = exp(softplus(pi_logits)), formed in log space so large logits stay finite.
+                inflation = F.softplus(params["pi_logits"]).clamp(max=_MAX_LOG_INFLATION)
+                params["mu"] = params["mu"] * torch.exp(inflation)
         return params
 
     def log_prob(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

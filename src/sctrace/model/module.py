@@ -15,7 +15,9 @@ from sctrace.model.embeddings import CellEmbedding
 from sctrace.model.masking import random_mask
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 
-__all__ = ["CLS_ID", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls", "gather_sentences"]
+__all__ = ["CLS_ID", "COUNT_POOLINGS", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls", "gather_sentences"]
+
+COUNT_POOLINGS = ("cls", "cls+mean")
 
 
 def add_cls(tokens: torch.Tensor) -> torch.Tensor:
@@ -51,6 +53,13 @@ class TraceNet(nn.Module):
     count_input
         Which [CLS] state trains the count decoder: ``masked`` (the masked training pass, no extra cost) or
         ``complete`` (an extra decoder pass over the unmasked target sentence, matching generation).
+    count_pooling
+        What the count decoder reads: ``cls``, the decoder's [CLS] state, or ``cls+mean``, that state next to
+        the mean of the gene positions' states (each L2-normalised). With [CLS] alone, two of three seeds on
+        the simulator decoded generated sentences of both lineages into counts of one; the gene positions carry
+        the sentence's genes directly.
+    zinb_mean
+        How the ZINB's NB mean relates to the decoded scale (see :class:`sctrace.model.counts.CountDecoder`).
     tie_token_embeddings
         Share the decoder's input gene table with the output layer (and start the gene tables small, std 0.02):
         an input table of its own, initialised N(0, 1), barely moves in a few hundred steps.
@@ -79,13 +88,17 @@ class TraceNet(nn.Module):
         count_dropout: float = 0.1,
         likelihood: str = "zinb",
         count_input: str = "masked",
+        zinb_mean: str = "nb",
+        count_pooling: str = "cls",
         pretrained: nn.Module | None = None,
         tie_token_embeddings: bool = False,
     ):
         super().__init__()
         if count_input not in ("masked", "complete"):
             raise ValueError(f"count_input must be 'masked' or 'complete', got {count_input!r}")
-        self.count_input = count_input
+        if count_pooling not in COUNT_POOLINGS:
+            raise ValueError(f"count_pooling must be one of {', '.join(COUNT_POOLINGS)}, got {count_pooling!r}")
+        self.count_input, self.count_pooling = count_input, count_pooling
         self.vocab_size, self.n_genes, self.max_len = vocab_size, n_genes, max_len
         embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale)
         # The source cell and the target/context cells get their own embeddings: they play different roles.
@@ -105,7 +118,14 @@ class TraceNet(nn.Module):
                     with torch.no_grad():
                         embedding.token.weight[embedding.token.padding_idx].zero_()
             self.token_head.weight = self.target_embedding.token.weight
-        self.count_decoder = CountDecoder(d_model, n_genes, n_hidden=count_hidden, dropout=count_dropout, likelihood=likelihood)
+        self.count_decoder = CountDecoder(
+            d_model * (2 if count_pooling == "cls+mean" else 1),
+            n_genes,
+            n_hidden=count_hidden,
+            dropout=count_dropout,
+            likelihood=likelihood,
+            zinb_mean=zinb_mean,
+        )
 
     @staticmethod
     def _times(time: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -136,6 +156,16 @@ class TraceNet(nn.Module):
         pad = target == PAD_ID
         x = self.target_embedding(target, self._times(time, target.shape[0], target.device))
         return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv)
+
+    def count_state(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The count decoder's input for complete sentences: hidden (batch, length, d) from :meth:`decode` of
+        ``tokens`` (batch, length). [CLS] state, or [CLS] next to the mean over gene positions (``cls+mean``)."""
+        cls = hidden[:, 0]
+        if self.count_pooling == "cls":
+            return cls
+        genes = (tokens >= N_SPECIAL).unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * genes).sum(1) / genes.sum(1).clamp(min=1.0)
+        return torch.cat([F.normalize(cls, dim=-1), F.normalize(mean, dim=-1)], dim=-1)
 
     @torch.no_grad()
     def build_context(
@@ -189,10 +219,11 @@ class TraceNet(nn.Module):
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
         if self.count_input == "complete":
-            # [CLS] of the complete target sentence, as at generation, where the sentence is fully generated.
-            cls = self.decode(sentences[:, target_index], times[target_index], memory, memory_pad)[:, 0]
+            # The complete target sentence, as at generation, where the sentence is fully generated.
+            target = sentences[:, target_index]
+            state = self.count_state(self.decode(target, times[target_index], memory, memory_pad), target)
         else:
-            cls = hidden[:, 0]
-        params = self.count_decoder(cls, library_size)
+            state = self.count_state(hidden, masked)
+        params = self.count_decoder(state, library_size)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}
