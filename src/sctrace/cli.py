@@ -340,11 +340,12 @@ def extrapolation_command(
     data: Annotated[Optional[Path], typer.Argument(help=".h5ad file with raw counts (default: the built-in simulator).")] = None,
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every method is fitted once per seed.")] = "0",
-    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,otcfm (linear only interpolates).")] = "sctrace,identity",
+    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,otcfm,mioflow (linear only interpolates).")] = "sctrace,identity",
     preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs.")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
+    mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
     plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace earlier results in --out.")] = False,
     threads: Threads = 1,
@@ -359,7 +360,8 @@ def extrapolation_command(
     run_extrapolation_distance(
         data if data is not None else _simulated(), time_key, k=train_steps, out_dir=out, seeds=seed_values,
         methods=_parse_list(methods, "methods"), preset=preset, config=config, max_epochs=max_epochs,
-        otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps}, threads=threads,
+        otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
+        mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs}, threads=threads,
         overwrite=overwrite, plots=plots, echo=typer.echo,
     )
     typer.echo(f"wrote {out / 'extrapolation.md'}, {out / 'extrapolation.json'} and {out / 'plots'}")

@@ -42,6 +42,7 @@ from sctrace.benchmark import (
     TRAIN_FILE,
     _check_methods,
     _format_cell,
+    _mioflow_settings,
     _otcfm_settings,
     _set_threads,
     _write_training_file,
@@ -469,6 +470,7 @@ def run_extrapolation_distance(
     max_epochs: int | None = None,
     overrides: dict | None = None,
     otcfm_settings: dict | None = None,
+    mioflow_settings: dict | None = None,
     count_kind: str = "counts",
     layer: str | None = None,
     threads: int = 1,
@@ -492,12 +494,14 @@ def run_extrapolation_distance(
     seeds
         One fit of every method per seed; the tables give mean ± sample sd over seeds.
     methods
-        Any of ``sctrace``, ``identity``, ``otcfm`` (``linear`` only interpolates and is skipped with a note;
-        ``otcfm`` is skipped when torchcfm is absent).
+        Any of ``sctrace``, ``identity``, ``otcfm``, ``mioflow`` (``linear`` only interpolates and is skipped
+        with a note; a peer is skipped when its package is absent).
     preset, config, max_epochs, overrides
         sctrace's hyper-parameters (``overrides``: config keys, applied last).
     otcfm_settings
         Fields of :class:`sctrace.peers.otcfm.OTCFMSettings`.
+    mioflow_settings
+        Fields of :class:`sctrace.peers.mioflow.MIOFlowSettings`.
     count_kind, layer
         What the expression holds, and where (default ``X``).
     threads
@@ -517,6 +521,7 @@ def run_extrapolation_distance(
     """
     methods, seeds = _check_methods(methods, seeds)
     otcfm_resolved = _otcfm_settings(otcfm_settings, methods)
+    mioflow_resolved = _mioflow_settings(mioflow_settings, methods)
     out_dir = check_run_dir(out_dir, overwrite=overwrite)
     overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, overrides)
     _set_threads(threads, torch_too=True)
@@ -537,6 +542,11 @@ def run_extrapolation_distance(
 
         if not otcfm_available():
             skipped["otcfm"] = f"torchcfm is not installed (`{OTCFM_INSTALL_HINT}`)."
+    if "mioflow" in methods:
+        from sctrace.peers import MIOFLOW_INSTALL_HINT, mioflow_available
+
+        if not mioflow_available():
+            skipped["mioflow"] = f"mioflow is not installed (`{MIOFLOW_INSTALL_HINT}`)."
     methods = [m for m in methods if m not in skipped]
     if not methods:
         raise SctraceInputError(f"every method given is skipped ({' '.join(skipped.values())}); add sctrace or "
@@ -569,7 +579,7 @@ def run_extrapolation_distance(
             started = clock.perf_counter()
             run_dir = out_dir / "runs" / f"sctrace_seed{seed}"
             predict, model = _extrapolation_predictor(method, seed, fit_sctrace, run_dir, train_lognorm,
-                                                      times[train_rows], otcfm_resolved)
+                                                      times[train_rows], otcfm_resolved, mioflow_resolved)
             for target, cells in scoring.items():
                 predicted, tokens = predict(target, cells.real.shape[0])
                 real_tokens = None if tokens is None else _real_tokens(model, matrix, cells.real_rows, gene_names)
@@ -596,6 +606,7 @@ def run_extrapolation_distance(
         "seeds": seeds, "methods": methods, "skipped": skipped, "n_genes": len(genes), "genes": genes, "rows": rows,
         "count_kind": count_kind, "preset": preset, "config": None if config is None else str(config),
         "sctrace_overrides": overrides, "otcfm_settings": otcfm_resolved,
+        "mioflow_settings": mioflow_resolved,
         "wall_s": {method: float(np.mean(seconds)) for method, seconds in timings.items()},
         "peak_mb": peak_rss_mb(),
         "notes": [
@@ -620,7 +631,8 @@ def run_extrapolation_distance(
 
 
 def _extrapolation_predictor(method: str, seed: int, fit_sctrace: Callable, run_dir: Path, train_lognorm,
-                             train_times: np.ndarray, otcfm_settings: dict | None):
+                             train_times: np.ndarray, otcfm_settings: dict | None,
+                             mioflow_settings: dict | None = None):
     """Fit ``method`` once on the training cells (sctrace through ``fit_sctrace(seed, run_dir)``).
 
     Returns ``predict(time, n_cells) -> (expression, tokens or None)`` and the fitted TRACE model for sctrace
@@ -638,13 +650,23 @@ def _extrapolation_predictor(method: str, seed: int, fit_sctrace: Callable, run_
     elif method == "identity":
         def predict(target: float, n_cells: int):
             return identity_baseline(train_lognorm, train_times, target, n_cells=n_cells, seed=seed), None
-    else:
+    elif method == "otcfm":
         from sctrace.peers.otcfm import OTCFMSettings, fit_otcfm, predict_otcfm
 
         flow = fit_otcfm(train_lognorm, train_times, OTCFMSettings(**otcfm_settings), seed=seed)
 
         def predict(target: float, n_cells: int):
             return predict_otcfm(flow, target, n_cells=n_cells, seed=seed), None
+    elif method == "mioflow":
+        from sctrace.peers.mioflow import MIOFlowSettings, fit_mioflow, predict_mioflow
+
+        ode = fit_mioflow(train_lognorm, train_times, MIOFlowSettings(**mioflow_settings), seed=seed)
+
+        def predict(target: float, n_cells: int):
+            return predict_mioflow(ode, target, n_cells=n_cells, seed=seed), None
+    else:
+        raise SctraceInputError(f"extrapolation by distance does not run {method!r}; use sctrace, identity, otcfm "
+                                "or mioflow.")
     return predict, model
 
 
