@@ -137,18 +137,19 @@ def _standard_gamma(shape: torch.Tensor, generator: torch.Generator | None) -> t
 
 
 class CountDecoder(nn.Module):
-    """Count decoder ``d(phi)``: a cell's CLS embedding to the parameters of its gene count distribution.
+    """Count decoder ``d(phi)``: a cell's decoder state to the parameters of its gene count distribution.
 
-    CLS embedding -> L2 normalisation -> ``Linear, GELU, Dropout, Linear, GELU, Dropout`` -> heads.
-    For ``zinb`` and ``nb`` (raw counts): ``mu = library_size * softmax(scale logits)`` (see ``zinb_mean``), a gene-wise learnable
-    inverse dispersion ``theta = exp(log_theta)`` (scVI's ``dispersion="gene"``), and for ``zinb`` per-cell,
+    The state is the [CLS] embedding, or [CLS] next to the mean of the gene positions (``TraceNet.count_state``).
+    State -> L2 normalisation -> ``Linear, GELU, Dropout, Linear, GELU, Dropout`` -> heads.
+    For ``zinb`` and ``nb`` (raw counts): ``mu = library_size * softmax(scale logits)`` (see ``zinb_mean``), a
+    gene-wise learnable inverse dispersion ``theta = exp(log_theta)`` (scVI's ``dispersion="gene"``), and for ``zinb`` per-cell,
     per-gene zero-inflation logits. For ``gaussian`` (log-normalised expression): a per-cell mean and a
     gene-wise learnable log-variance; the library size is not used.
 
     Parameters
     ----------
     n_input
-        Size ``d`` of the CLS embedding.
+        Size of the decoder state (``d``, or ``2 d`` with the gene-position mean).
     n_genes
         Number of genes modelled (the HVGs).
     n_hidden
