@@ -30,7 +30,6 @@ importing it takes several seconds because its package imports phate).
 from __future__ import annotations
 
 import importlib.util
-import math
 from dataclasses import dataclass, field
 from unittest import mock
 
@@ -38,8 +37,8 @@ import numpy as np
 import torch
 
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import _check_training_cells, _draw_cells
-from sctrace.metrics import PCAProjection, fit_pca
+from sctrace.metrics import PCAProjection
+from sctrace.peers._pca_space import scaled_pca, start_cells, to_genes
 
 __all__ = ["INSTALL_HINT", "MIOFlowModel", "MIOFlowSettings", "fit_mioflow", "mioflow_available", "mioflow_predict",
            "predict_mioflow"]
@@ -168,16 +167,7 @@ def fit_mioflow(expr, times: np.ndarray, settings: MIOFlowSettings | None = None
     from mioflow.core.models.ode_model import ODEFunc
 
     settings = settings or MIOFlowSettings()
-    expr, times = _check_training_cells(expr, times)
-    time_values = np.unique(times)
-    if time_values.size < 2:
-        raise SctraceInputError(
-            f"MIOFlow needs at least two observed time points but the training cells have {time_values.size}; "
-            "pass cells from more time points."
-        )
-    pca = fit_pca(expr, settings.n_pcs)
-    scale = float(math.sqrt(max(pca.explained_variance[0], 1e-12)))
-    coordinates = [(pca.transform(expr[times == t]) / scale).astype(np.float32) for t in time_values]
+    pca, scale, time_values, coordinates = scaled_pca(expr, times, settings.n_pcs, "MIOFlow")
     rescaled = (time_values - time_values[0]) / (time_values[-1] - time_values[0])
     # train_mioflow draws the same minibatch rows from both time points of a pair among the first
     # min(n_k, n_k+1) rows, so it gets the rows in a seeded random order: otherwise the input order would
@@ -224,23 +214,14 @@ def predict_mioflow(model: MIOFlowModel, target_time: float, n_cells: int | None
     """
     from torchdiffeq import odeint
 
-    earlier = np.flatnonzero(model.time_values <= target_time + 1e-9)
-    if earlier.size == 0:
-        raise SctraceInputError(
-            f"target time {target_time:g} is before the first observed time ({model.time_values[0]:g}); MIOFlow "
-            "starts from an earlier time point, so pick a later target."
-        )
-    start = int(earlier[-1])
-    cells = model.coordinates[start]
-    chosen = _draw_cells(len(cells), n_cells, np.random.default_rng(seed))
-    moved = torch.from_numpy(cells[chosen])
+    start, cells = start_cells(model.time_values, model.coordinates, target_time, n_cells, seed, "MIOFlow")
+    moved = torch.from_numpy(cells)
     u_start, u_end = model.rescale_time(model.time_values[start]), model.rescale_time(target_time)
     if u_end > u_start + 1e-9:  # torchdiffeq needs strictly increasing times; at an observed time nothing moves
         model.ode_func.reset_momentum()
         with torch.no_grad():
             moved = odeint(model.ode_func, moved, torch.tensor([u_start, u_end], dtype=torch.float32))[-1]
-    expression = model.pca.inverse_transform(moved.numpy().astype(np.float64) * model.scale)
-    return np.clip(expression, 0.0, None).astype(np.float32)
+    return to_genes(model.pca, model.scale, moved.numpy())
 
 
 def mioflow_predict(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, seed: int = 0,

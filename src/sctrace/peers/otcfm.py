@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import _check_training_cells, _draw_cells
-from sctrace.metrics import PCAProjection, fit_pca
+from sctrace.metrics import PCAProjection
+from sctrace.peers._pca_space import scaled_pca, start_cells, to_genes
 
 __all__ = ["INSTALL_HINT", "OTCFMModel", "OTCFMSettings", "fit_otcfm", "otcfm_available", "otcfm_predict",
            "predict_otcfm"]
@@ -155,16 +155,7 @@ def fit_otcfm(expr, times: np.ndarray, settings: OTCFMSettings | None = None, se
     except ImportError as err:
         raise SctraceInputError(f"the OT-CFM peer needs torchcfm, which is not installed; run `{INSTALL_HINT}`.") from err
     settings = settings or OTCFMSettings()
-    expr, times = _check_training_cells(expr, times)
-    time_values = np.unique(times)
-    if time_values.size < 2:
-        raise SctraceInputError(
-            f"OT-CFM needs at least two observed time points but the training cells have {time_values.size}; "
-            "pass cells from more time points."
-        )
-    pca = fit_pca(expr, settings.n_pcs)
-    scale = float(math.sqrt(max(pca.explained_variance[0], 1e-12)))
-    coordinates = [(pca.transform(expr[times == t]) / scale).astype(np.float32) for t in time_values]
+    pca, scale, time_values, coordinates = scaled_pca(expr, times, settings.n_pcs, "OT-CFM")
     rescaled = (time_values - time_values[0]) / (time_values[-1] - time_values[0])
 
     rng = np.random.default_rng(seed)
@@ -244,19 +235,10 @@ def predict_otcfm(model: OTCFMModel, target_time: float, n_cells: int | None = N
     np.ndarray
         (n_out, n_genes) float32 log-normalised cells, clipped at 0.
     """
-    earlier = np.flatnonzero(model.time_values <= target_time + 1e-9)
-    if earlier.size == 0:
-        raise SctraceInputError(
-            f"target time {target_time:g} is before the first observed time ({model.time_values[0]:g}); OT-CFM "
-            "starts from an earlier time point, so pick a later target."
-        )
-    start = int(earlier[-1])
-    cells = model.coordinates[start]
-    chosen = _draw_cells(len(cells), n_cells, np.random.default_rng(seed))
-    moved = _integrate(model.field, torch.from_numpy(cells[chosen]), model.rescale_time(model.time_values[start]),
+    start, cells = start_cells(model.time_values, model.coordinates, target_time, n_cells, seed, "OT-CFM")
+    moved = _integrate(model.field, torch.from_numpy(cells), model.rescale_time(model.time_values[start]),
                        model.rescale_time(target_time), model.settings.ode_step)
-    expression = model.pca.inverse_transform(moved.numpy().astype(np.float64) * model.scale)
-    return np.clip(expression, 0.0, None).astype(np.float32)
+    return to_genes(model.pca, model.scale, moved.numpy())
 
 
 def otcfm_predict(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, seed: int = 0,
