@@ -20,6 +20,7 @@ Protocol
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import multiprocessing
@@ -352,8 +353,8 @@ def run_benchmark(
     if task not in ("interpolate", "extrapolate"):
         raise SctraceInputError(f"unknown benchmark task '{task}'; choose interpolate or extrapolate.")
     variants = ablation_variants(ablate)
-    otcfm_resolved = _otcfm_settings(otcfm_settings, methods)
-    mioflow_resolved = _mioflow_settings(mioflow_settings, methods)
+    otcfm_resolved = _peer_settings("otcfm", otcfm_settings, methods)
+    mioflow_resolved = _peer_settings("mioflow", mioflow_settings, methods)
     if ablate is not None and "sctrace" not in methods:
         raise SctraceInputError("--ablate varies sctrace, but sctrace is not among the methods; add it to --methods.")
     out_dir = Path(out_dir)
@@ -439,28 +440,24 @@ def run_benchmark(
     return results
 
 
-def _otcfm_settings(settings: dict | None, methods: Sequence[str]) -> dict | None:
-    """Every OT-CFM hyper-parameter (defaults filled in), checked here rather than in a child process."""
-    if "otcfm" not in methods:
+# A peer's settings class: (module, class name, the peer's name in messages).
+_PEER_SETTINGS = {
+    "otcfm": ("sctrace.peers.otcfm", "OTCFMSettings", "OT-CFM"),
+    "mioflow": ("sctrace.peers.mioflow", "MIOFlowSettings", "MIOFlow"),
+}
+
+
+def _peer_settings(peer: str, settings: dict | None, methods: Sequence[str]) -> dict | None:
+    """Every hyper-parameter of ``peer`` (defaults filled in), checked here rather than in a child process;
+    None when the peer is not among ``methods``."""
+    if peer not in methods:
         return None
-    from sctrace.peers.otcfm import OTCFMSettings
-
+    module, class_name, label = _PEER_SETTINGS[peer]
+    settings_class = getattr(importlib.import_module(module), class_name)
     try:
-        return asdict(OTCFMSettings(**(settings or {})))
+        return asdict(settings_class(**(settings or {})))
     except TypeError as err:
-        raise SctraceInputError(f"bad OT-CFM settings ({err}); use fields of OTCFMSettings.") from err
-
-
-def _mioflow_settings(settings: dict | None, methods: Sequence[str]) -> dict | None:
-    """Every MIOFlow hyper-parameter (defaults filled in), checked here rather than in a child process."""
-    if "mioflow" not in methods:
-        return None
-    from sctrace.peers.mioflow import MIOFlowSettings
-
-    try:
-        return asdict(MIOFlowSettings(**(settings or {})))
-    except TypeError as err:
-        raise SctraceInputError(f"bad MIOFlow settings ({err}); use fields of MIOFlowSettings.") from err
+        raise SctraceInputError(f"bad {label} settings ({err}); use fields of {class_name}.") from err
 
 
 def _group_by_fit(variants: Sequence[Variant]) -> dict[tuple, list[Variant]]:

@@ -42,8 +42,7 @@ from sctrace.benchmark import (
     TRAIN_FILE,
     _check_methods,
     _format_cell,
-    _mioflow_settings,
-    _otcfm_settings,
+    _peer_settings,
     _set_threads,
     _write_training_file,
     peak_rss_mb,
@@ -520,8 +519,8 @@ def run_extrapolation_distance(
         ``time_delta``, ``mean``, ``sd`` and the per-seed ``runs``), settings, skipped methods and notes.
     """
     methods, seeds = _check_methods(methods, seeds)
-    otcfm_resolved = _otcfm_settings(otcfm_settings, methods)
-    mioflow_resolved = _mioflow_settings(mioflow_settings, methods)
+    otcfm_resolved = _peer_settings("otcfm", otcfm_settings, methods)
+    mioflow_resolved = _peer_settings("mioflow", mioflow_settings, methods)
     out_dir = check_run_dir(out_dir, overwrite=overwrite)
     overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, overrides)
     _set_threads(threads, torch_too=True)
