@@ -220,3 +220,14 @@ def test_otcfm_without_torchcfm_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcfm.conditional_flow_matching", None)
     with pytest.raises(SctraceInputError, match="pip install --no-deps torchcfm"):
         fit_otcfm(np.ones((4, 3)), np.array([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_python_and_cli_run_the_same_methods_by_default():
+    import inspect
+
+    from sctrace import cli
+    from sctrace.benchmark import DEFAULT_METHODS, METHODS
+
+    assert inspect.signature(run_benchmark).parameters["methods"].default == DEFAULT_METHODS
+    assert inspect.signature(cli.benchmark).parameters["methods"].default == ",".join(DEFAULT_METHODS)
+    assert set(DEFAULT_METHODS) < set(METHODS) and "mioflow" not in DEFAULT_METHODS

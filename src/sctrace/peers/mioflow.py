@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from sctrace._errors import SctraceInputError
-from sctrace.metrics import PCAProjection
-from sctrace.peers._pca_space import scaled_pca, start_cells, to_genes
+from sctrace.peers._pca_space import PCASpace, scaled_pca
 
 __all__ = ["INSTALL_HINT", "MIOFlowModel", "MIOFlowSettings", "fit_mioflow", "mioflow_available", "mioflow_predict",
            "predict_mioflow"]
@@ -95,37 +94,23 @@ class MIOFlowSettings:
 
 
 @dataclass
-class MIOFlowModel:
-    """A fitted MIOFlow peer.
+class MIOFlowModel(PCASpace):
+    """A fitted MIOFlow peer: the :class:`~sctrace.peers._pca_space.PCASpace` it was fitted in (``pca``, ``scale``,
+    ``time_values``, ``coordinates``) and what it learned there.
 
     Attributes
     ----------
-    pca
-        The PCA of the training cells.
-    scale
-        Standard deviation along PC1; scaled coordinates are ``pca.transform(x) / scale``.
     ode_func
         The trained ``mioflow.core.models.ode_model.ODEFunc`` over rescaled time and scaled coordinates.
-    time_values
-        (n_times,) sorted observed training times.
-    coordinates
-        Scaled PCA coordinates of the training cells of each observed time, in ``time_values`` order.
     settings
         The hyper-parameters it was trained with.
     losses
         Training loss per epoch (mean over the intervals).
     """
 
-    pca: PCAProjection
-    scale: float
     ode_func: torch.nn.Module
-    time_values: np.ndarray
-    coordinates: list[np.ndarray]
     settings: MIOFlowSettings
     losses: list[float] = field(default_factory=list)
-
-    def rescale_time(self, time: float) -> float:
-        return float((time - self.time_values[0]) / (self.time_values[-1] - self.time_values[0]))
 
 
 def _import_mioflow():
@@ -167,7 +152,8 @@ def fit_mioflow(expr, times: np.ndarray, settings: MIOFlowSettings | None = None
     from mioflow.core.models.ode_model import ODEFunc
 
     settings = settings or MIOFlowSettings()
-    pca, scale, time_values, coordinates = scaled_pca(expr, times, settings.n_pcs, "MIOFlow")
+    space = scaled_pca(expr, times, settings.n_pcs, "MIOFlow")
+    pca, time_values, coordinates = space.pca, space.time_values, space.coordinates
     rescaled = (time_values - time_values[0]) / (time_values[-1] - time_values[0])
     # train_mioflow draws the same minibatch rows from both time points of a pair among the first
     # min(n_k, n_k+1) rows, so it gets the rows in a seeded random order: otherwise the input order would
@@ -189,7 +175,7 @@ def fit_mioflow(expr, times: np.ndarray, settings: MIOFlowSettings | None = None
                 energy_time_steps=settings.energy_time_steps, grad_clip=settings.grad_clip,
             )
     ode_func.eval()
-    return MIOFlowModel(pca, scale, ode_func, time_values, coordinates, settings, list(history["total_loss"]))
+    return MIOFlowModel(**vars(space), ode_func=ode_func, settings=settings, losses=list(history["total_loss"]))
 
 
 def predict_mioflow(model: MIOFlowModel, target_time: float, n_cells: int | None = None, seed: int = 0) -> np.ndarray:
@@ -214,14 +200,14 @@ def predict_mioflow(model: MIOFlowModel, target_time: float, n_cells: int | None
     """
     from torchdiffeq import odeint
 
-    start, cells = start_cells(model.time_values, model.coordinates, target_time, n_cells, seed, "MIOFlow")
+    start, cells = model.start_cells(target_time, n_cells, seed, "MIOFlow")
     moved = torch.from_numpy(cells)
     u_start, u_end = model.rescale_time(model.time_values[start]), model.rescale_time(target_time)
     if u_end > u_start + 1e-9:  # torchdiffeq needs strictly increasing times; at an observed time nothing moves
         model.ode_func.reset_momentum()
         with torch.no_grad():
             moved = odeint(model.ode_func, moved, torch.tensor([u_start, u_end], dtype=torch.float32))[-1]
-    return to_genes(model.pca, model.scale, moved.numpy())
+    return model.to_genes(moved.numpy())
 
 
 def mioflow_predict(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, seed: int = 0,

@@ -32,8 +32,7 @@ import torch
 from torch import nn
 
 from sctrace._errors import SctraceInputError
-from sctrace.metrics import PCAProjection
-from sctrace.peers._pca_space import scaled_pca, start_cells, to_genes
+from sctrace.peers._pca_space import PCASpace, scaled_pca
 
 __all__ = ["INSTALL_HINT", "OTCFMModel", "OTCFMSettings", "fit_otcfm", "otcfm_available", "otcfm_predict",
            "predict_otcfm"]
@@ -98,37 +97,23 @@ class _VectorField(nn.Module):
 
 
 @dataclass
-class OTCFMModel:
-    """A fitted OT-CFM peer.
+class OTCFMModel(PCASpace):
+    """A fitted OT-CFM peer: the :class:`~sctrace.peers._pca_space.PCASpace` it was fitted in (``pca``, ``scale``,
+    ``time_values``, ``coordinates``) and what it learned there.
 
     Attributes
     ----------
-    pca
-        The PCA of the training cells.
-    scale
-        Standard deviation along PC1; scaled coordinates are ``pca.transform(x) / scale``.
     field
         The trained vector field over scaled coordinates and rescaled time.
-    time_values
-        (n_times,) sorted observed training times.
-    coordinates
-        Scaled PCA coordinates of the training cells of each observed time, in ``time_values`` order.
     settings
         The hyper-parameters it was trained with.
     losses
         Training loss per step.
     """
 
-    pca: PCAProjection
-    scale: float
     field: _VectorField
-    time_values: np.ndarray
-    coordinates: list[np.ndarray]
     settings: OTCFMSettings
     losses: list[float] = field(default_factory=list)
-
-    def rescale_time(self, time: float) -> float:
-        return float((time - self.time_values[0]) / (self.time_values[-1] - self.time_values[0]))
 
 
 def fit_otcfm(expr, times: np.ndarray, settings: OTCFMSettings | None = None, seed: int = 0) -> OTCFMModel:
@@ -155,7 +140,8 @@ def fit_otcfm(expr, times: np.ndarray, settings: OTCFMSettings | None = None, se
     except ImportError as err:
         raise SctraceInputError(f"the OT-CFM peer needs torchcfm, which is not installed; run `{INSTALL_HINT}`.") from err
     settings = settings or OTCFMSettings()
-    pca, scale, time_values, coordinates = scaled_pca(expr, times, settings.n_pcs, "OT-CFM")
+    space = scaled_pca(expr, times, settings.n_pcs, "OT-CFM")
+    pca, time_values, coordinates = space.pca, space.time_values, space.coordinates
     rescaled = (time_values - time_values[0]) / (time_values[-1] - time_values[0])
 
     rng = np.random.default_rng(seed)
@@ -187,7 +173,7 @@ def fit_otcfm(expr, times: np.ndarray, settings: OTCFMSettings | None = None, se
         finally:
             np.random.set_state(numpy_state)
     field_net.eval()
-    return OTCFMModel(pca, scale, field_net, time_values, coordinates, settings, losses)
+    return OTCFMModel(**vars(space), field=field_net, settings=settings, losses=losses)
 
 
 def _minibatch(cells: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -235,10 +221,10 @@ def predict_otcfm(model: OTCFMModel, target_time: float, n_cells: int | None = N
     np.ndarray
         (n_out, n_genes) float32 log-normalised cells, clipped at 0.
     """
-    start, cells = start_cells(model.time_values, model.coordinates, target_time, n_cells, seed, "OT-CFM")
+    start, cells = model.start_cells(target_time, n_cells, seed, "OT-CFM")
     moved = _integrate(model.field, torch.from_numpy(cells), model.rescale_time(model.time_values[start]),
                        model.rescale_time(target_time), model.settings.ode_step)
-    return to_genes(model.pca, model.scale, moved.numpy())
+    return model.to_genes(moved.numpy())
 
 
 def otcfm_predict(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, seed: int = 0,
