@@ -146,6 +146,16 @@ def test_prepare_stratified_shows_strata(sim_file):
     assert len(held) == 1 and min(_summary_rows(output)) < held[0] < max(_summary_rows(output))
 
 
+def test_prepare_with_ot_pairing_and_its_errors(sim_file, monkeypatch, capsys):
+    output = invoke("prepare", sim_file, "--pairing", "ot", "--n-top-genes", 100, "--max-len", 40)
+    assert "pairing: ot" in output
+    assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--stratify", "donor", "--pairing", "ot"],
+                          "pairing 'ot' does not use strata")
+    assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--pairing", "nearest"], "unknown pairing mode 'nearest'")
+    assert_one_line_error(monkeypatch, capsys, ["fit", sim_file, "--out", "never", "--stratify", "donor", "--pairing", "random"],
+                          "pairing 'random' does not use strata")
+
+
 def test_prepare_without_a_file_uses_the_simulator():
     output = invoke("prepare", "--task", "extrapolate", "--n-top-genes", 100, "--max-len", 32)
     rows = _summary_rows(output)

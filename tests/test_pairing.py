@@ -96,8 +96,8 @@ def test_stratified_without_fallback_does_not_warn(recwarn):
 
 
 def test_unknown_mode():
-    with pytest.raises(SctraceInputError, match=r"unknown pairing mode 'ot'; choose one of 'random', 'stratified'"):
-        pair_cells(np.array([0.0, 1.0]), [0.0, 1.0], mode="ot")
+    with pytest.raises(SctraceInputError, match=r"unknown pairing mode 'nearest'; choose one of 'random', 'stratified', 'ot'"):
+        pair_cells(np.array([0.0, 1.0]), [0.0, 1.0], mode="nearest")
 
 
 def test_stratified_without_strata():
@@ -118,3 +118,53 @@ def test_time_value_without_cells():
 def test_time_values_not_increasing():
     with pytest.raises(SctraceInputError, match=r"must be a non-empty, strictly increasing list"):
         pair_cells(np.array([0.0, 1.0]), [1.0, 0.0])
+
+
+def _two_branches(n_per_time: int = 60, seed: int = 0):
+    """Cells on two branches (y = +1 / -1) that move right with time; time 0 sits at the fork, on both sides."""
+    rng = np.random.default_rng(seed)
+    times = np.repeat([0.0, 1.0, 2.0, 3.0], n_per_time)
+    branch = np.tile(np.repeat([1.0, -1.0], n_per_time // 2), 4)
+    coordinates = np.column_stack([times * 2.0, branch * (0.3 + times)]) + 0.1 * rng.normal(size=(times.size, 2))
+    return times, branch, coordinates
+
+
+def test_ot_pairs_follow_one_branch_where_random_pairs_mix():
+    times, branch, coordinates = _two_branches()
+    ot_pairs = pair_cells(times, [0.0, 1.0, 2.0, 3.0], mode="ot", coordinates=coordinates, seed=0)
+    random_pairs = pair_cells(times, [0.0, 1.0, 2.0, 3.0], mode="random", seed=0)
+    assert ot_pairs.shape == random_pairs.shape == (60, 4)
+    assert np.array_equal(ot_pairs[:, 0], np.flatnonzero(times == 0.0))
+    for k, t in enumerate([1.0, 2.0, 3.0], start=1):
+        assert np.all(times[ot_pairs[:, k]] == t)
+    # Every row stays on its source cell's branch; random partners agree about half the time.
+    assert (branch[ot_pairs] == branch[ot_pairs[:, :1]]).all()
+    assert (branch[random_pairs[:, 3]] == branch[random_pairs[:, 0]]).mean() < 0.75
+    # Uniform weights: with as many rows as target cells the plan is a permutation, so every cell is used once.
+    assert all(len(np.unique(ot_pairs[:, k])) == 60 for k in range(1, 4))
+
+
+def test_ot_pairs_in_blocks_are_reproducible_and_use_every_block(monkeypatch):
+    import sctrace.data.pairing as pairing
+
+    times, branch, coordinates = _two_branches(n_per_time=80)
+    monkeypatch.setattr(pairing, "OT_BLOCK", 16)  # 5 blocks per time point: minibatch OT
+    first = pair_cells(times, [0.0, 1.0, 2.0, 3.0], mode="ot", coordinates=coordinates, seed=3)
+    again = pair_cells(times, [0.0, 1.0, 2.0, 3.0], mode="ot", coordinates=coordinates, seed=3)
+    other = pair_cells(times, [0.0, 1.0, 2.0, 3.0], mode="ot", coordinates=coordinates, seed=4)
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert all(len(np.unique(first[:, k])) == 80 for k in range(1, 4))
+    # Random blocks hold both branches, so some rows must cross; most still follow their branch.
+    assert (branch[first[:, 3]] == branch[first[:, 0]]).mean() > 0.7
+
+
+def test_ot_pairing_needs_finite_aligned_coordinates():
+    times, _, coordinates = _two_branches()
+    with pytest.raises(SctraceInputError, match="needs coordinates"):
+        pair_cells(times, [0.0, 1.0], mode="ot")
+    with pytest.raises(SctraceInputError, match="one row per cell"):
+        pair_cells(times, [0.0, 1.0], mode="ot", coordinates=coordinates[:-1])
+    bad = coordinates.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(SctraceInputError, match="NaN"):
+        pair_cells(times, [0.0, 1.0], mode="ot", coordinates=bad)

@@ -13,6 +13,9 @@ from sctrace._errors import SctraceInputError
 from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
 
+PAIRING_HELP = ("random | stratified | ot (default: the preset's; stratified with --stratify). ot chains each source "
+                "cell's partners by optimal transport between consecutive times, so a training row follows one lineage.")
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="TRACE: predict single-cell expression at time points nobody measured.",
@@ -61,6 +64,7 @@ def prepare(
     task: Annotated[str, typer.Option(help="interpolate | extrapolate | none")] = "interpolate",
     layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
     stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
+    pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     n_top_genes: Annotated[int, typer.Option(help="Highly variable genes.")] = 2000,
     max_len: Annotated[int, typer.Option(help="Gene tokens per cell.")] = 256,
@@ -71,6 +75,7 @@ def prepare(
     """Run the data half of the pipeline (split, HVGs, tokenize, pair) and print a summary."""
     from sctrace.data.corpus import prepare_corpus
     from sctrace.data.io import parse_time, read_timecourse
+    from sctrace.data.pairing import check_pairing
     from sctrace.model.counts import LIKELIHOODS
     from sctrace.report import corpus_summary
 
@@ -85,11 +90,13 @@ def prepare(
     if holdout is None and task != "none":
         values = timecourse.time_values
         holdout = str(values[len(values) // 2] if task == "interpolate" else values[-1])
+    pairing = pairing or ("stratified" if stratify else "random")
+    check_pairing(pairing, stratify)
     corpus = prepare_corpus(
         timecourse, task=task, holdout=None if holdout is None else parse_time(holdout), n_top_genes=n_top_genes,
-        max_len=max_len, pairing="stratified" if stratify else "random", seed=seed,
+        max_len=max_len, pairing=pairing, seed=seed,
     )
-    typer.echo(corpus_summary(timecourse, corpus))
+    typer.echo(corpus_summary(timecourse, corpus, pairing))
 
 
 def _simulated():
@@ -110,6 +117,7 @@ def fit(
     max_epochs: Annotated[Optional[int], typer.Option(help="Training epochs (overrides the preset).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
+    pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
     layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     likelihood: Annotated[Optional[str], typer.Option(help="zinb | nb | gaussian (gaussian for log-normalised data).")] = None,
@@ -136,6 +144,7 @@ def fit(
         data, time_key, task=task, holdout=holdout, layer=layer, time_map=_parse_time_map(time_map),
         stratify=stratify or (), count_kind=count_kind, preset=preset, config=config, seed=seed,
         **({"likelihood": likelihood} if likelihood else {}),
+        **({"pairing": pairing} if pairing else {}),
         **({"encoder": encoder} if encoder else {}),
         **({"encoder_path": str(encoder_path)} if encoder_path else {}),
         **({"encoder_mode": encoder_mode} if encoder_mode else {}),

@@ -17,7 +17,7 @@ DEFAULT_PRESET = "cpu-small"
 
 # Keys that take one of a few words: a typo is named at load time, not deep inside a fit.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "pairing": ("random", "stratified"),
+    "pairing": ("random", "stratified", "ot"),
     "rank_encoding": ("learnable", "sinusoidal"),
     "likelihood": ("zinb", "nb", "gaussian"),
     "count_input": ("masked", "complete"),

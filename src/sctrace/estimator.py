@@ -23,6 +23,7 @@ from sctrace._errors import SctraceInputError
 from sctrace.config import DEFAULT_PRESET, TraceConfig, load_config
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
 from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
+from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
@@ -190,6 +191,7 @@ class TRACE:
         if stratify and "pairing" not in overrides:
             overrides["pairing"] = "stratified"
         self.config = load_config(preset, config, **overrides)
+        check_pairing(self.config.pairing, stratify)
         # The likelihood decides what the matrix must hold unless the caller says otherwise.
         count_kind = count_kind or ("lognorm" if self.config.likelihood == "gaussian" else "counts")
         if count_kind == "lognorm" and self.config.likelihood != "gaussian":

@@ -10,7 +10,7 @@ from sctrace.data.corpus import Corpus
 from sctrace.data.io import TimeCourse
 
 
-def corpus_summary(timecourse: TimeCourse, corpus: Corpus) -> str:
+def corpus_summary(timecourse: TimeCourse, corpus: Corpus, pairing: str = "random") -> str:
     """Cells per time point, genes, sequence lengths, pairs and strata, as a short text block."""
     spec = corpus.spec
     lines = [f"cells: {timecourse.adata.n_obs}  genes in data: {timecourse.adata.n_vars}  time key: {spec.time_key}"]
@@ -33,7 +33,7 @@ def corpus_summary(timecourse: TimeCourse, corpus: Corpus) -> str:
         strata = timecourse.adata.obs[spec.stratify].astype(str).agg("/".join, axis=1)
         lines.append(f"strata ({', '.join(spec.stratify)}): {strata.nunique()} -> {', '.join(sorted(strata.unique())[:10])}")
     else:
-        lines.append("pairing: random")
+        lines.append(f"pairing: {pairing}")
     return "\n".join(lines)
 
 

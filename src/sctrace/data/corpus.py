@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError
 from sctrace.data.io import MatrixRows, TimeCourse, check_holdout
 from sctrace.data.pairing import pair_cells
-from sctrace.data.preprocess import select_hvgs_streamed
+from sctrace.data.preprocess import log_normalize, select_hvgs_streamed
 from sctrace.data.tokenize import N_SPECIAL, nonzero_gene_medians, rank_value_tokenize, save_tokenized
 
 TASKS = ("interpolate", "extrapolate", "none")
@@ -442,7 +442,12 @@ def prepare_corpus(
     )
     obs_names = _collect_names(timecourse.adata.obs_names, train_rows, directory, chunk_size)
     cell_times = timecourse.times[train_rows]
-    pairs = _pair_training_cells(timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source)
+    coordinates = None
+    if pairing == "ot":
+        coordinates = _pairing_coordinates(MatrixRows(matrix, train_rows, hvg_idx), timecourse.count_kind, seed, chunk_size)
+    pairs = _pair_training_cells(
+        timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source, coordinates
+    )
 
     qs = np.linspace(0, 1, N_QUANTILES)
     library_quantiles = [np.quantile(totals[np.isclose(cell_times, t)], qs).tolist() for t in train_times]
@@ -531,6 +536,7 @@ def _pair_training_cells(
     pairing: str,
     seed: int,
     pairs_per_source: int | None,
+    coordinates: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(n_pairs, n_times)`` rows (into the training cells) of each source cell and its partners."""
     strata = None
@@ -551,9 +557,36 @@ def _pair_training_cells(
             train_times,
             strata=None if strata is None else strata.iloc[rows].reset_index(drop=True),
             mode=pairing,
+            coordinates=None if coordinates is None else coordinates[rows],
             seed=seed,
         )
     ]
+
+
+OT_PCS = 30
+OT_FIT_CELLS = 20_000
+
+
+def _pairing_coordinates(view: MatrixRows, count_kind: str, seed: int, chunk_size: int) -> np.ndarray:
+    """``(n_cells, <= OT_PCS)`` float32 PCA coordinates of log-normalised training cells, for OT pairing.
+
+    The PCA is fitted on at most ``OT_FIT_CELLS`` seeded cells and every cell is projected block by block, so
+    memory stays bounded by the block and the coordinates (120 bytes a cell).
+    """
+    from sctrace.metrics import fit_pca
+
+    n_cells = view.shape[0]
+    fit_rows = np.sort(np.random.default_rng(seed).choice(n_cells, size=min(n_cells, OT_FIT_CELLS), replace=False))
+    blocks = []
+    for start in range(0, n_cells, chunk_size):
+        chosen = fit_rows[(fit_rows >= start) & (fit_rows < start + chunk_size)] - start
+        if chosen.size:
+            blocks.append(sp.csr_matrix(log_normalize(view[start : start + chunk_size], count_kind))[chosen])
+    pca = fit_pca(sp.vstack(blocks).tocsr(), OT_PCS)
+    coordinates = np.empty((n_cells, pca.components.shape[0]), dtype=np.float32)
+    for start in range(0, n_cells, chunk_size):
+        coordinates[start : start + chunk_size] = pca.transform(log_normalize(view[start : start + chunk_size], count_kind))
+    return coordinates
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -3,6 +3,10 @@
 Cells are drawn so that, within a time point (and stratum), every cell is used once before any is used
 again: the draw is a concatenation of seeded permutations. This spreads the pairs over all target cells
 instead of sampling some many times and others never.
+
+``mode="ot"`` chains partners by optimal transport between consecutive time points instead, so that a
+row's cells lie on one trajectory (one lineage): with random partners the target's state is independent of
+everything the decoder conditions on, and the only thing it can learn is the mixture of all fates.
 """
 
 from __future__ import annotations
@@ -15,11 +19,24 @@ import pandas as pd
 
 from sctrace._errors import SctraceInputError
 
-__all__ = ["PAIRING_MODES", "pair_cells"]
+__all__ = ["PAIRING_MODES", "check_pairing", "pair_cells"]
 
-PAIRING_MODES = ("random", "stratified")
+PAIRING_MODES = ("random", "stratified", "ot")
+# Rows per exact-OT problem in mode "ot": the plan is (block x block) float64, 32 MB at 2,048.
+OT_BLOCK = 2048
 # How many strata a fallback warning names before summarising the rest.
 _MAX_LISTED = 5
+
+
+def check_pairing(mode: str, stratify: Sequence[str] | None) -> None:
+    """Refuse a pairing mode that does not exist, or strata given to a mode that would ignore them."""
+    if mode not in PAIRING_MODES:
+        raise SctraceInputError(f"unknown pairing mode {mode!r}; choose one of {', '.join(map(repr, PAIRING_MODES))}.")
+    if stratify and mode != "stratified":
+        raise SctraceInputError(
+            f"pairing {mode!r} does not use strata, but stratify columns were given ({', '.join(stratify)}); drop "
+            "them or use pairing 'stratified'."
+        )
 
 
 def pair_cells(
@@ -28,6 +45,7 @@ def pair_cells(
     *,
     strata: pd.DataFrame | None = None,
     mode: str = "random",
+    coordinates: np.ndarray | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """Pair each source cell with one cell of every other time point.
@@ -47,7 +65,14 @@ def pair_cells(
     mode
         ``"random"``: partners are drawn from all cells of the target time point. ``"stratified"``: from the
         cells of the target time point in the source cell's stratum; when that stratum has no cells at the
-        target time, from all cells of that time point, with a warning.
+        target time, from all cells of that time point, with a warning. ``"ot"``: the partner at time point
+        ``k`` is drawn from the exact optimal-transport plan (squared Euclidean cost in ``coordinates``,
+        uniform weights) between the row's partner at ``k - 1`` and the cells of ``k``, so each row follows
+        one trajectory; problems larger than ``OT_BLOCK`` rows are split into random blocks, each with its
+        own share of the target cells (minibatch OT).
+    coordinates
+        ``(n_cells, n_dims)`` embedding aligned with ``times`` (e.g. PCA of log-normalised expression);
+        required for ``mode="ot"``.
     seed
         Seed of :func:`numpy.random.default_rng`; the same inputs and seed give the same pairs.
 
@@ -61,11 +86,11 @@ def pair_cells(
     Raises
     ------
     SctraceInputError
-        For an unknown mode, ``mode="stratified"`` without ``strata``, misaligned ``strata``, time values
-        that are not strictly increasing, or a time value with no cells.
+        For an unknown mode, ``mode="stratified"`` without ``strata``, ``mode="ot"`` without (or with
+        misaligned or non-finite) ``coordinates``, misaligned ``strata``, time values that are not strictly
+        increasing, or a time value with no cells.
     """
-    if mode not in PAIRING_MODES:
-        raise SctraceInputError(f"unknown pairing mode {mode!r}; choose one of {', '.join(map(repr, PAIRING_MODES))}.")
+    check_pairing(mode, None)
     times = np.asarray(times, dtype=np.float64)
     time_values = np.asarray(time_values, dtype=np.float64)
     if time_values.ndim != 1 or time_values.size == 0 or np.any(np.diff(time_values) <= 0):
@@ -79,6 +104,17 @@ def pair_cells(
             raise SctraceInputError(
                 f"strata has {len(strata)} rows but there are {times.size} cells; pass strata aligned with times."
             )
+
+    if mode == "ot":
+        if coordinates is None:
+            raise SctraceInputError("pairing mode 'ot' needs coordinates; pass an embedding of the cells (e.g. PCA).")
+        coordinates = np.asarray(coordinates, dtype=np.float64)
+        if coordinates.ndim != 2 or len(coordinates) != times.size:
+            raise SctraceInputError(
+                f"coordinates have shape {coordinates.shape} but there are {times.size} cells; pass one row per cell."
+            )
+        if not np.isfinite(coordinates).all():
+            raise SctraceInputError("coordinates hold NaN or infinite values; pass a finite embedding.")
 
     # (n_cells, n_time_points): which time point each cell belongs to.
     membership = np.isclose(times[:, None], time_values[None, :])
@@ -96,6 +132,10 @@ def pair_cells(
     if mode == "random":
         for k in range(1, time_values.size):
             pairs[:, k] = _draw_without_reuse(cells_by_time[k], source_cells.size, rng)
+        return pairs
+    if mode == "ot":
+        for k in range(1, time_values.size):
+            pairs[:, k] = _transport_partners(pairs[:, k - 1], cells_by_time[k], coordinates, rng)
         return pairs
 
     stratum_of_cell, stratum_names = _strata_codes(strata)
@@ -135,6 +175,36 @@ def pair_cells(
             unmatched = np.sort(np.concatenate(unmatched_rows))
             pairs[unmatched, k] = _draw_without_reuse(target_cells, unmatched.size, rng)
     return pairs
+
+
+def _transport_partners(
+    current: np.ndarray, targets: np.ndarray, coordinates: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """For each row's current cell, one target cell drawn from its row of an exact OT plan.
+
+    Rows and targets are shuffled and cut into the same number of blocks of at most ``OT_BLOCK`` rows; each
+    block is coupled to its share of the targets, so every target cell gets mass, as in the random modes.
+    POT's network simplex (``ot.emd``) gives the plan; the draw from its row keeps ties and splits random.
+    """
+    import ot
+
+    row_order, target_order = rng.permutation(current.size), rng.permutation(targets.size)
+    n_blocks = max(1, -(-current.size // OT_BLOCK), -(-targets.size // OT_BLOCK))
+    partners = np.empty(current.size, dtype=np.int64)
+    for rows, block_targets in zip(np.array_split(row_order, n_blocks), np.array_split(targets[target_order], n_blocks),
+                                   strict=True):
+        if rows.size == 0:
+            continue
+        source_points, target_points = coordinates[current[rows]], coordinates[block_targets]
+        cost = ot.dist(source_points, target_points)  # squared Euclidean
+        cost /= max(float(cost.max()), 1e-12)  # the plan does not change; the simplex's tolerances behave
+        plan = ot.emd(np.full(rows.size, 1.0 / rows.size), np.full(block_targets.size, 1.0 / block_targets.size), cost,
+                      numItermax=10_000_000)
+        cumulative = np.cumsum(plan, axis=1)
+        threshold = rng.random(rows.size) * cumulative[:, -1]
+        choice = (cumulative < threshold[:, None]).sum(axis=1)
+        partners[rows] = block_targets[np.minimum(choice, block_targets.size - 1)]
+    return partners
 
 
 def _draw_without_reuse(pool: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
