@@ -268,3 +268,24 @@ def test_count_state_pools_gene_positions_only():
     torch.testing.assert_close(net.count_state(hidden, tokens), state)
     with pytest.raises(ValueError, match="count_pooling"):
         TraceNet(43, 40, 30, count_pooling="max")
+
+
+def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_config, tmp_path):
+    # The GPU default ("auto" there) is bf16 autocast; Lightning runs the same autocast on CPU, so the mixed
+    # precision path (attention, token head, ZINB loss on bf16 activations) is exercised here too.
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    model = TRACE(small_timecourse, "time", holdout=holdout, **{**tiny_fast_config, "max_epochs": 3})
+    dtypes = []
+    hook = model.net.token_head.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    model.fit(run_dir=tmp_path / "run", progress=False, precision="bf16-mixed")
+    hook.remove()
+    assert torch.bfloat16 in dtypes  # the token head ran under autocast
+    assert {p.dtype for p in model.net.parameters()} == {torch.float32}
+    val = model.history["val_loss"].dropna().to_numpy()
+    assert np.isfinite(val).all() and val[-1] < val[0]
+    loaded = TRACE.load(tmp_path / "run")
+    assert {p.dtype for p in loaded.net.parameters()} == {torch.float32}
+    out = loaded.predict(holdout, n_cells=6, seed=0)
+    assert np.isfinite(out.layers["zinb_mean"]).all() and out.X.sum() > 0
+    with pytest.raises(SctraceInputError, match="unknown precision 'fp8'"):
+        TRACE(small_timecourse, "time", holdout=holdout, **tiny_fast_config).fit(precision="fp8")

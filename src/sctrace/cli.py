@@ -129,6 +129,7 @@ def fit(
     devices: Annotated[str, typer.Option(help="Processes (devices) per node, or 'auto'; >1 trains data-parallel.")] = "1",
     num_nodes: Annotated[int, typer.Option(help="Machines in a multi-node run (launched by torchrun or SLURM).")] = 1,
     strategy: Annotated[str, typer.Option(help="Lightning strategy: auto | ddp | ddp_spawn | ...")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on a GPU, fp32 on CPU) | 32-true | bf16-mixed.")] = "auto",
     encoder: Annotated[Optional[str], typer.Option(help="Source encoder: scratch | geneformer (pretrained, local).")] = None,
     encoder_path: Annotated[Optional[Path], typer.Option(help="Directory of the pretrained encoder: config.json, "
                             "model.safetensors, token_dictionary.{json,csv,pkl}, gene medians.")] = None,
@@ -153,7 +154,7 @@ def fit(
     model.fit(
         max_epochs=max_epochs, run_dir=out, overwrite=overwrite, resume=resume, progress=progress,
         accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices, num_nodes=num_nodes,
-        strategy=strategy,
+        strategy=strategy, precision=precision,
     )
     typer.echo(f"saved the trained model to {out}")
 

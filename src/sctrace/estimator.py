@@ -151,6 +151,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume:
     return run_dir
 
 
+PRECISIONS = ("auto", "32-true", "bf16-mixed")
+
 class TRACE:
     """TRACE on an AnnData time course: ``fit`` → ``predict(time=...)`` / ``embed`` → ``save`` / ``load``.
 
@@ -257,6 +259,7 @@ class TRACE:
         num_nodes: int = 1,
         strategy: str = "auto",
         max_steps: int | None = None,
+        precision: str = "auto",
     ) -> TRACE:
         """Train with early stopping on a validation split of pairs; checkpoints go to ``run_dir/checkpoints``.
 
@@ -269,6 +272,9 @@ class TRACE:
         one process (e.g. ``devices=2, strategy="ddp"``) each rank trains on its own share of the pairs
         (Lightning's ``DistributedSampler``), gradients are averaged, and only rank 0 writes the run directory,
         which must then be on a file system every node sees.
+
+        ``precision``: Lightning's training precision; ``"auto"`` is bf16 autocast (``"bf16-mixed"``) on a GPU and
+        fp32 (``"32-true"``) on CPU. Weights stay fp32 either way, and so do the saved ones.
         """
         import lightning as L
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -281,6 +287,10 @@ class TRACE:
             self.config = self.config.update({"max_epochs": max_epochs})
         if self.config.max_epochs < 1:
             raise SctraceInputError(f"max_epochs must be at least 1, got {self.config.max_epochs}.")
+        if precision not in PRECISIONS:
+            raise SctraceInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+        if precision == "auto":
+            precision = "bf16-mixed" if torch.cuda.is_available() and accelerator != "cpu" else "32-true"
         if max_steps is not None and max_steps < 1:
             raise SctraceInputError(f"max_steps must be at least 1, got {max_steps}; leave it out to train whole epochs.")
         scratch = None
@@ -315,7 +325,7 @@ class TRACE:
                 devices=devices,
                 num_nodes=num_nodes,
                 strategy=strategy,
-                precision="bf16-mixed" if torch.cuda.is_available() and accelerator != "cpu" else "32-true",
+                precision=precision,
                 logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
                 callbacks=callbacks,
                 gradient_clip_val=self.config.gradient_clip,
