@@ -151,7 +151,9 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume:
     return run_dir
 
 
+# Lightning precisions fit accepts; "auto" picks bf16 autocast on a GPU and fp32 on CPU.
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
+
 
 class TRACE:
     """TRACE on an AnnData time course: ``fit`` → ``predict(time=...)`` / ``embed`` → ``save`` / ``load``.
