@@ -42,6 +42,11 @@ class PCASpace:
         """Real time to the flows' time axis, on which the training times span [0, 1]."""
         return float((time - self.time_values[0]) / (self.time_values[-1] - self.time_values[0]))
 
+    @property
+    def rescaled_times(self) -> np.ndarray:
+        """(n_times,) the observed training times on the flows' time axis, 0 to 1."""
+        return (self.time_values - self.time_values[0]) / (self.time_values[-1] - self.time_values[0])
+
     def start_cells(self, target_time: float, n_cells: int | None, seed: int, method: str) -> tuple[int, np.ndarray]:
         """The index of the nearest observed time at or before ``target_time`` and a seeded draw of its cells
         (without replacement when it has enough, else with; all of them when ``n_cells`` is None)."""

@@ -153,8 +153,7 @@ def fit_mioflow(expr, times: np.ndarray, settings: MIOFlowSettings | None = None
 
     settings = settings or MIOFlowSettings()
     space = scaled_pca(expr, times, settings.n_pcs, "MIOFlow")
-    pca, time_values, coordinates = space.pca, space.time_values, space.coordinates
-    rescaled = (time_values - time_values[0]) / (time_values[-1] - time_values[0])
+    pca, coordinates, rescaled = space.pca, space.coordinates, space.rescaled_times
     # train_mioflow draws the same minibatch rows from both time points of a pair among the first
     # min(n_k, n_k+1) rows, so it gets the rows in a seeded random order: otherwise the input order would
     # decide which cells of the larger time point it may ever see.

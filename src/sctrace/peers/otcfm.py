@@ -141,8 +141,7 @@ def fit_otcfm(expr, times: np.ndarray, settings: OTCFMSettings | None = None, se
         raise SctraceInputError(f"the OT-CFM peer needs torchcfm, which is not installed; run `{INSTALL_HINT}`.") from err
     settings = settings or OTCFMSettings()
     space = scaled_pca(expr, times, settings.n_pcs, "OT-CFM")
-    pca, time_values, coordinates = space.pca, space.time_values, space.coordinates
-    rescaled = (time_values - time_values[0]) / (time_values[-1] - time_values[0])
+    pca, time_values, coordinates, rescaled = space.pca, space.time_values, space.coordinates, space.rescaled_times
 
     rng = np.random.default_rng(seed)
     numpy_state = np.random.get_state()
