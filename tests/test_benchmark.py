@@ -10,7 +10,8 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.baselines import identity_baseline
-from sctrace.benchmark import ablation_variants, peak_rss_mb, run_benchmark, summarise_runs
+from sctrace.benchmark import ablation_variants, peak_rss_mb, run_benchmark, sctrace_options, summarise_runs
+from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, load_config
 from sctrace.evaluate import evaluate_prediction, lognorm_over_genes, scoring_cells
 from sctrace.metrics import score
 from sctrace.peers import otcfm_available
@@ -231,3 +232,18 @@ def test_python_and_cli_run_the_same_methods_by_default():
     assert inspect.signature(run_benchmark).parameters["methods"].default == DEFAULT_METHODS
     assert inspect.signature(cli.benchmark).parameters["methods"].default == ",".join(DEFAULT_METHODS)
     assert set(DEFAULT_METHODS) < set(METHODS) and "mioflow" not in DEFAULT_METHODS
+
+
+def test_lognorm_benchmark_keeps_a_log_normalised_likelihood_from_the_config(tmp_path):
+    config = tmp_path / "hurdle.yaml"
+    config.write_text("likelihood: hurdle\n")
+
+    def likelihood(config_path, count_kind, overrides=None):
+        chosen, _ = sctrace_options("cpu-small", config_path, None, count_kind, overrides)
+        return load_config("cpu-small", config_path, **chosen).likelihood
+
+    assert likelihood(None, "lognorm") == DEFAULT_LOGNORM_LIKELIHOOD  # cpu-small's zinb replaced
+    assert likelihood(config, "lognorm") == "hurdle"  # before, the default overrode the file
+    assert likelihood(None, "lognorm", {"likelihood": "hurdle"}) == "hurdle"
+    assert likelihood(None, "lognorm", {"likelihood": "zinb"}) == "zinb"  # explicit: TRACE refuses it, in one sentence
+    assert likelihood(None, "counts") == "zinb"

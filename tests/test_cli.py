@@ -170,8 +170,9 @@ def test_prepare_reads_lognormalised_data_with_gaussian(sim_file, tmp_path, monk
     adata.write_h5ad(tmp_path / "lognorm.h5ad")
     args = ["prepare", tmp_path / "lognorm.h5ad", "--n-top-genes", 100, "--max-len", 40]
     assert_one_line_error(monkeypatch, capsys, args, "holds non-integer values")
-    output = invoke(*args, "--likelihood", "gaussian")
-    assert sum(n for n, _, _ in _summary_rows(output).values()) == N_CELLS
+    for likelihood in ("gaussian", "hurdle"):
+        output = invoke(*args, "--likelihood", likelihood)
+        assert sum(n for n, _, _ in _summary_rows(output).values()) == N_CELLS
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -184,7 +185,7 @@ def test_prepare_reads_lognormalised_data_with_gaussian(sim_file, tmp_path, monk
         (["prepare", "{sim}", "--time-map", "day2"], "--time-map entries look like LABEL=VALUE"),
         (["prepare", "{sim}", "--time-map", "day2=two"], "--time-map value for 'day2' must be a number"),
         (["prepare", "{sim}", "--task", "sideways"], "unknown task 'sideways'"),
-        (["prepare", "{sim}", "--likelihood", "poisson"], "unknown likelihood 'poisson'; choose one of zinb, nb, gaussian"),
+        (["prepare", "{sim}", "--likelihood", "poisson"], "unknown likelihood 'poisson'; choose one of zinb, nb, gaussian, hurdle"),
         (["fit", "{sim}", "--out", "{dir}/r", "--preset", "huge"], "unknown preset 'huge'; choose one of"),
         (["fit", "{sim}", "--out", "{dir}/r", "--config", "{dir}/bad.yaml"], "unknown config key(s) d_modle in"),
         (["predict", "{dir}/no_run", "--time", "4", "--out", "{dir}/p.h5ad"], "no_run does not exist; pass the --out directory"),
@@ -256,6 +257,8 @@ def test_predict_writes_generated_cells(run_dir, tiny_fast_config, tmp_path, mon
     assert out.stat().st_mtime_ns == before
     invoke("predict", run_dir, "--time", 9.5, "--out", out, "--n-cells", 10, "--overwrite")  # past the last time
     assert ad.read_h5ad(out).n_obs == 10
+    invoke("predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 10, "--library-size", 1500, "--overwrite")
+    assert np.all(ad.read_h5ad(out).obs["library_size"] == 1500)
 
 
 def test_embed_writes_cell_and_gene_embeddings(run_dir, sim_file, tiny_fast_config, tmp_path):

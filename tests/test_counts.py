@@ -9,6 +9,7 @@ from sctrace.model.counts import (
     CountDecoder,
     _standard_gamma,
     gaussian_log_prob,
+    log_hurdle_gaussian,
     log_nb_positive,
     log_zinb_positive,
 )
@@ -81,6 +82,32 @@ def test_gaussian_log_prob_matches_scipy():
     np.testing.assert_allclose(gaussian_log_prob(_t(x), _t(mean), _t(log_var)).numpy(), expected, rtol=1e-10)
 
 
+def test_log_hurdle_gaussian_matches_direct_formula():
+    rng = np.random.default_rng(4)
+    mean, log_var, logits = rng.normal(size=(3, 60))
+    x = np.where(rng.random(60) < 0.4, 0.0, np.abs(rng.normal(2, 1, 60)))
+    p_zero = 1 / (1 + np.exp(-logits))
+    expected = np.where(x == 0, np.log(p_zero), np.log1p(-p_zero) + stats.norm.logpdf(x, mean, np.exp(0.5 * log_var)))
+    got = log_hurdle_gaussian(_t(x), _t(mean), _t(log_var), _t(logits)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # Logits far out stay finite, and a zero is likelier the larger the zero logit.
+    far = log_hurdle_gaussian(_t([0.0, 1.0]), _t([1.0, 1.0]), _t([0.0, 0.0]), _t([-200.0, 200.0]))
+    assert torch.isfinite(far).all() and far[0] < -100 and far[1] < -100
+
+
+def test_count_decoder_hurdle_sample_zeros_and_mean():
+    decoder, cls_embedding, _ = _decoder_and_inputs("hurdle", n_cells=2, n_genes=10)
+    with torch.no_grad():
+        decoder.log_var.fill_(np.log(0.01))
+        params = {k: v.repeat(5000, 1) for k, v in decoder(cls_embedding).items()}
+        params["mean"] = params["mean"].abs() + 2.0  # the positive part sits well away from the clip at 0
+    samples = decoder.sample(params, torch.Generator().manual_seed(0)).reshape(5000, 2, 10)
+    assert (samples >= 0).all()
+    p_zero = torch.sigmoid(params["zero_logits"][:2])
+    torch.testing.assert_close((samples == 0).float().mean(0), p_zero, atol=0.03, rtol=0)
+    torch.testing.assert_close(samples.mean(0), decoder.mean({k: v[:2] for k, v in params.items()}), atol=0.1, rtol=0.05)
+
+
 def test_standard_gamma_moments_and_seed():
     shape = torch.tensor([0.05, 0.5, 1.0, 3.0, 50.0], dtype=torch.float64).repeat(20000, 1)
     draws = _standard_gamma(shape, torch.Generator().manual_seed(0))
@@ -103,7 +130,8 @@ def _decoder_and_inputs(likelihood, n_cells=8, n_input=16, n_genes=30, seed=0):
 def test_count_decoder_shapes(likelihood):
     decoder, cls_embedding, library_size = _decoder_and_inputs(likelihood)
     params = decoder(cls_embedding, library_size)
-    expected_keys = {"zinb": {"mu", "theta", "pi_logits"}, "nb": {"mu", "theta"}, "gaussian": {"mean", "log_var"}}
+    expected_keys = {"zinb": {"mu", "theta", "pi_logits"}, "nb": {"mu", "theta"}, "gaussian": {"mean", "log_var"},
+                     "hurdle": {"mean", "log_var", "zero_logits"}}
     assert set(params) == expected_keys[likelihood]
     assert all(v.shape == (8, 30) for v in params.values())
     assert decoder.mean(params).shape == (8, 30)
@@ -176,7 +204,7 @@ def test_count_decoder_training_reduces_loss(likelihood):
     generator = torch.Generator().manual_seed(1)
     rates = torch.rand(8, 30, generator=generator) * 20
     counts = torch.poisson(rates, generator=generator)
-    x = torch.log1p(counts) if likelihood == "gaussian" else counts
+    x = torch.log1p(counts) if likelihood in ("gaussian", "hurdle") else counts
     optimiser = torch.optim.Adam(decoder.parameters(), lr=2e-2)
     losses = []
     for _ in range(40):
@@ -189,7 +217,7 @@ def test_count_decoder_training_reduces_loss(likelihood):
 
 
 def test_count_decoder_errors():
-    with pytest.raises(SctraceInputError, match="zinb, nb, gaussian"):
+    with pytest.raises(SctraceInputError, match="zinb, nb, gaussian, hurdle"):
         CountDecoder(8, 10, likelihood="poisson")
     decoder = CountDecoder(8, 10)
     with pytest.raises(SctraceInputError, match="library_size"):

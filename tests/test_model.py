@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -161,6 +163,28 @@ def test_predict_at_unseen_times_and_errors(fitted):
         model.predict("soon")
 
 
+def test_predict_at_a_given_library_size(fitted):
+    model, _, holdout = fitted
+    fixed = model.predict(holdout, n_cells=30, seed=0, library_size=2000)
+    assert np.all(fixed.obs["library_size"] == 2000)
+    # The expected counts sum to the depth asked for, so a deeper run gives deeper cells.
+    np.testing.assert_allclose(np.asarray(fixed.layers["zinb_mean"]).sum(1), 2000, rtol=1e-3)
+    deeper = model.predict(holdout, n_cells=30, seed=0, library_size=20000)
+    assert deeper.X.sum() > 5 * fixed.X.sum()
+    drawn = model.predict(holdout, n_cells=30, seed=0, library_size=[1000, 3000])
+    assert set(drawn.obs["library_size"]) <= {1000.0, 3000.0} and drawn.obs["library_size"].nunique() == 2
+    for bad in (0, -5, [np.nan], []):
+        with pytest.raises(SctraceInputError, match="library_size must be one or more positive"):
+            model.predict(holdout, n_cells=3, library_size=bad)
+
+
+def test_library_size_is_refused_for_log_normalised_models(fitted, monkeypatch):
+    model, _, holdout = fitted
+    monkeypatch.setattr(model, "config", dataclasses.replace(model.config, likelihood="hurdle"))
+    with pytest.raises(SctraceInputError, match="library_size applies to count likelihoods"):
+        model.predict(holdout, n_cells=3, library_size=1000)
+
+
 def test_fit_is_reproducible(small_timecourse, tiny_fast_config):
     holdout = sorted(small_timecourse.obs["time"].unique())[2]
     config = {**tiny_fast_config, "max_epochs": 1}
@@ -218,9 +242,26 @@ def test_resume_continues_from_last_checkpoint(small_timecourse, tiny_fast_confi
         TRACE(small_timecourse, "time", holdout=holdout, **config).fit(run_dir=tmp_path / "new", resume=True)
 
 
-def test_lognorm_data_needs_gaussian_likelihood(small_timecourse):
-    with pytest.raises(SctraceInputError, match="likelihood='gaussian'"):
+def test_lognorm_data_needs_a_lognorm_likelihood(small_timecourse):
+    with pytest.raises(SctraceInputError, match="likelihood='hurdle' or 'gaussian'"):
         TRACE(small_timecourse, "time", holdout=2.5, count_kind="lognorm")
+
+
+def test_hurdle_model_on_log_normalised_data(small_timecourse, tiny_fast_config, tmp_path):
+    lognorm = small_timecourse.copy()
+    totals = np.asarray(lognorm.X.sum(axis=1))
+    lognorm.X = lognorm.X.multiply(1e4 / totals).log1p().tocsr().astype(np.float32)
+    holdout = sorted(lognorm.obs["time"].unique())[2]
+    model = TRACE(lognorm, "time", holdout=holdout, seed=0, likelihood="hurdle", **{**tiny_fast_config, "max_epochs": 2})
+    assert model.spec.count_kind == "lognorm"
+    model.fit(run_dir=tmp_path / "run", progress=False)
+    assert np.all(np.isfinite(model.history["val_loss"].dropna().to_numpy(float)))
+    pred = TRACE.load(tmp_path / "run").predict(holdout, n_cells=40, seed=0)
+    values, mean = pred.X.toarray(), np.asarray(pred.layers["hurdle_mean"])
+    assert np.all(values >= 0) and np.all(np.isfinite(mean))
+    # Exact zeros come from the hurdle, at about the rate the real cells have them.
+    real = lognorm[lognorm.obs["time"] != holdout][:, pred.var_names].X.toarray()
+    assert abs((values == 0).mean() - (real == 0).mean()) < 0.25 and 0 < (values == 0).mean() < 1
 
 
 def test_predict_from_given_source_cells(fitted, small_timecourse):

@@ -113,7 +113,7 @@ def test_shalek_is_not_counts():
 
 @pytest.mark.parametrize(
     "name, likelihood, holdout",
-    [("klein", "zinb", 4.0), ("shalek", "gaussian", 4.0)],
+    [("klein", "zinb", 4.0), ("shalek", "gaussian", 4.0), ("shalek", "hurdle", 4.0)],
 )
 def test_tiny_fit_and_predict_on_real_data(name, likelihood, holdout, tiny_fast_config, tmp_path):
     from sctrace.estimator import TRACE

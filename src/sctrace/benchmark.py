@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace._threads import set_threads as _set_threads
-from sctrace.config import DEFAULT_PRESET, load_config
+from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, load_config
 from sctrace.data.corpus import split_times
 from sctrace.data.io import check_holdout, read_timecourse
 from sctrace.data.preprocess import log_normalize, select_hvgs
@@ -278,9 +278,13 @@ def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str
                      overrides: dict | None) -> tuple[dict, int]:
     """Config overrides for TRACE (checked now, before any work) and the number of HVGs they give."""
     overrides = {**(overrides or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
-    if count_kind == "lognorm":
-        overrides.setdefault("likelihood", "gaussian")
-    return overrides, load_config(preset, config, **overrides).n_top_genes
+    loaded = load_config(preset, config, **overrides)
+    # Log-normalised data need a likelihood of log-normalised values; one the caller, the preset or --config
+    # names is kept (a count likelihood asked for explicitly is refused by TRACE, in one sentence).
+    if count_kind == "lognorm" and "likelihood" not in overrides and loaded.likelihood not in LOGNORM_LIKELIHOODS:
+        overrides["likelihood"] = DEFAULT_LOGNORM_LIKELIHOOD
+        loaded = load_config(preset, config, **overrides)
+    return overrides, loaded.n_top_genes
 
 
 def run_benchmark(

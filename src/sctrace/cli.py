@@ -12,6 +12,7 @@ import typer
 from sctrace._errors import SctraceInputError
 from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
+from sctrace.config import LOGNORM_LIKELIHOODS
 
 PAIRING_HELP = ("random | stratified | ot (default: the preset's; stratified with --stratify). ot chains each source "
                 "cell's partners by optimal transport between consecutive times, so a training row follows one lineage.")
@@ -68,7 +69,7 @@ def prepare(
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     n_top_genes: Annotated[int, typer.Option(help="Highly variable genes.")] = 2000,
     max_len: Annotated[int, typer.Option(help="Gene tokens per cell.")] = 256,
-    likelihood: Annotated[Optional[str], typer.Option(help="As for fit: gaussian reads log-normalised data.")] = None,
+    likelihood: Annotated[Optional[str], typer.Option(help="As for fit: hurdle or gaussian reads log-normalised data.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Threads = 1,
 ) -> None:
@@ -85,7 +86,7 @@ def prepare(
     source = data if data is not None else _simulated()
     timecourse = read_timecourse(
         source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map),
-        count_kind="lognorm" if likelihood == "gaussian" else "counts",
+        count_kind="lognorm" if likelihood in LOGNORM_LIKELIHOODS else "counts",
     )
     if holdout is None and task != "none":
         values = timecourse.time_values
@@ -120,7 +121,8 @@ def fit(
     pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
     layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
-    likelihood: Annotated[Optional[str], typer.Option(help="zinb | nb | gaussian (gaussian for log-normalised data).")] = None,
+    likelihood: Annotated[Optional[str], typer.Option(
+        help="zinb | nb (raw counts) | hurdle | gaussian (log-normalised data; hurdle models its exact zeros).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous sctrace run in --out.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from --out/checkpoints/last.ckpt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -140,7 +142,7 @@ def fit(
 
     _set_threads(threads)
     check_run_dir(out, overwrite=overwrite, resume=resume)
-    count_kind = None if likelihood is None else ("lognorm" if likelihood == "gaussian" else "counts")
+    count_kind = None if likelihood is None else ("lognorm" if likelihood in LOGNORM_LIKELIHOODS else "counts")
     model = TRACE(
         data, time_key, task=task, holdout=holdout, layer=layer, time_map=_parse_time_map(time_map),
         stratify=stratify or (), count_kind=count_kind, preset=preset, config=config, seed=seed,
@@ -166,6 +168,9 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output .h5ad.")],
     n_cells: Annotated[Optional[int], typer.Option(help="Cells to generate (default: one per source cell).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    library_size: Annotated[Optional[float], typer.Option(
+        help="Depth (total counts over the model's genes) of every generated cell; default: drawn from the "
+             "neighbouring observed times.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     threads: Threads = 1,
 ) -> None:
@@ -176,7 +181,7 @@ def predict(
     if out.exists() and not overwrite:
         raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
     model = TRACE.load(run_dir)
-    generated = model.predict(time, n_cells=n_cells, seed=seed)
+    generated = model.predict(time, n_cells=n_cells, seed=seed, library_size=library_size)
     _write_h5ad(generated, out)
     typer.echo(f"wrote {generated.n_obs} generated cells at time {generated.uns['sctrace']['time']:g} to {out}")
 

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from sctrace._errors import SctraceInputError
-from sctrace.config import DEFAULT_PRESET, TraceConfig, load_config
+from sctrace.config import DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
 from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
 from sctrace.data.pairing import check_pairing
@@ -197,10 +197,11 @@ class TRACE:
         self.config = load_config(preset, config, **overrides)
         check_pairing(self.config.pairing, stratify)
         # The likelihood decides what the matrix must hold unless the caller says otherwise.
-        count_kind = count_kind or ("lognorm" if self.config.likelihood == "gaussian" else "counts")
-        if count_kind == "lognorm" and self.config.likelihood != "gaussian":
+        count_kind = count_kind or ("lognorm" if self.config.likelihood in LOGNORM_LIKELIHOODS else "counts")
+        if count_kind == "lognorm" and self.config.likelihood not in LOGNORM_LIKELIHOODS:
             raise SctraceInputError(
-                "the data hold log-normalised values, not counts; use likelihood='gaussian' (CLI: --likelihood gaussian)."
+                "the data hold log-normalised values, not counts; use likelihood='hurdle' or 'gaussian' "
+                "(CLI: --likelihood hurdle)."
             )
         self.seed = seed
         # Data on disk stay there: the matrix is read a block of cells at a time and the corpus is written to a
@@ -371,6 +372,7 @@ class TRACE:
         batch_size: int = 128,
         source: ad.AnnData | None = None,
         layer: str | None = None,
+        library_size: float | Sequence[float] | np.ndarray | None = None,
     ) -> ad.AnnData:
         """Generate cells at a real time value (held out, in between, or past the last observed time).
 
@@ -387,6 +389,11 @@ class TRACE:
         time point, for imputation); one generated cell per source cell (``n_cells`` is ignored), with ``X``
         (or ``layer``) holding the same kind of values as at fit and the model's genes. Their context cells are
         drawn from the training pairs.
+
+        ``library_size``: the sequencing depth (total counts over the model's genes) to generate at, when it is
+        known: one number for every cell, or values to draw each cell's depth from (e.g. the depths of a planned
+        run). Depth is technical, and a held-out sample's cannot be inferred from its neighbours: Klein 2015's
+        day 4 was sequenced at about half the depth of days 2 and 7 (BENCHMARKS.md). Count likelihoods only.
         """
         self._require_trained("predict")
         time = parse_time(time)
@@ -403,7 +410,7 @@ class TRACE:
         rows = rng.choice(len(corpus.pairs), size=n_cells, replace=n_cells > len(corpus.pairs))
         length = length or spec.default_length(time)
         length = int(min(length, spec.max_len, spec.n_genes))
-        library = spec.sample_library_sizes(time, n_cells, rng)
+        library = self._library_sizes(library_size, time, n_cells, rng)
         temperature = temperature or self.config.temperature
         n_iter = n_iter or self.config.n_iter
         context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, time)]
@@ -446,6 +453,20 @@ class TRACE:
             "likelihood": self.config.likelihood, "count_kind": spec.count_kind,
         }
         return out
+
+    def _library_sizes(self, library_size, time: float, n_cells: int, rng: np.random.Generator) -> np.ndarray:
+        """Each generated cell's depth: the neighbouring observed times' by default, or the caller's."""
+        if library_size is None:
+            return self.spec.sample_library_sizes(time, n_cells, rng)
+        if self.config.likelihood in LOGNORM_LIKELIHOODS:
+            raise SctraceInputError(
+                f"library_size applies to count likelihoods; this model ({self.config.likelihood}) generates "
+                "log-normalised values. Leave library_size out."
+            )
+        values = np.atleast_1d(np.asarray(library_size, dtype=float)).ravel()
+        if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise SctraceInputError("library_size must be one or more positive, finite total counts (e.g. 5000).")
+        return np.full(n_cells, values[0]) if values.size == 1 else rng.choice(values, size=n_cells)
 
     def gene_embeddings(self) -> np.ndarray:
         """(n_genes, d) rows of the decoder's token table, in ``spec.genes`` order."""

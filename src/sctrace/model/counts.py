@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sctrace._errors import SctraceInputError
+from sctrace.config import CHOICES, LOGNORM_LIKELIHOODS
 
-LIKELIHOODS = ("zinb", "nb", "gaussian")
+LIKELIHOODS = CHOICES["likelihood"]
 ZINB_MEANS = ("nb", "scale")
 # Largest log factor by which zinb_mean="scale" raises the NB mean (pi = 1 - e^-20): keeps mu finite where the
 # dropout logit runs away.
@@ -97,6 +98,29 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
     return -0.5 * (math.log(2.0 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var))
 
 
+def log_hurdle_gaussian(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, zero_logits: torch.Tensor) -> torch.Tensor:
+    """Elementwise log-likelihood of log-normalised expression under a hurdle model (MAST's, Finak et al. 2015).
+
+    A gene is off with probability ``sigmoid(zero_logits)``; when on, its value is ``Normal(mean, exp(log_var))``.
+    Why: log-normalised data hold exact zeros next to a continuous positive part, and one Gaussian spreads its
+    mass across both (on Shalek LPS a per-gene Gaussian fitted to the real cells themselves scores a per-gene
+    EMD of 0.38 against them, a per-gene hurdle 0.26). Zeros and positives are told apart exactly (``x == 0``).
+
+    Parameters
+    ----------
+    x, mean, log_var
+        (...) broadcastable tensors, as in :func:`gaussian_log_prob`.
+    zero_logits
+        (...) logit of the probability that the gene is off (value exactly 0).
+
+    Returns
+    -------
+    (...) log-likelihood of each entry.
+    """
+    # log sigmoid(z) = -softplus(-z), log (1 - sigmoid(z)) = -softplus(z): finite for logits of any size.
+    return torch.where(x == 0, -F.softplus(-zero_logits), -F.softplus(zero_logits) + gaussian_log_prob(x, mean, log_var))
+
+
 def _standard_gamma(shape: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draw Gamma(shape, rate 1) elementwise with an explicit generator (torch's own sampler takes none).
 
@@ -144,7 +168,8 @@ class CountDecoder(nn.Module):
     For ``zinb`` and ``nb`` (raw counts): ``mu = library_size * softmax(scale logits)`` (see ``zinb_mean``), a
     gene-wise learnable inverse dispersion ``theta = exp(log_theta)`` (scVI's ``dispersion="gene"``), and for ``zinb`` per-cell,
     per-gene zero-inflation logits. For ``gaussian`` (log-normalised expression): a per-cell mean and a
-    gene-wise learnable log-variance; the library size is not used.
+    gene-wise learnable log-variance; the library size is not used. ``hurdle`` adds per-cell, per-gene logits
+    of the gene being off (exactly 0), as MAST does (:func:`log_hurdle_gaussian`).
 
     Parameters
     ----------
@@ -190,9 +215,11 @@ class CountDecoder(nn.Module):
             nn.GELU(),
             nn.Dropout(dropout),
         )
-        if likelihood == "gaussian":
+        if likelihood in LOGNORM_LIKELIHOODS:
             self.mean_head = nn.Linear(n_hidden, n_genes)
             self.log_var = nn.Parameter(torch.zeros(n_genes))
+            if likelihood == "hurdle":
+                self.zero_head = nn.Linear(n_hidden, n_genes)
         else:
             self.scale_head = nn.Linear(n_hidden, n_genes)
             # theta = 1 at start: a moderate overdispersion typical of scRNA-seq counts.
@@ -208,17 +235,22 @@ class CountDecoder(nn.Module):
         cls_embedding
             (batch, n_input) CLS output of the decoder transformer.
         library_size
-            (batch,) total counts of each cell; required for ``zinb`` and ``nb``, ignored for ``gaussian``.
+            (batch,) total counts of each cell; required for ``zinb`` and ``nb``, ignored for ``gaussian`` and
+            ``hurdle``.
 
         Returns
         -------
-        ``zinb``: ``{'mu', 'theta', 'pi_logits'}``; ``nb``: ``{'mu', 'theta'}``; ``gaussian``:
+        ``zinb``: ``{'mu', 'theta', 'pi_logits'}``; ``nb``: ``{'mu', 'theta'}``; ``hurdle``: the Gaussian's
+        keys and ``'zero_logits'``; ``gaussian``:
         ``{'mean', 'log_var'}``; every value (batch, n_genes).
         """
         hidden = self.hidden(F.normalize(cls_embedding, dim=-1))
         batch = cls_embedding.shape[0]
-        if self.likelihood == "gaussian":
-            return {"mean": self.mean_head(hidden), "log_var": self.log_var.expand(batch, -1)}
+        if self.likelihood in LOGNORM_LIKELIHOODS:
+            params = {"mean": self.mean_head(hidden), "log_var": self.log_var.expand(batch, -1)}
+            if self.likelihood == "hurdle":
+                params["zero_logits"] = self.zero_head(hidden)
+            return params
         if library_size is None:
             raise SctraceInputError(
                 f"The {self.likelihood} count decoder needs library_size; pass each cell's total counts."
@@ -236,11 +268,13 @@ class CountDecoder(nn.Module):
         return params
 
     def log_prob(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """(batch, n_genes) elementwise log-likelihood of ``x`` (counts, or log-normalised for ``gaussian``)."""
+        """(batch, n_genes) elementwise log-likelihood of ``x`` (counts, or log-normalised for ``gaussian``/``hurdle``)."""
         if self.likelihood == "zinb":
             return log_zinb_positive(x, params["mu"], params["theta"], params["pi_logits"])
         if self.likelihood == "nb":
             return log_nb_positive(x, params["mu"], params["theta"])
+        if self.likelihood == "hurdle":
+            return log_hurdle_gaussian(x, params["mean"], params["log_var"], params["zero_logits"])
         return gaussian_log_prob(x, params["mean"], params["log_var"])
 
     def loss(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -261,7 +295,8 @@ class CountDecoder(nn.Module):
 
         NB draws are a Gamma-Poisson mixture (rate ``~ Gamma(theta, theta / mu)``, count ``~ Poisson(rate)``),
         set to zero where ``Bernoulli(sigmoid(pi_logits))`` fires for ``zinb``. Gaussian draws are clipped at
-        zero, since log-normalised expression is non-negative.
+        zero, since log-normalised expression is non-negative; ``hurdle`` sets them to zero where
+        ``Bernoulli(sigmoid(zero_logits))`` fires.
 
         Parameters
         ----------
@@ -274,10 +309,14 @@ class CountDecoder(nn.Module):
         -------
         (batch, n_genes) float draws.
         """
-        if self.likelihood == "gaussian":
+        if self.likelihood in LOGNORM_LIKELIHOODS:
             mean = params["mean"]
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            return (mean + torch.exp(0.5 * params["log_var"]) * noise).clamp(min=0.0)
+            values = (mean + torch.exp(0.5 * params["log_var"]) * noise).clamp(min=0.0)
+            if self.likelihood == "hurdle":
+                zero = torch.bernoulli(torch.sigmoid(params["zero_logits"]), generator=generator).bool()
+                values = values.masked_fill(zero, 0.0)
+            return values
         mu, theta = params["mu"], params["theta"]
         rate = _standard_gamma(theta, generator) * mu / theta
         counts = torch.poisson(rate, generator=generator)
@@ -293,4 +332,6 @@ class CountDecoder(nn.Module):
             return torch.sigmoid(-params["pi_logits"]) * params["mu"]
         if self.likelihood == "nb":
             return params["mu"]
+        if self.likelihood == "hurdle":
+            return torch.sigmoid(-params["zero_logits"]) * params["mean"]
         return params["mean"]
