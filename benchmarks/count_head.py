@@ -1,0 +1,114 @@
+"""Does the count decoder tell cells apart, or has it collapsed to one profile per time point?
+
+The authors' code's count head collapsed to one profile; this measures ours. It fits sctrace (the held-out
+time removed first), then decodes the *real* held-out cells' sentences (tokenized with the model's gene
+medians, source and context from training rows, as at generation) and compares the count head's expected
+expression, log-normalised, with those cells' real values:
+
+- spread: the across-cell standard deviation of each gene's expected value (mean over genes), next to the
+  real cells' (a collapsed head has almost none);
+- per-gene r: the median over genes of the across-cell Pearson r between expected and real values;
+- state cosine: the mean cosine similarity between two cells' count-decoder inputs;
+- a ridge regression from the sentence's gene set (multi-hot) to the real values, fitted on the training
+  cells: how much the sentences say about the counts at all.
+
+The held-out cells are read here to diagnose the model, never to fit or choose it.
+
+Command (about 2 min per data set on one core)::
+
+    .venv/bin/python benchmarks/count_head.py ../shared/data/shalek2014_mdc_lps.h5ad --time-key time_hours \
+        --holdout 2 --count-kind lognorm
+    .venv/bin/python benchmarks/count_head.py ../shared/data/klein2015_mesc.h5ad --time-key time_days --holdout 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--time-key", default="time")
+    parser.add_argument("--holdout", type=float, required=True)
+    parser.add_argument("--count-kind", default="counts", choices=("counts", "lognorm"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="cpu-small")
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        print(f"skipped: {args.data} is not here (the real data sets live in ../shared/data/).")
+        return 0
+
+    import anndata as ad
+    import torch
+    import torch.nn.functional as F
+    from sklearn.linear_model import Ridge
+
+    from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD
+    from sctrace.data.corpus import tokenize_with_spec
+    from sctrace.estimator import TRACE
+    from sctrace.evaluate import lognorm_over_genes
+    from sctrace.model.module import N_SPECIAL, gather_sentences
+
+    torch.set_num_threads(1)
+    adata = ad.read_h5ad(args.data)
+    times = adata.obs[args.time_key].to_numpy(dtype=np.float64)
+    extra = {"likelihood": DEFAULT_LOGNORM_LIKELIHOOD} if args.count_kind == "lognorm" else {}
+    model = TRACE(adata, args.time_key, holdout=args.holdout, count_kind=args.count_kind, preset=args.preset,
+                  seed=args.seed, **extra)
+    with tempfile.TemporaryDirectory() as run_dir:
+        model.fit(run_dir=Path(run_dir) / "run", progress=False)
+    spec, corpus, net = model.spec, model.corpus, model.net.eval()
+    genes = list(spec.genes)
+    values = lognorm_over_genes(adata.X, adata.var_names, genes, args.count_kind).toarray()
+    tokens, lengths = tokenize_with_spec(spec, adata.X, adata.var_names)
+    held_out = np.flatnonzero(np.isclose(times, args.holdout))
+    real = values[held_out]
+
+    rows = corpus.pairs[np.random.default_rng(args.seed).choice(len(corpus.pairs), held_out.size)]
+    context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, args.holdout)]
+    with torch.no_grad():
+        z0, pad = net.encode(gather_sentences(corpus.tokens, corpus.lengths, rows[:, 0]), spec.source_time)
+        context = [(gather_sentences(corpus.tokens, corpus.lengths, rows[:, k]), spec.time_values[k]) for k in context_columns]
+        memory, memory_pad = net.build_context(z0, pad, context)
+        target = gather_sentences(tokens[held_out], lengths[held_out], slice(0, held_out.size))
+        state = net.count_state(net.decode(target, args.holdout, memory, memory_pad), target)
+        depth = np.asarray(adata.X[held_out][:, adata.var_names.get_indexer(genes)].sum(1)).ravel()
+        params = net.count_decoder(state, torch.as_tensor(depth, dtype=torch.float32))
+        expected = net.count_decoder.mean(params).numpy()
+    if args.count_kind == "counts":
+        expected = lognorm_over_genes(expected, np.asarray(genes), genes).toarray()
+    unit = F.normalize(state, dim=-1)
+    cosine = float((unit @ unit.T).mean())
+
+    def multihot(rows_):
+        hot = np.zeros((rows_.size, spec.n_genes), dtype=np.float32)
+        for i, row in enumerate(tokens[rows_]):
+            hot[i, row[row >= N_SPECIAL] - N_SPECIAL] = 1.0
+        return hot
+
+    training = np.flatnonzero(~np.isclose(times, args.holdout))
+    ridge = Ridge(alpha=10.0).fit(multihot(training), values[training]).predict(multihot(held_out))
+
+    def per_gene_r(pred):
+        ok = (real.std(0) > 0) & (pred.std(0) > 1e-12)
+        return float(np.median([np.corrcoef(pred[:, j], real[:, j])[0, 1] for j in np.flatnonzero(ok)]))
+
+    print(f"{args.data.name}, {args.holdout:g} held out, seed {args.seed}, {model.config.likelihood}, "
+          f"{model.config.count_pooling}")
+    print("| | spread (sd across cells) | per-gene r |")
+    print("|---|---|---|")
+    print(f"| real held-out cells | {real.std(0).mean():.3f} | 1 |")
+    print(f"| count head, expected values | {expected.std(0).mean():.3f} | {per_gene_r(expected):.3f} |")
+    print(f"| ridge on the sentence's genes | {ridge.std(0).mean():.3f} | {per_gene_r(ridge):.3f} |")
+    print(f"count-decoder input: mean cosine between cells {cosine:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
