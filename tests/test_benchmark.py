@@ -245,5 +245,7 @@ def test_lognorm_benchmark_keeps_a_log_normalised_likelihood_from_the_config(tmp
     assert likelihood(None, "lognorm") == DEFAULT_LOGNORM_LIKELIHOOD  # cpu-small's zinb replaced
     assert likelihood(config, "lognorm") == "hurdle"  # before, the default overrode the file
     assert likelihood(None, "lognorm", {"likelihood": "hurdle"}) == "hurdle"
-    assert likelihood(None, "lognorm", {"likelihood": "zinb"}) == "zinb"  # explicit: TRACE refuses it, in one sentence
     assert likelihood(None, "counts") == "zinb"
+    for count_kind, asked in (("lognorm", "zinb"), ("counts", "hurdle"), ("counts", "gaussian")):
+        with pytest.raises(SctraceInputError, match=f"likelihood '{asked}' does not fit --count-kind {count_kind}"):
+            likelihood(None, count_kind, {"likelihood": asked})

@@ -363,7 +363,7 @@ def test_non_integer_counts_refused_with_layers_named(sparse):
         SctraceInputError,
         match=(
             r"X holds non-integer values \(\d+ of them\), but raw counts are required; pass layer='counts' if raw "
-            r"counts are in a layer \(available layers: 'counts'\), or count_kind='lognorm' \(likelihood 'gaussian'\)"
+            r"counts are in a layer \(available layers: 'counts'\), or count_kind='lognorm' \(likelihood 'hurdle'\)"
         ),
     ):
         read_timecourse(adata)
@@ -399,8 +399,15 @@ def test_huge_sparse_matrix_is_not_densified():
 
 def test_lognorm_warns_when_values_look_like_counts():
     adata = _make_adata()
-    adata.X[0, 0] = 120.0
-    with pytest.warns(UserWarning, match=r"X holds only integers \(max 120\), which looks like raw counts"):
+    adata.X[0, 0] = 60.0
+    with pytest.warns(UserWarning, match=r"X holds only integers \(max 60\), which looks like raw counts"):
+        read_timecourse(adata, count_kind="lognorm")
+
+
+def test_lognorm_refuses_values_no_log_normalisation_gives():
+    adata = _make_adata()
+    adata.X[0, 0] = 500.0
+    with pytest.raises(SctraceInputError, match=r"X holds values up to 500, far above any log-normalised expression"):
         read_timecourse(adata, count_kind="lognorm")
 
 

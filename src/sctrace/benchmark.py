@@ -284,6 +284,11 @@ def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str
     if count_kind == "lognorm" and "likelihood" not in overrides and loaded.likelihood not in LOGNORM_LIKELIHOODS:
         overrides["likelihood"] = DEFAULT_LOGNORM_LIKELIHOOD
         loaded = load_config(preset, config, **overrides)
+    if (loaded.likelihood in LOGNORM_LIKELIHOODS) != (count_kind == "lognorm"):
+        raise SctraceInputError(
+            f"likelihood '{loaded.likelihood}' does not fit --count-kind {count_kind}: raw counts take zinb or nb, "
+            f"log-normalised values ({', '.join(LOGNORM_LIKELIHOODS)})."
+        )
     return overrides, loaded.n_top_genes
 
 

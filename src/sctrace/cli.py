@@ -263,6 +263,9 @@ def benchmark(
     preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs.")] = None,
+    pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
+    likelihood: Annotated[Optional[str], typer.Option(
+        help="sctrace's likelihood (default: the preset's, or hurdle with --count-kind lognorm).")] = None,
     count_kind: Annotated[str, typer.Option(help="counts | lognorm (what X or the layer holds).")] = "counts",
     layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
     ablate: Annotated[Optional[str], typer.Option(help="Vary sctrace: schedule | pos-encoding | iterations | length.")] = None,
@@ -286,6 +289,7 @@ def benchmark(
         seeds=seed_values, preset=preset, config=config, max_epochs=max_epochs, count_kind=count_kind, layer=layer,
         ablate=ablate, otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
         mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs}, threads=threads,
+        sctrace_overrides={k: v for k, v in (("pairing", pairing), ("likelihood", likelihood)) if v is not None},
         overwrite=overwrite, plots=plots, embedding_layout=layout, echo=typer.echo,
     )
     failed = [name for name, entry in results["methods"].items() if entry.get("failed")]

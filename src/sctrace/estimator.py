@@ -203,6 +203,11 @@ class TRACE:
                 "the data hold log-normalised values, not counts; use likelihood='hurdle' or 'gaussian' "
                 "(CLI: --likelihood hurdle)."
             )
+        if count_kind == "counts" and self.config.likelihood in LOGNORM_LIKELIHOODS:
+            raise SctraceInputError(
+                f"likelihood '{self.config.likelihood}' models log-normalised values, and these data hold raw counts; "
+                "use zinb or nb, or pass count_kind='lognorm' (CLI: --count-kind lognorm) for log-normalised data."
+            )
         self.seed = seed
         # Data on disk stay there: the matrix is read a block of cells at a time and the corpus is written to a
         # directory of its own and read back by rows, so memory does not grow with the number of cells.

@@ -33,6 +33,8 @@ COUNT_KINDS = ("counts", "lognorm")
 _CHUNK_VALUES = 1 << 22
 # A log-normalised matrix rarely exceeds ~10; all-integer values above this look like raw counts.
 _LOGNORM_MAX_PLAUSIBLE = 50.0
+# Above this a value cannot be log-normalised: expm1 of it overflows float32 (HVG selection needs expm1).
+_LOGNORM_MAX = 88.0
 # How many names an error message lists before summarising the rest.
 _MAX_LISTED = 10
 
@@ -507,8 +509,14 @@ def _check_expression(matrix, layer: str | None, count_kind: str, layers: list[s
         raise SctraceInputError(
             f"{where} holds non-integer values ({n_noninteger} of them), but raw counts are required; pass "
             "layer='counts' if raw counts are in a layer (available layers: "
-            f"{_format_names(layers) if layers else 'none'}), or count_kind='lognorm' (likelihood 'gaussian') "
+            f"{_format_names(layers) if layers else 'none'}), or count_kind='lognorm' (likelihood 'hurdle') "
             "if only normalised values exist."
+        )
+    if count_kind == "lognorm" and max_value > _LOGNORM_MAX:
+        raise SctraceInputError(
+            f"{where} holds values up to {max_value:g}, far above any log-normalised expression, but is read as "
+            "log-normalised (count_kind='lognorm', or a likelihood of log-normalised values); for raw counts use "
+            "likelihood 'zinb' or 'nb' (count_kind='counts'), or log-normalise the matrix first."
         )
     if count_kind == "lognorm" and n_noninteger == 0 and max_value > _LOGNORM_MAX_PLAUSIBLE:
         warnings.warn(

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from sctrace._errors import SctraceInputError
+from sctrace.config import CHOICES
 
 __all__ = ["PAIRING_MODES", "check_pairing", "pair_cells"]
 
-PAIRING_MODES = ("random", "stratified", "ot")
+PAIRING_MODES = CHOICES["pairing"]
 # Rows per exact-OT problem in mode "ot": the plan is (block x block) float64, 32 MB at 2,048.
 OT_BLOCK = 2048
 # How many strata a fallback warning names before summarising the rest.
