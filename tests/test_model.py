@@ -247,6 +247,14 @@ def test_lognorm_data_needs_a_lognorm_likelihood(small_timecourse):
         TRACE(small_timecourse, "time", holdout=2.5, count_kind="lognorm")
 
 
+def test_count_data_refuse_a_lognorm_likelihood(small_timecourse):
+    with pytest.raises(SctraceInputError, match="likelihood 'hurdle' models log-normalised values.*raw counts"):
+        TRACE(small_timecourse, "time", holdout=2.5, likelihood="hurdle", count_kind="counts")
+    # Without count_kind the likelihood says what X holds; raw counts are then refused by their size.
+    with pytest.raises(SctraceInputError, match="far above any log-normalised expression.*likelihood 'zinb' or 'nb'"):
+        TRACE(small_timecourse, "time", holdout=2.5, likelihood="hurdle")
+
+
 def test_hurdle_model_on_log_normalised_data(small_timecourse, tiny_fast_config, tmp_path):
     lognorm = small_timecourse.copy()
     totals = np.asarray(lognorm.X.sum(axis=1))
@@ -309,6 +317,51 @@ def test_count_state_pools_gene_positions_only():
     torch.testing.assert_close(net.count_state(hidden, tokens), state)
     with pytest.raises(ValueError, match="count_pooling"):
         TraceNet(43, 40, 30, count_pooling="max")
+
+
+def test_count_state_with_the_sentence_profile():
+    torch.manual_seed(0)
+    vocab, n_genes = 43, 40
+    net = TraceNet(vocab, n_genes, 30, d_model=32, n_heads=2, head_dim=16, count_pooling="cls+mean+genes").eval()
+    assert net.count_decoder.hidden[0].in_features == 64 + n_genes
+    tokens = torch.tensor([[CLS_ID, 5, 9, 7, 12, PAD_ID], [CLS_ID, 11, 4, PAD_ID, PAD_ID, PAD_ID]])
+    profile = net.sentence_profile(tokens)
+    expected = torch.zeros(2, n_genes)
+    # Gene token g is column g - N_SPECIAL; the first gene weighs 1, each later one 1/length less.
+    expected[0, torch.tensor([5, 9, 7, 12]) - N_SPECIAL] = torch.tensor([1.0, 0.75, 0.5, 0.25])
+    expected[1, torch.tensor([11, 4]) - N_SPECIAL] = torch.tensor([1.0, 0.5])
+    torch.testing.assert_close(profile, expected)
+    hidden = torch.randn(2, 6, 32)
+    state = net.count_state(hidden, tokens)
+    torch.testing.assert_close(state[:, 64:], expected / expected.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(state[:, :64], TraceNet(vocab, n_genes, 30, d_model=32, n_heads=2, head_dim=16,
+                                                       count_pooling="cls+mean").count_state(hidden, tokens))
+
+
+def test_sentence_profile_lets_the_count_head_tell_cells_apart():
+    # Counts follow which genes a cell's sentence holds; decoder states that barely differ between cells (as on
+    # the real data sets) hide that from a head reading only them, not from one that also reads the sentence.
+    gen = torch.Generator().manual_seed(0)
+    vocab, n_genes, length, n_cells = 43, 40, 8, 64
+    tokens = torch.stack([torch.randperm(n_genes, generator=gen)[:length] + N_SPECIAL for _ in range(n_cells)])
+    tokens = torch.cat([torch.full((n_cells, 1), CLS_ID), tokens], 1)
+    in_sentence = torch.zeros(n_cells, n_genes)
+    in_sentence.scatter_(1, tokens[:, 1:] - N_SPECIAL, 1.0)
+    counts = torch.poisson(1.0 + 30.0 * in_sentence, generator=gen)
+    hidden = torch.randn(1, 1, 32).expand(n_cells, length + 1, 32) + 1e-3 * torch.randn(n_cells, length + 1, 32, generator=gen)
+    losses = {}
+    for pooling in ("cls+mean", "cls+mean+genes"):
+        torch.manual_seed(0)
+        net = TraceNet(vocab, n_genes, length, d_model=32, n_heads=2, head_dim=16, count_pooling=pooling,
+                       count_dropout=0.0, zinb_mean="scale")
+        optimiser = torch.optim.Adam(net.count_decoder.parameters(), lr=5e-3)
+        for _ in range(150):
+            loss = net.count_decoder.loss(net.count_decoder(net.count_state(hidden, tokens), counts.sum(1)), counts)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        losses[pooling] = loss.item()
+    assert losses["cls+mean+genes"] < 0.8 * losses["cls+mean"], losses
 
 
 def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_config, tmp_path):

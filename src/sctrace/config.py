@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "likelihood": ("zinb", "nb", "gaussian", "hurdle"),
     "count_input": ("masked", "complete"),
     "zinb_mean": ("nb", "scale"),
-    "count_pooling": ("cls", "cls+mean"),
+    "count_pooling": ("cls", "cls+mean", "cls+mean+genes"),
     "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
     "encoder": ("scratch", "geneformer"),
     "encoder_mode": ("frozen", "finetune"),
