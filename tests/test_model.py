@@ -364,6 +364,27 @@ def test_sentence_profile_lets_the_count_head_tell_cells_apart():
     assert losses["cls+mean+genes"] < 0.8 * losses["cls+mean"], losses
 
 
+@pytest.mark.parametrize("source_target", [False, True])
+def test_source_target_adds_the_source_time_as_a_target(source_target, small_timecourse, tiny_fast_config, tmp_path,
+                                                        monkeypatch):
+    seen = []
+    original = TraceNet.training_losses
+
+    def spy(self, sentences, times, target_index, *args, **kwargs):
+        seen.append((self.training, target_index))
+        return original(self, sentences, times, target_index, *args, **kwargs)
+
+    monkeypatch.setattr(TraceNet, "training_losses", spy)
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, source_target=source_target,
+                  **{**tiny_fast_config, "max_epochs": 2})
+    model.fit(run_dir=tmp_path / "run", progress=False)
+    trained = {k for training, k in seen if training}
+    assert (0 in trained) == source_target and trained - {0} == set(range(1, len(model.spec.time_values)))
+    assert 0 not in {k for training, k in seen if not training}  # validation loss stays comparable
+    assert np.all(np.isfinite(model.history["val_loss"].dropna().to_numpy(float)))
+
+
 def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_config, tmp_path):
     # The GPU default ("auto" there) is bf16 autocast; Lightning runs the same autocast on CPU, so the mixed
     # precision path (attention, token head, ZINB loss on bf16 activations) is exercised here too.

@@ -56,6 +56,7 @@ class TraceConfig:
     rank_encoding: str = "learnable"
     tie_token_embeddings: bool = False
     time_scale: float = 100.0
+    source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1
     likelihood: str = "zinb"

@@ -36,7 +36,10 @@ class TracePlan(L.LightningModule):
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)
         n_times = batch["sentences"].shape[1]
-        target_index = int(torch.randint(1, n_times, (1,), generator=self._generator))
+        # source_target: the source time is a target too (the source cell itself), so the time code has an anchor
+        # at the first time point and a time between it and the next one is an interpolation for the decoder.
+        first = 0 if self.config.source_target else 1
+        target_index = int(torch.randint(first, n_times, (1,), generator=self._generator))
         losses = self._losses(batch, target_index, self._generator)
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
         # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and
