@@ -25,23 +25,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
+from _heldout_fit import add_heldout_arguments, data_missing, fit_heldout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data", type=Path)
-    parser.add_argument("--time-key", default="time")
-    parser.add_argument("--holdout", type=float, required=True)
-    parser.add_argument("--count-kind", default="counts", choices=("counts", "lognorm"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="cpu-small")
+    add_heldout_arguments(parser)
     args = parser.parse_args(argv)
-    if not args.data.exists():
-        print(f"skipped: {args.data} is not here (the real data sets live in ../shared/data/).")
+    if data_missing(args.data):
         return 0
 
     import anndata as ad
@@ -49,20 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from sklearn.linear_model import Ridge
 
-    from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD
     from sctrace.data.corpus import tokenize_with_spec
-    from sctrace.estimator import TRACE
     from sctrace.evaluate import lognorm_over_genes
     from sctrace.model.module import N_SPECIAL, gather_sentences
 
-    torch.set_num_threads(1)
     adata = ad.read_h5ad(args.data)
     times = adata.obs[args.time_key].to_numpy(dtype=np.float64)
-    extra = {"likelihood": DEFAULT_LOGNORM_LIKELIHOOD} if args.count_kind == "lognorm" else {}
-    model = TRACE(adata, args.time_key, holdout=args.holdout, count_kind=args.count_kind, preset=args.preset,
-                  seed=args.seed, **extra)
-    with tempfile.TemporaryDirectory() as run_dir:
-        model.fit(run_dir=Path(run_dir) / "run", progress=False)
+    model = fit_heldout(adata, args)
     spec, corpus, net = model.spec, model.corpus, model.net.eval()
     genes = list(spec.genes)
     values = lognorm_over_genes(adata.X, adata.var_names, genes, args.count_kind).toarray()

@@ -19,44 +19,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
+from _heldout_fit import add_heldout_arguments, data_missing, fit_heldout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data", type=Path)
-    parser.add_argument("--time-key", default="time")
-    parser.add_argument("--holdout", type=float, required=True)
-    parser.add_argument("--count-kind", default="counts", choices=("counts", "lognorm"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="cpu-small")
-    parser.add_argument("--config", type=Path, default=None, help="YAML overriding the preset")
+    add_heldout_arguments(parser)
     parser.add_argument("--steps", type=int, default=6, help="grid points between consecutive observed times")
     args = parser.parse_args(argv)
-    if not args.data.exists():
-        print(f"skipped: {args.data} is not here (the real data sets live in ../shared/data/).")
+    if data_missing(args.data):
         return 0
 
     import anndata as ad
     import torch
 
-    from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD
     from sctrace.data.corpus import tokenize_with_spec
-    from sctrace.estimator import TRACE
     from sctrace.generate import maskgit_generate
     from sctrace.model.module import N_SPECIAL, gather_sentences
 
-    torch.set_num_threads(1)
     adata = ad.read_h5ad(args.data)
     times = adata.obs[args.time_key].to_numpy(dtype=np.float64)
-    extra = {"likelihood": DEFAULT_LOGNORM_LIKELIHOOD} if args.count_kind == "lognorm" else {}
-    model = TRACE(adata, args.time_key, holdout=args.holdout, count_kind=args.count_kind, preset=args.preset,
-                  config=args.config, seed=args.seed, **extra)
-    with tempfile.TemporaryDirectory() as run_dir:
-        model.fit(run_dir=Path(run_dir) / "run", progress=False)
+    model = fit_heldout(adata, args)
     spec, corpus = model.spec, model.corpus
     tokens, _ = tokenize_with_spec(spec, adata.X, adata.var_names)
 
