@@ -173,7 +173,7 @@ def test_predict_at_a_given_library_size(fitted):
     assert deeper.X.sum() > 5 * fixed.X.sum()
     drawn = model.predict(holdout, n_cells=30, seed=0, library_size=[1000, 3000])
     assert set(drawn.obs["library_size"]) <= {1000.0, 3000.0} and drawn.obs["library_size"].nunique() == 2
-    for bad in (0, -5, [np.nan], []):
+    for bad in (0, -5, [np.nan], [], "deep"):
         with pytest.raises(SctraceInputError, match="library_size must be one or more positive"):
             model.predict(holdout, n_cells=3, library_size=bad)
 

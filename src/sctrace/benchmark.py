@@ -280,7 +280,7 @@ def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str
     overrides = {**(overrides or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
     loaded = load_config(preset, config, **overrides)
     # Log-normalised data need a likelihood of log-normalised values; one the caller, the preset or --config
-    # names is kept (a count likelihood asked for explicitly is refused by TRACE, in one sentence).
+    # names is kept, and one that does not fit the data is refused below.
     if count_kind == "lognorm" and "likelihood" not in overrides and loaded.likelihood not in LOGNORM_LIKELIHOODS:
         overrides["likelihood"] = DEFAULT_LOGNORM_LIKELIHOOD
         loaded = load_config(preset, config, **overrides)

@@ -468,7 +468,10 @@ class TRACE:
                 f"library_size applies to count likelihoods; this model ({self.config.likelihood}) generates "
                 "log-normalised values. Leave library_size out."
             )
-        values = np.atleast_1d(np.asarray(library_size, dtype=float)).ravel()
+        try:
+            values = np.atleast_1d(np.asarray(library_size, dtype=float)).ravel()
+        except (TypeError, ValueError):
+            values = np.array([np.nan])
         if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise SctraceInputError("library_size must be one or more positive, finite total counts (e.g. 5000).")
         return np.full(n_cells, values[0]) if values.size == 1 else rng.choice(values, size=n_cells)
