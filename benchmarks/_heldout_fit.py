@@ -25,17 +25,22 @@ def data_missing(path: Path) -> bool:
     return True
 
 
-def fit_heldout(adata, args):
-    """TRACE fitted with ``args.holdout`` removed first, one torch thread, the run directory discarded."""
+def fit_heldout(args):
+    """Read ``args.data`` and fit TRACE with ``args.holdout`` removed first (one torch thread, the run directory
+    discarded), with the likelihood `sctrace benchmark` would choose. Returns (adata, each cell's time, model)."""
+    import anndata as ad
+    import numpy as np
     import torch
 
-    from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD
+    from sctrace.benchmark import sctrace_options
     from sctrace.estimator import TRACE
 
     torch.set_num_threads(1)
-    extra = {"likelihood": DEFAULT_LOGNORM_LIKELIHOOD} if args.count_kind == "lognorm" else {}
+    adata = ad.read_h5ad(args.data)
+    times = adata.obs[args.time_key].to_numpy(dtype=np.float64)
+    overrides, _ = sctrace_options(args.preset, args.config, None, args.count_kind, None)
     model = TRACE(adata, args.time_key, holdout=args.holdout, count_kind=args.count_kind, preset=args.preset,
-                  config=args.config, seed=args.seed, **extra)
+                  config=args.config, seed=args.seed, **overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         model.fit(run_dir=Path(run_dir) / "run", progress=False)
-    return model
+    return adata, times, model

@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     if data_missing(args.data):
         return 0
 
-    import anndata as ad
     import torch
     import torch.nn.functional as F
     from sklearn.linear_model import Ridge
@@ -46,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from sctrace.evaluate import lognorm_over_genes
     from sctrace.model.module import N_SPECIAL, gather_sentences
 
-    adata = ad.read_h5ad(args.data)
-    times = adata.obs[args.time_key].to_numpy(dtype=np.float64)
-    model = fit_heldout(adata, args)
+    adata, times, model = fit_heldout(args)
     spec, corpus, net = model.spec, model.corpus, model.net.eval()
     genes = list(spec.genes)
     values = lognorm_over_genes(adata.X, adata.var_names, genes, args.count_kind).toarray()

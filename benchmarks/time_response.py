@@ -32,16 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     if data_missing(args.data):
         return 0
 
-    import anndata as ad
     import torch
 
     from sctrace.data.corpus import tokenize_with_spec
     from sctrace.generate import maskgit_generate
     from sctrace.model.module import N_SPECIAL, gather_sentences
 
-    adata = ad.read_h5ad(args.data)
-    times = adata.obs[args.time_key].to_numpy(dtype=np.float64)
-    model = fit_heldout(adata, args)
+    adata, times, model = fit_heldout(args)
     spec, corpus = model.spec, model.corpus
     tokens, _ = tokenize_with_spec(spec, adata.X, adata.var_names)
 
