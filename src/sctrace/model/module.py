@@ -163,8 +163,7 @@ class TraceNet(nn.Module):
         cls = hidden[:, 0]
         if self.count_pooling == "cls":
             return cls
-        is_gene = tokens >= N_SPECIAL
-        genes = is_gene.unsqueeze(-1).to(hidden.dtype)
+        genes = (tokens >= N_SPECIAL).unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * genes).sum(1) / genes.sum(1).clamp(min=1.0)
         parts = [F.normalize(cls, dim=-1), F.normalize(mean, dim=-1)]
         if self.count_pooling == "cls+mean+genes":
