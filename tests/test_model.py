@@ -37,6 +37,8 @@ def test_config_errors(tmp_path):
         load_config("cpu-small", bad)
     with pytest.raises(SctraceInputError, match="'mask_schedule' in overrides must be one of cosine, exponential"):
         load_config("cpu-small", mask_schedule="cosin")
+    with pytest.raises(SctraceInputError, match=r"'context_dropout' in overrides is a probability in \[0, 1\), got 1"):
+        load_config("cpu-small", context_dropout=1)
 
 
 def test_first_claim_keeps_most_confident_duplicate():
@@ -383,6 +385,28 @@ def test_source_target_adds_the_source_time_as_a_target(source_target, small_tim
     assert (0 in trained) == source_target and trained - {0} == set(range(1, len(model.spec.time_values)))
     assert 0 not in {k for training, k in seen if not training}  # validation loss stays comparable
     assert np.all(np.isfinite(model.history["val_loss"].dropna().to_numpy(float)))
+
+
+def test_context_dropout_leaves_context_time_points_out_in_training_only(small_timecourse, tiny_fast_config, tmp_path,
+                                                                         monkeypatch):
+    contexts = []
+    original = TraceNet.build_context
+
+    def spy(self, z0, z0_pad, context):
+        contexts.append((self.training, len(context)))
+        return original(self, z0, z0_pad, context)
+
+    monkeypatch.setattr(TraceNet, "build_context", spy)
+    times = sorted(small_timecourse.obs["time"].unique())
+    model = TRACE(small_timecourse, "time", holdout=times[-1], task="extrapolate", seed=0, context_dropout=0.5,
+                  **{**tiny_fast_config, "max_epochs": 3})
+    model.fit(run_dir=tmp_path / "run", progress=False)
+    full = len(model.spec.time_values) - 2  # every observed time but the source and the target
+    assert full >= 2
+    trained = [n for training, n in contexts if training]
+    # Some batches lose context time points, and the count varies; validation keeps the full context.
+    assert min(trained) < full and len(set(trained)) > 1 and max(trained) <= full
+    assert {n for training, n in contexts if not training} == {full}
 
 
 def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_config, tmp_path):

@@ -34,6 +34,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "encoder_mode": ("frozen", "finetune"),
 }
 
+# Probabilities of leaving something out: 1 would leave out everything.
+RATES = ("dropout", "count_dropout", "context_dropout")
+
 
 @dataclass
 class TraceConfig:
@@ -56,6 +59,9 @@ class TraceConfig:
     rank_encoding: str = "learnable"
     tie_token_embeddings: bool = False
     time_scale: float = 100.0
+    # Each context time point is left out of a training batch with this probability, so the decoder cannot
+    # tell the target by the gap it leaves in the context (validation always uses the full context).
+    context_dropout: float = 0.0
     source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1
@@ -105,6 +111,8 @@ class TraceConfig:
                 raise SctraceInputError(
                     f"config key '{key}' in {origin} must be one of {', '.join(CHOICES[key])}, got {value!r}."
                 )
+            if key in RATES and not 0.0 <= values[key] < 1.0:
+                raise SctraceInputError(f"config key '{key}' in {origin} is a probability in [0, 1), got {value!r}.")
         return TraceConfig(**values)
 
     def to_yaml(self, path: str | os.PathLike) -> None:

@@ -17,7 +17,13 @@ class TracePlan(L.LightningModule):
         self.net, self.config, self.seed = net, config, seed
         self._generator: torch.Generator | None = None
 
-    def _losses(self, batch: dict[str, torch.Tensor], target_index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _losses(
+        self,
+        batch: dict[str, torch.Tensor],
+        target_index: int,
+        generator: torch.Generator,
+        context_keep: list[bool] | None = None,
+    ) -> dict[str, torch.Tensor]:
         losses = self.net.training_losses(
             batch["sentences"],
             batch["times"],
@@ -26,6 +32,7 @@ class TracePlan(L.LightningModule):
             batch["library_size"][:, target_index],
             self.config.mask_schedule,
             generator,
+            context_keep,
         )
         # Per-gene scale keeps the count term comparable to the token cross-entropy whatever the gene number.
         losses["count_loss"] = losses["count_loss"] / self.net.n_genes
@@ -40,12 +47,25 @@ class TracePlan(L.LightningModule):
         # at the first time point and a time between it and the next one is an interpolation for the decoder.
         first = 0 if self.config.source_target else 1
         target_index = int(torch.randint(first, n_times, (1,), generator=self._generator))
-        losses = self._losses(batch, target_index, self._generator)
+        losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times))
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
         # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and
         # early stopping decide differently per rank and hang; a no-op in one process.
         self.log("train_loss", losses["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["sentences"]), sync_dist=True)
         return losses["loss"]
+
+    def _context_keep(self, n_times: int) -> list[bool] | None:
+        """Which time points may be context in this batch; each is dropped with probability context_dropout.
+
+        Without it the target is the one time point always missing from the context, so the decoder can read the
+        target from the gap instead of from its time code, and an unseen time (every observed one in context)
+        gets the sentences of whichever time the gap pattern resembles (BENCHMARKS.md, time response).
+        """
+        rate = self.config.context_dropout
+        if rate <= 0:
+            return None
+        assert self._generator is not None
+        return (torch.rand(n_times, generator=self._generator) >= rate).tolist()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Fixed masks per batch and every target time point, so validation loss is comparable across epochs.

@@ -209,6 +209,7 @@ class TraceNet(nn.Module):
         library_size: torch.Tensor,
         schedule: str,
         generator: torch.Generator | None = None,
+        context_keep: Sequence[bool] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Masked-token and count losses for one batch.
 
@@ -224,9 +225,13 @@ class TraceNet(nn.Module):
             (batch, n_genes) counts (or log-normalised values) of the target cells.
         library_size
             (batch,) total counts of the target cells over the modelled genes.
+        context_keep
+            (n_times,) which time points may serve as context (default: all); the target and the source never do.
         """
         z0, z0_pad = self.encode(sentences[:, 0], times[0])
-        context = [(sentences[:, k], times[k]) for k in range(1, sentences.shape[1]) if k != target_index]
+        n_times = sentences.shape[1]
+        keep = [True] * n_times if context_keep is None else list(context_keep)
+        context = [(sentences[:, k], times[k]) for k in range(1, n_times) if k != target_index and keep[k]]
         memory, memory_pad = self.build_context(z0, z0_pad, context)
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
