@@ -1,4 +1,5 @@
-"""Floors: identity copies the previous time point; linear interpolates along optimal-transport pairs."""
+"""Floors: identity copies the previous time point; mixture mixes the neighbours' real cells; linear interpolates
+along optimal-transport pairs."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import scipy.sparse as sp
 
 import sctrace.baselines as baselines
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import baseline_names, identity_baseline, linear_baseline
+from sctrace.baselines import baseline_names, identity_baseline, linear_baseline, mixture_baseline
 
 
 def _time_course(sizes=(30, 30), times=(0.0, 1.0), n_genes=8, seed=0):
@@ -25,7 +26,7 @@ def _sorted_rows(matrix):
 
 
 def test_names():
-    assert baseline_names() == ("identity", "linear")
+    assert baseline_names() == ("identity", "mixture", "linear")
 
 
 # ---------------------------------------------------------------------------------------------------- identity
@@ -137,3 +138,44 @@ def test_linear_refuses_extrapolation():
             linear_baseline(expr, times, target_time=target)
     with pytest.raises(SctraceInputError, match="only defined for interpolation"):
         linear_baseline(expr, np.ones_like(times), target_time=1.0)
+
+
+# ----------------------------------------------------------------------------------------------------- mixture
+
+
+def _rows_of(out, expr):
+    """For each output row, the index of the identical input row (-1 where there is none)."""
+    match = np.all(np.isclose(out[:, None, :], expr[None].astype(np.float32)), axis=-1)
+    return np.where(match.any(1), match.argmax(1), -1)
+
+
+def test_mixture_draws_real_neighbour_cells_in_proportion_to_distance():
+    expr, times = _time_course(sizes=(40, 50, 60), times=(0.0, 1.0, 5.0))
+    out = mixture_baseline(expr, times, target_time=2.0, n_cells=4000, seed=3)
+    rows = _rows_of(out, expr)
+    assert out.dtype == np.float32 and out.shape == (4000, 8) and (rows >= 0).all()
+    drawn = times[rows]
+    assert set(np.unique(drawn)) == {1.0, 5.0}  # never the time point outside the interval
+    assert abs((drawn == 5.0).mean() - 0.25) < 0.03  # (2 - 1) / (5 - 1)
+    # Its mean moves along the straight line between the neighbours' means.
+    expected = 0.75 * expr[times == 1.0].mean(0) + 0.25 * expr[times == 5.0].mean(0)
+    np.testing.assert_allclose(out.mean(0), expected, atol=0.05)
+
+
+def test_mixture_at_an_observed_time_is_that_time_point_and_is_seeded():
+    expr, times = _time_course(sizes=(10, 12, 9), times=(0.0, 1.0, 2.5))
+    at_one = mixture_baseline(expr, times, target_time=1.0, seed=0)
+    assert at_one.shape == (12, 8)  # None: as many cells as the nearer time point has
+    assert set(times[_rows_of(at_one, expr)]) == {1.0}
+    assert set(times[_rows_of(mixture_baseline(expr, times, 2.5, n_cells=5), expr)]) == {2.5}
+    out = mixture_baseline(expr, times, 1.5, n_cells=30, seed=4)
+    np.testing.assert_array_equal(out, mixture_baseline(sp.csr_matrix(expr), times, 1.5, n_cells=30, seed=4))
+    assert not np.array_equal(out, mixture_baseline(expr, times, 1.5, n_cells=30, seed=5))
+
+
+def test_mixture_refuses_extrapolation():
+    expr, times = _time_course(times=(1.0, 2.0))
+    with pytest.raises(SctraceInputError, match="the mixture baseline is only defined for interpolation"):
+        mixture_baseline(expr, times, target_time=2.5)
+    with pytest.raises(SctraceInputError, match="n_cells must be at least 1"):
+        mixture_baseline(expr, times, target_time=1.5, n_cells=0)

@@ -27,7 +27,7 @@ def benchmark_run(small_timecourse, tiny_fast_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark")
     data_path = root / "data.h5ad"
     small_timecourse.write_h5ad(data_path)
-    methods = ["identity", "linear", "sctrace"] + (["otcfm"] if otcfm_available() else [])
+    methods = ["identity", "mixture", "linear", "sctrace"] + (["otcfm"] if otcfm_available() else [])
     # Ballast held by this (parent) process while the children run: ru_maxrss of a spawned child would
     # inherit it (over 1.5 GB); the child's own peak (VmHWM) does not.
     ballast = np.ones(PARENT_BALLAST_MB * 2**20 // 8)
@@ -119,10 +119,10 @@ def test_existing_results_are_not_overwritten(benchmark_run):
         run_benchmark(data_path, "time", holdout=HOLDOUT, out_dir=out, methods=["identity"], seeds=[0])
 
 
-def test_extrapolation_skips_the_linear_baseline(small_timecourse, tmp_path):
+def test_extrapolation_skips_the_interpolation_only_baselines(small_timecourse, tmp_path):
     results = run_benchmark(small_timecourse, "time", task="extrapolate", holdout=8.5, out_dir=tmp_path,
-                            methods=["linear"], seeds=[0], plots=False, echo=lambda line: None)
-    assert "linear" in results["skipped"] and results["methods"] == {}
+                            methods=["linear", "mixture"], seeds=[0], plots=False, echo=lambda line: None)
+    assert set(results["skipped"]) == {"linear", "mixture"} and results["methods"] == {}
     assert results["reference_time"] == 6.0 and results["train_times"] == [0.0, 1.0, 2.5, 4.0, 6.0]
     assert "linear: skipped" in (tmp_path / "results.md").read_text()
 

@@ -172,7 +172,7 @@ PEERS = available_peers()
 def extrapolation(tmp_path_factory, small_timecourse, tiny_fast_config):
     out = tmp_path_factory.mktemp("extrapolate") / "out"
     results = run_extrapolation_distance(
-        small_timecourse, "time", k=3, out_dir=out, seeds=(0, 1), methods=("sctrace", "identity", "linear") + PEERS,
+        small_timecourse, "time", k=3, out_dir=out, seeds=(0, 1), methods=("sctrace", "identity", "linear", "mixture") + PEERS,
         overrides=tiny_fast_config, max_epochs=1, otcfm_settings={"n_steps": 5, "hidden": 16},
         mioflow_settings={"n_pcs": 4, "hidden": 16, "n_epochs": 2, "sample_size": 16}, echo=lambda _: None,
     )
@@ -183,7 +183,7 @@ def test_extrapolation_has_a_row_per_later_time_and_method_with_its_distance(ext
     out, results = extrapolation
     times = np.unique(small_timecourse.obs["time"].to_numpy(dtype=float))
     assert results["train_times"] == list(times[:3]) and results["target_times"] == list(times[3:])
-    assert "linear" in results["skipped"] and results["methods"] == ["sctrace", "identity", *PEERS]
+    assert {"linear", "mixture"} <= set(results["skipped"]) and results["methods"] == ["sctrace", "identity", *PEERS]
     expected = [(steps, t, t - times[2], m) for steps, t in enumerate(times[3:], start=1)
                 for m in ("sctrace", "identity", *PEERS)]
     assert [(r["steps"], r["time"], r["time_delta"], r["method"]) for r in results["rows"]] == expected

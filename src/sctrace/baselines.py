@@ -1,6 +1,7 @@
-"""The two floors every model is reported beside: copy the previous time point, or interpolate linearly.
+"""The floors every model is reported beside: copy the previous time point, mix the real cells of the two
+neighbouring time points, or interpolate linearly between them.
 
-Both take the log-normalised training cells and the real time of each, and return log-normalised cells for a
+All take the log-normalised training cells and the real time of each, and return log-normalised cells for a
 target time, so they are scored by exactly the same metrics as the model's output.
 """
 
@@ -12,7 +13,10 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError
 from sctrace.metrics import fit_pca
 
-__all__ = ["baseline_names", "identity_baseline", "linear_baseline"]
+__all__ = ["INTERPOLATION_ONLY", "baseline_names", "identity_baseline", "linear_baseline", "mixture_baseline"]
+
+# Floors defined only between two observed time points: benchmarks skip them when extrapolating.
+INTERPOLATION_ONLY = ("mixture", "linear")
 
 # Each side of the optimal-transport coupling is subsampled to this many cells: the exact solver is
 # O(n^3) in time and the plan O(n^2) in memory.
@@ -23,7 +27,7 @@ _OT_MAX_ITERATIONS = 10**7
 
 def baseline_names() -> tuple[str, ...]:
     """Names of the floors, in the order they are reported."""
-    return ("identity", "linear")
+    return ("identity", "mixture", "linear")
 
 
 def _check_training_cells(expr, times) -> tuple[object, np.ndarray]:
@@ -98,17 +102,57 @@ def identity_baseline(expr, times: np.ndarray, target_time: float, n_cells: int 
     return _dense_float32(expr[chosen])
 
 
-def _bracketing_times(times: np.ndarray, target_time: float) -> tuple[float, float]:
+def _bracketing_times(times: np.ndarray, target_time: float, name: str = "linear") -> tuple[float, float]:
     """Observed times t0 < t1, neighbours in time, with t0 <= target <= t1."""
     observed = np.unique(times)
     if observed.size < 2 or not observed[0] <= target_time <= observed[-1]:
         raise SctraceInputError(
-            f"target time {target_time} is outside the observed times [{observed[0]}, {observed[-1]}]; the linear "
+            f"target time {target_time} is outside the observed times [{observed[0]}, {observed[-1]}]; the {name} "
             "baseline is only defined for interpolation between two observed time points."
         )
     # At an observed time, start the interval there (a = 0); only the last time closes an interval (a = 1).
     left = min(np.searchsorted(observed, target_time, side="right") - 1, observed.size - 2)
     return float(observed[left]), float(observed[left + 1])
+
+
+def mixture_baseline(expr, times: np.ndarray, target_time: float, n_cells: int | None = None,
+                     seed: int = 0) -> np.ndarray:
+    """Predict a time point by real cells of its two neighbouring observed times, mixed by distance.
+
+    With neighbouring observed times ``t0 <= target <= t1`` and ``a = (target - t0) / (t1 - t0)``, each output
+    cell is a real cell of t1 with probability ``a`` and of t0 otherwise (drawn as ``identity`` draws). Why a
+    floor: like ``identity`` it keeps every cell's gene-level sparsity, and like ``linear`` its mean moves
+    towards the next time point, so a model must learn more than either to beat it on both EMD and
+    Pearson-delta (on Shalek LPS it beats every peer on EMD; BENCHMARKS.md).
+
+    Parameters
+    ----------
+    expr
+        (n, n_genes) log-normalised training cells, dense or sparse.
+    times
+        (n,) real time of each training cell.
+    target_time
+        Time to predict, within the observed range (interpolation only).
+    n_cells
+        Number of cells to return; None returns as many as the nearer time point has.
+    seed
+        Seed of the draws.
+
+    Returns
+    -------
+    np.ndarray
+        (n_out, n_genes) float32 cells, those of t0 first.
+    """
+    expr, times = _check_training_cells(expr, times)
+    start_time, end_time = _bracketing_times(times, target_time, "mixture")
+    fraction = (target_time - start_time) / (end_time - start_time)
+    start_rows, end_rows = np.flatnonzero(times == start_time), np.flatnonzero(times == end_time)
+    if n_cells is None:
+        n_cells = (start_rows if fraction <= 0.5 else end_rows).size
+    rng = np.random.default_rng(seed)
+    n_end = int(rng.binomial(_check_n_cells(n_cells), fraction))
+    parts = [rows[_draw_cells(rows.size, k, rng)] for rows, k in ((start_rows, n_cells - n_end), (end_rows, n_end)) if k]
+    return _dense_float32(expr[np.concatenate(parts)])
 
 
 def linear_baseline(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, n_pcs: int = 50,

@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace._threads import set_threads as _set_threads
+from sctrace.baselines import INTERPOLATION_ONLY
 from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, load_config
 from sctrace.data.corpus import split_times
 from sctrace.data.io import check_holdout, read_timecourse
@@ -47,9 +48,9 @@ from sctrace.evaluate import METRIC_LABELS, lognorm_over_genes, rouge_scores, ru
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "run_benchmark", "summarise_runs"]
 
-METHODS = ("sctrace", "identity", "linear", "otcfm", "mioflow")
+METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
 # MIOFlow is asked for by name: it is the slowest peer and an extra install (`sctrace[peers]`).
-DEFAULT_METHODS = ("sctrace", "identity", "linear", "otcfm")
+DEFAULT_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm")
 # Metrics in the results table, in order; ROUGE only exists for sctrace (the others produce no sentences).
 TABLE_METRICS = ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "rouge1_f1")
 TRAIN_FILE = "train.h5ad"
@@ -150,6 +151,8 @@ def _run_job(job: dict) -> list[dict]:
         expression = lognorm_over_genes(train.X, train.var_names, job["genes"], job["count_kind"])
         if method == "identity":
             from sctrace.baselines import identity_baseline as predict_method
+        elif method == "mixture":
+            from sctrace.baselines import mixture_baseline as predict_method
         elif method == "linear":
             from sctrace.baselines import linear_baseline as predict_method
         elif method == "mioflow":
@@ -330,7 +333,7 @@ def run_benchmark(
         Output folder: ``results.json``, ``results.md``, ``plots/``, ``runs/`` (sctrace run directories),
         ``work/`` (the training file and the predictions).
     methods
-        Any of :data:`METHODS` (default :data:`DEFAULT_METHODS`). ``linear`` is skipped for extrapolation, ``otcfm`` when torchcfm is not
+        Any of :data:`METHODS` (default :data:`DEFAULT_METHODS`). ``linear`` and ``mixture`` are skipped for extrapolation, ``otcfm`` when torchcfm is not
         installed and ``mioflow`` when mioflow is not, each with a note.
     seeds
         One run of every method per seed.
@@ -395,8 +398,8 @@ def run_benchmark(
     base = {"train_path": str(work / TRAIN_FILE), "time_key": time_key, "target_time": holdout, "genes": genes,
             "n_cells": n_real, "count_kind": count_kind, "threads": threads, "predictions_dir": str(predictions_dir)}
     for method in methods:
-        if method == "linear" and task == "extrapolate":
-            skipped[method] = "the linear baseline only interpolates between two observed time points."
+        if method in INTERPOLATION_ONLY and task == "extrapolate":
+            skipped[method] = f"the {method} baseline only interpolates between two observed time points."
             continue
         if method == "otcfm":
             from sctrace.peers import OTCFM_INSTALL_HINT, otcfm_available

@@ -258,7 +258,7 @@ def benchmark(
     out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, plots/, runs/, work/).")],
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
     task: Annotated[str, typer.Option(help="interpolate | extrapolate")] = "interpolate",
-    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,linear,otcfm,mioflow.")] = "sctrace,identity,linear,otcfm",
+    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,mixture,linear,otcfm,mioflow.")] = "sctrace,identity,mixture,linear,otcfm",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every method runs once per seed.")] = "0,1,2",
     preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,

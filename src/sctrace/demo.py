@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sctrace.baselines import identity_baseline, linear_baseline
+from sctrace.baselines import identity_baseline, linear_baseline, mixture_baseline
 from sctrace.data.preprocess import log_normalize
 from sctrace.data.simulate import simulate_timecourse
 from sctrace.estimator import TRACE
@@ -52,6 +52,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, max_epochs: int | None = None, 
     methods = {
         "sctrace": predicted,
         "identity": identity_baseline(train_expr, train_times, holdout, n_cells=n_real, seed=seed),
+        "mixture": mixture_baseline(train_expr, train_times, holdout, n_cells=n_real, seed=seed),
         "linear": linear_baseline(train_expr, train_times, holdout, n_cells=n_real, seed=seed),
     }
     results = {name: score(pred, real, reference=reference, seed=seed) for name, pred in methods.items()}

@@ -36,7 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import _draw_cells, identity_baseline
+from sctrace.baselines import INTERPOLATION_ONLY, _draw_cells, identity_baseline
 from sctrace.benchmark import (
     TABLE_METRICS,
     TRAIN_FILE,
@@ -534,8 +534,9 @@ def run_extrapolation_distance(
             f"(CLI: --train-steps 2..{time_values.size - 1})."
         )
     skipped = {}
-    if "linear" in methods:
-        skipped["linear"] = "the linear baseline only interpolates between two observed time points."
+    for method in INTERPOLATION_ONLY:
+        if method in methods:
+            skipped[method] = f"the {method} baseline only interpolates between two observed time points."
     if "otcfm" in methods:
         from sctrace.peers import OTCFM_INSTALL_HINT, otcfm_available
 
