@@ -409,6 +409,40 @@ def test_context_dropout_leaves_context_time_points_out_in_training_only(small_t
     assert {n for training, n in contexts if not training} == {full}
 
 
+def test_time_mixup_trains_times_between_observed_ones_on_a_mixture_of_their_cells(small_timecourse, tiny_fast_config,
+                                                                                     tmp_path, monkeypatch):
+    calls = []
+    original = TraceNet.training_losses
+
+    def spy(self, sentences, times, target_index, counts, library_size, schedule, generator=None, context_keep=None,
+            target=None):
+        calls.append((self.training, sentences, times, target_index, counts, context_keep, target))
+        return original(self, sentences, times, target_index, counts, library_size, schedule, generator, context_keep,
+                        target)
+
+    monkeypatch.setattr(TraceNet, "training_losses", spy)
+    times = sorted(small_timecourse.obs["time"].unique())
+    model = TRACE(small_timecourse, "time", holdout=times[2], seed=0, time_mixup=0.5,
+                  **{**tiny_fast_config, "max_epochs": 3})
+    model.fit(run_dir=tmp_path / "run", progress=False)
+    mixed = [call for call in calls if call[0] and call[-1] is not None]
+    assert mixed and len(mixed) < len([call for call in calls if call[0]])  # about half the training batches
+    assert 0 in {call[3] for call in mixed}  # the interval from the source time is trained too
+    fractions = {True: [], False: []}
+    for _, sentences, times_, k, counts, keep, (tokens, time) in mixed:
+        low, high = float(times_[k]), float(times_[k + 1])
+        assert ((time >= low) & (time <= high)).all() and time.unique().numel() > 1
+        upper = (tokens == sentences[:, k + 1]).all(1)
+        assert (upper | (tokens == sentences[:, k]).all(1)).all()
+        for took, fraction in zip(upper.tolist(), ((time - low) / (high - low)).tolist()):
+            fractions[took].append(fraction)
+        assert keep is not None and not keep[k + 1]  # neither neighbour is context
+    # A cell's target is the later neighbour's cell more often the nearer its time lies to it.
+    assert np.mean(fractions[True]) > 0.6 and np.mean(fractions[False]) < 0.4
+    # Validation reconstructs the observed time points only.
+    assert all(call[-1] is None for call in calls if not call[0])
+
+
 def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_config, tmp_path):
     # The GPU default ("auto" there) is bf16 autocast; Lightning runs the same autocast on CPU, so the mixed
     # precision path (attention, token head, ZINB loss on bf16 activations) is exercised here too.

@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 # Probabilities of leaving something out: 1 would leave out everything.
-RATES = ("dropout", "count_dropout", "context_dropout")
+RATES = ("dropout", "count_dropout", "context_dropout", "time_mixup")
 
 
 @dataclass
@@ -62,6 +62,9 @@ class TraceConfig:
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
     context_dropout: float = 0.0
+    # Probability that a training batch's target lies between two neighbouring observed times (uniformly), each
+    # cell's target drawn from the two neighbours in proportion to distance (time mixup).
+    time_mixup: float = 0.0
     source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1

@@ -210,6 +210,7 @@ class TraceNet(nn.Module):
         schedule: str,
         generator: torch.Generator | None = None,
         context_keep: Sequence[bool] | None = None,
+        target: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Masked-token and count losses for one batch.
 
@@ -227,6 +228,9 @@ class TraceNet(nn.Module):
             (batch,) total counts of the target cells over the modelled genes.
         context_keep
             (n_times,) which time points may serve as context (default: all); the target and the source never do.
+        target
+            (sentences (batch, length), times (batch,)) reconstructed instead of ``sentences[:, target_index]`` at
+            ``times[target_index]`` (time mixup); ``target_index`` then only leaves its time point out of the context.
         """
         z0, z0_pad = self.encode(sentences[:, 0], times[0])
         n_times = sentences.shape[1]
@@ -235,16 +239,16 @@ class TraceNet(nn.Module):
         memory, memory_pad = self.build_context(z0, z0_pad, context)
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
-        masked, labels = random_mask(sentences[:, target_index], schedule, generator)
-        hidden = self.decode(masked, times[target_index], memory, memory_pad)
+        target_tokens, target_time = (sentences[:, target_index], times[target_index]) if target is None else target
+        masked, labels = random_mask(target_tokens, schedule, generator)
+        hidden = self.decode(masked, target_time, memory, memory_pad)
         chosen = labels != -100
         logits = self.token_head(hidden[chosen])
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
         if self.count_input == "complete":
             # The complete target sentence, as at generation, where the sentence is fully generated.
-            target = sentences[:, target_index]
-            state = self.count_state(self.decode(target, times[target_index], memory, memory_pad), target)
+            state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad), target_tokens)
         else:
             state = self.count_state(hidden, masked)
         params = self.count_decoder(state, library_size)
