@@ -64,13 +64,14 @@ class TracePlan(L.LightningModule):
         # at the first time point and a time between it and the next one is an interpolation for the decoder.
         first = 0 if self.config.source_target else 1
         mixup = None
-        if self.config.time_mixup > 0 and float(torch.rand(1, generator=self._generator)) < self.config.time_mixup:
+        draw = {"generator": self._generator, "device": self._generator.device}  # a CUDA generator draws on CUDA
+        if self.config.time_mixup > 0 and float(torch.rand(1, **draw)) < self.config.time_mixup:
             # A time between two neighbouring observed ones, the source's included (its target is the source cell).
-            target_index = int(torch.randint(0, n_times - 1, (1,), generator=self._generator))
-            fraction = torch.rand(len(batch["sentences"]), generator=self._generator).to(self.device)
+            target_index = int(torch.randint(0, n_times - 1, (1,), **draw))
+            fraction = torch.rand(len(batch["sentences"]), **draw)
             mixup = (target_index + 1, fraction)
         else:
-            target_index = int(torch.randint(first, n_times, (1,), generator=self._generator))
+            target_index = int(torch.randint(first, n_times, (1,), **draw))
         losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times), mixup)
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
         # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and
@@ -89,7 +90,7 @@ class TracePlan(L.LightningModule):
         if rate <= 0:
             return None
         assert self._generator is not None
-        return (torch.rand(n_times, generator=self._generator) >= rate).tolist()
+        return (torch.rand(n_times, generator=self._generator, device=self._generator.device) >= rate).tolist()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Fixed masks per batch and every target time point, so validation loss is comparable across epochs.
