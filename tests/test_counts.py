@@ -12,6 +12,8 @@ from sctrace.model.counts import (
     log_hurdle_gaussian,
     log_nb_positive,
     log_zinb_positive,
+    normal_to_values,
+    values_to_normal,
 )
 
 torch.set_num_threads(1)
@@ -254,3 +256,89 @@ def test_zinb_mean_scale_stays_finite_for_large_dropout_logits():
     assert torch.isfinite(params["mu"]).all()
     loss = decoder.loss(params, torch.poisson(torch.full((3, 10), 5.0)))
     assert torch.isfinite(loss)
+
+
+def _skewed_positive_values(n_cells=600, seed=0):
+    """Log-normalised-like values: zeros, a skewed continuous gene, a discrete one (ties), a gene never on."""
+    rng = np.random.default_rng(seed)
+    values = np.zeros((n_cells, 4))
+    values[:, 0] = rng.gamma(1.5, 0.7, n_cells)
+    values[:, 1] = np.log1p(rng.poisson(3.0, n_cells))  # few distinct values, many ties
+    values[:, 2] = 4.0 - rng.gamma(2.0, 0.3, n_cells)  # skewed towards zero
+    values[:, :3][rng.random((n_cells, 3)) < 0.4] = 0.0
+    values[:, 2] = np.clip(values[:, 2], 0.0, None)
+    return values
+
+
+def _quantile_decoder(values, n_input=8):
+    import scipy.sparse as sp
+
+    decoder = CountDecoder(n_input, values.shape[1], n_hidden=16, dropout=0.0, likelihood="hurdle",
+                           hurdle_marginal="quantile")
+    decoder.fit_marginals(sp.csr_matrix(values))
+    return decoder
+
+
+def test_normal_scores_match_scikit_learn_and_invert():
+    from sklearn.preprocessing import QuantileTransformer
+
+    values = _skewed_positive_values()
+    decoder = _quantile_decoder(values)
+    # float32 values against the float32 tables, as in training: equal values are then equal bit for bit.
+    scores = values_to_normal(torch.tensor(values, dtype=torch.float32), decoder.marginal_quantiles).double().numpy()
+    positive = np.where(values > 0, values, np.nan)
+    reference = QuantileTransformer(n_quantiles=256, output_distribution="normal", subsample=None).fit(positive)
+    expected = reference.transform(positive)
+    # Inside the clamp (half a quantile step from 0 and 1) the two agree; ties map to the middle of their run.
+    inside = (values > 0) & (np.abs(expected) < 2.8)
+    assert inside[:, 1].sum() > 200
+    np.testing.assert_allclose(scores[inside], expected[inside], atol=1e-4)
+    assert np.isfinite(scores).all() and np.abs(scores).max() < 3.0
+    back = normal_to_values(torch.tensor(scores, dtype=torch.float32), decoder.marginal_quantiles).numpy()
+    np.testing.assert_allclose(back[inside], values[inside], atol=1e-4)
+
+
+def test_quantile_hurdle_draws_take_the_shape_of_the_training_values():
+    values = _skewed_positive_values()
+    decoder = _quantile_decoder(values)
+    n = 4000
+    params = {"mean": torch.zeros(n, 4), "log_var": torch.zeros(n, 4), "zero_logits": torch.full((n, 4), -30.0)}
+    draws = decoder.sample(params, torch.Generator().manual_seed(0)).numpy()
+    for gene in range(3):
+        real = values[values[:, gene] > 0, gene].astype(np.float32)  # the tables hold float32
+        # A standard-normal score is each gene's own distribution again; a Gaussian on the values is not.
+        assert stats.ks_2samp(draws[:, gene], real).statistic < 0.06
+        gaussian = np.clip(np.random.default_rng(0).normal(real.mean(), real.std(), n), 0, None)
+        assert stats.wasserstein_distance(draws[:, gene], real) < 0.5 * stats.wasserstein_distance(gaussian, real)
+    assert (draws[:, 3] == 0).all()  # a gene never on in training has nothing to draw from
+    # The expected value (quadrature) agrees with a large Monte Carlo one; the "off" probability scales it.
+    params["zero_logits"][:, :] = 0.0
+    mean = decoder.mean({k: v[:1] for k, v in params.items()}).numpy()[0]
+    scores = torch.randn(200_000, 4, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(mean, 0.5 * normal_to_values(scores, decoder.marginal_quantiles).mean(0).numpy(), rtol=0.01)
+
+
+def test_quantile_hurdle_loss_trains_and_needs_its_tables():
+    values = _skewed_positive_values(n_cells=200)
+    torch.manual_seed(0)
+    decoder = CountDecoder(8, 4, n_hidden=16, dropout=0.0, likelihood="hurdle", hurdle_marginal="quantile")
+    state = torch.randn(200, 8)
+    with pytest.raises(RuntimeError, match="never fitted; call fit_marginals"):
+        decoder.loss(decoder(state), torch.tensor(values, dtype=torch.float32))
+    import scipy.sparse as sp
+
+    decoder.fit_marginals(sp.csr_matrix(values))
+    x = torch.tensor(values, dtype=torch.float32)
+    optimiser = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = decoder.loss(decoder(state), x)
+        optimiser.zero_grad(), loss.backward(), optimiser.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    # Tables are buffers: in the state dict (saved with the weights), not trained.
+    assert {"marginal_quantiles", "marginals_fitted"} <= set(decoder.state_dict())
+    assert all(name not in dict(decoder.named_parameters()) for name in ("marginal_quantiles", "marginals_fitted"))
+    with pytest.raises(SctraceInputError, match="Unknown hurdle_marginal 'empirical'; choose one of gaussian, quantile"):
+        CountDecoder(8, 4, likelihood="hurdle", hurdle_marginal="empirical")
+    assert not CountDecoder(8, 4, likelihood="zinb", hurdle_marginal="quantile").quantile_marginal

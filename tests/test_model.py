@@ -257,21 +257,35 @@ def test_count_data_refuse_a_lognorm_likelihood(small_timecourse):
         TRACE(small_timecourse, "time", holdout=2.5, likelihood="hurdle")
 
 
-def test_hurdle_model_on_log_normalised_data(small_timecourse, tiny_fast_config, tmp_path):
+@pytest.mark.parametrize("marginal", ["gaussian", "quantile"])
+def test_hurdle_model_on_log_normalised_data(small_timecourse, tiny_fast_config, tmp_path, marginal):
     lognorm = small_timecourse.copy()
     totals = np.asarray(lognorm.X.sum(axis=1))
     lognorm.X = lognorm.X.multiply(1e4 / totals).log1p().tocsr().astype(np.float32)
     holdout = sorted(lognorm.obs["time"].unique())[2]
-    model = TRACE(lognorm, "time", holdout=holdout, seed=0, likelihood="hurdle", **{**tiny_fast_config, "max_epochs": 2})
+    model = TRACE(lognorm, "time", holdout=holdout, seed=0, likelihood="hurdle", hurdle_marginal=marginal,
+                  **{**tiny_fast_config, "max_epochs": 2})
     assert model.spec.count_kind == "lognorm"
     model.fit(run_dir=tmp_path / "run", progress=False)
     assert np.all(np.isfinite(model.history["val_loss"].dropna().to_numpy(float)))
-    pred = TRACE.load(tmp_path / "run").predict(holdout, n_cells=40, seed=0)
+    loaded = TRACE.load(tmp_path / "run")
+    pred = loaded.predict(holdout, n_cells=40, seed=0)
     values, mean = pred.X.toarray(), np.asarray(pred.layers["hurdle_mean"])
     assert np.all(values >= 0) and np.all(np.isfinite(mean))
     # Exact zeros come from the hurdle, at about the rate the real cells have them.
     real = lognorm[lognorm.obs["time"] != holdout][:, pred.var_names].X.toarray()
     assert abs((values == 0).mean() - (real == 0).mean()) < 0.25 and 0 < (values == 0).mean() < 1
+    if marginal == "quantile":
+        tables = model.net.count_decoder.marginal_quantiles.numpy()
+        # The tables come from the training cells alone: their top quantile is each gene's training maximum.
+        np.testing.assert_allclose(tables[-1], real.max(0), rtol=1e-6)
+        held = lognorm[lognorm.obs["time"] == holdout][:, pred.var_names].X.toarray()
+        assert (held.max(0) > real.max(0)).any()  # a leak of the held-out cells would show here
+        # Saved with the weights, and every drawn value lies on its gene's training range.
+        torch.testing.assert_close(loaded.net.count_decoder.marginal_quantiles, model.net.count_decoder.marginal_quantiles)
+        on = values > 0
+        assert on.any() and np.all(values[on] >= np.broadcast_to(tables[0], values.shape)[on] - 1e-6)
+        assert np.all(values[on] <= np.broadcast_to(tables[-1], values.shape)[on] + 1e-6)
 
 
 def test_predict_from_given_source_cells(fitted, small_timecourse):

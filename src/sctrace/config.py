@@ -29,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "count_input": ("masked", "complete"),
     "zinb_mean": ("nb", "scale"),
     "count_pooling": ("cls", "cls+mean", "cls+mean+genes"),
+    "hurdle_marginal": ("gaussian", "quantile"),
     "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
     "encoder": ("scratch", "geneformer"),
     "encoder_mode": ("frozen", "finetune"),
@@ -76,6 +77,9 @@ class TraceConfig:
     # What the count decoder reads: "cls" (runs before this key existed) or "cls+mean" (also the mean of the
     # gene positions' decoder states). Presets set "cls+mean".
     count_pooling: str = "cls"
+    # The hurdle's positive part: "gaussian" (MAST's; runs before this key existed) or "quantile" (the Gaussian
+    # on normal scores of each gene's training values, drawn back through them). cpu-small sets "quantile".
+    hurdle_marginal: str = "gaussian"
     # training
     batch_size: int = 32
     lr: float = 1e-3

@@ -93,6 +93,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         count_input=config.count_input,
         zinb_mean=config.zinb_mean,
         count_pooling=config.count_pooling,
+        hurdle_marginal=config.hurdle_marginal,
         tie_token_embeddings=config.tie_token_embeddings,
         pretrained=pretrained,
     )
@@ -236,6 +237,8 @@ class TRACE:
         )
         torch.manual_seed(seed)
         self.net = _build_net(self.corpus.spec, self.config)
+        if self.net.count_decoder.quantile_marginal:
+            self.net.count_decoder.fit_marginals(self.corpus.counts, seed=seed)
         self.is_trained = False
         self.history: pd.DataFrame | None = None
 

@@ -6,7 +6,9 @@ logit ``pi_logits``. The ZINB negative log-likelihood is eq. (3) of the paper's 
 """
 
 import math
+import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,14 @@ from sctrace.config import CHOICES, LOGNORM_LIKELIHOODS
 
 LIKELIHOODS = CHOICES["likelihood"]
 ZINB_MEANS = ("nb", "scale")
+HURDLE_MARGINALS = CHOICES["hurdle_marginal"]
+# Quantiles kept per gene for hurdle_marginal="quantile": finer than the per-gene EMD can see on a few
+# thousand cells, and small in the weights file (256 x n_genes floats).
+N_MARGINAL_QUANTILES = 256
+# Cells the quantiles are computed from (a seeded sample when the corpus holds more).
+MARGINAL_CELLS = 10_000
+# Probability levels behind the quantile marginal's expected value (midpoint rule).
+_MEAN_LEVELS = 64
 # Largest log factor by which zinb_mean="scale" raises the NB mean (pi = 1 - e^-20): keeps mu finite where the
 # dropout logit runs away.
 _MAX_LOG_INFLATION = 20.0
@@ -121,6 +131,55 @@ def log_hurdle_gaussian(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tens
     return torch.where(x == 0, -F.softplus(-zero_logits), -F.softplus(zero_logits) + gaussian_log_prob(x, mean, log_var))
 
 
+def values_to_normal(x: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Map positive values to standard-normal scores through each gene's quantile table.
+
+    The empirical CDF is interpolated linearly between quantiles, and a run of equal quantiles (a value many
+    cells share) maps to the middle of its run, as scikit-learn's ``QuantileTransformer`` does; probabilities
+    are kept half a quantile step away from 0 and 1 so the scores stay finite. Written here rather than called
+    from scikit-learn because the training loss needs it in torch on every batch.
+
+    Parameters
+    ----------
+    x
+        (batch, n_genes) values; only the positive entries are meaningful.
+    quantiles
+        (n_quantiles, n_genes) each gene's quantiles of its positive values, non-decreasing down each column.
+
+    Returns
+    -------
+    (batch, n_genes) normal scores.
+    """
+    n_quantiles = quantiles.shape[0]
+    table = quantiles.T.contiguous()  # (n_genes, n_quantiles): searchsorted wants the sorted axis last
+    values = torch.minimum(torch.maximum(x.T, table[:, :1]), table[:, -1:]).contiguous()
+
+    def position(right: bool) -> torch.Tensor:
+        # right=True finds the last quantile equal to a value, right=False the first; their mean is the middle.
+        index = torch.searchsorted(table, values, right=right).clamp(1, n_quantiles - 1)
+        low, high = table.gather(1, index - 1), table.gather(1, index)
+        width = high - low
+        fraction = ((values - low) / width.clamp_min(torch.finfo(width.dtype).tiny)).clamp(0.0, 1.0)
+        fraction = torch.where(width > 0, fraction, torch.full_like(fraction, 1.0 if right else 0.0))
+        return index - 1 + fraction
+
+    probability = 0.5 * (position(True) + position(False)) / (n_quantiles - 1)
+    step = 0.5 / n_quantiles
+    return torch.special.ndtri(probability.clamp(step, 1.0 - step)).T
+
+
+def normal_to_values(z: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`values_to_normal`: normal scores (..., n_genes) back to values on each gene's quantiles."""
+    n_quantiles = quantiles.shape[0]
+    position = torch.special.ndtr(z) * (n_quantiles - 1)
+    index = position.floor().clamp(0, n_quantiles - 2)
+    fraction = position - index
+    index = index.long()
+    genes = torch.arange(quantiles.shape[1], device=z.device).expand_as(index)
+    low, high = quantiles[index, genes], quantiles[index + 1, genes]
+    return low + fraction * (high - low)
+
+
 def _standard_gamma(shape: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draw Gamma(shape, rate 1) elementwise with an explicit generator (torch's own sampler takes none).
 
@@ -199,14 +258,24 @@ class CountDecoder(nn.Module):
         dropout: float = 0.1,
         likelihood: str = "zinb",
         zinb_mean: str = "nb",
+        hurdle_marginal: str = "gaussian",
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise SctraceInputError(f"Unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}.")
         if zinb_mean not in ZINB_MEANS:
             raise SctraceInputError(f"Unknown zinb_mean {zinb_mean!r}; choose one of {', '.join(ZINB_MEANS)}.")
+        if hurdle_marginal not in HURDLE_MARGINALS:
+            raise SctraceInputError(
+                f"Unknown hurdle_marginal {hurdle_marginal!r}; choose one of {', '.join(HURDLE_MARGINALS)}."
+            )
         self.likelihood = likelihood
         self.zinb_mean = zinb_mean
+        self.quantile_marginal = likelihood == "hurdle" and hurdle_marginal == "quantile"
+        if self.quantile_marginal:
+            # Saved with the weights: a loaded model decodes on the same tables it was trained on.
+            self.register_buffer("marginal_quantiles", torch.zeros(N_MARGINAL_QUANTILES, n_genes))
+            self.register_buffer("marginals_fitted", torch.tensor(False))
         self.hidden = nn.Sequential(
             nn.Linear(n_input, n_hidden),
             nn.GELU(),
@@ -226,6 +295,46 @@ class CountDecoder(nn.Module):
             self.log_theta = nn.Parameter(torch.zeros(n_genes))
             if likelihood == "zinb":
                 self.dropout_head = nn.Linear(n_hidden, n_genes)
+
+    def fit_marginals(self, values, seed: int = 0) -> None:
+        """Each gene's quantiles of its positive values, from the training cells (``hurdle_marginal='quantile'``).
+
+        Why: a Gaussian fitted to the positive part of log-normalised values misses their skewed, partly
+        discrete shape. The decoder keeps the hurdle's per-cell Gaussian but places it on the normal scores of
+        each gene's observed distribution, so draws take the shape of real values (BENCHMARKS.md, "Generation
+        fidelity"). The tables pool every training time; the Gaussian's mean, per cell, moves along them.
+
+        Parameters
+        ----------
+        values
+            (n_cells, n_genes) log-normalised values of training cells: a scipy sparse matrix, or anything that
+            returns one when indexed by an integer array of rows (a corpus's on-disk counts).
+        seed
+            Seeds the choice of cells when there are more than ``MARGINAL_CELLS``.
+        """
+        import scipy.sparse as sp
+        from sklearn.preprocessing import QuantileTransformer
+
+        if not self.quantile_marginal:
+            raise ValueError("fit_marginals applies to the hurdle likelihood with hurdle_marginal='quantile'.")
+        n_cells = values.shape[0]
+        rows = np.arange(n_cells)
+        if n_cells > MARGINAL_CELLS:
+            rows = np.sort(np.random.default_rng(seed).choice(n_cells, MARGINAL_CELLS, replace=False))
+        matrix = sp.csc_matrix(values[rows], dtype=np.float64)
+        matrix.eliminate_zeros()  # zeros are the hurdle's "off" part; only positive values shape the tables
+        transformer = QuantileTransformer(
+            n_quantiles=N_MARGINAL_QUANTILES, ignore_implicit_zeros=True, subsample=None, random_state=seed
+        )
+        if n_cells < N_MARGINAL_QUANTILES:
+            # scikit-learn needs as many cells as quantiles; a tiny corpus repeats its cells, same quantiles.
+            matrix = sp.vstack([matrix] * -(-N_MARGINAL_QUANTILES // n_cells)).tocsc()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            transformer.fit(matrix)
+        table = torch.as_tensor(transformer.quantiles_, dtype=self.marginal_quantiles.dtype)
+        self.marginal_quantiles.copy_(table.to(self.marginal_quantiles.device))
+        self.marginals_fitted.fill_(True)
 
     def forward(self, cls_embedding: torch.Tensor, library_size: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Distribution parameters for each cell.
@@ -274,8 +383,18 @@ class CountDecoder(nn.Module):
         if self.likelihood == "nb":
             return log_nb_positive(x, params["mu"], params["theta"])
         if self.likelihood == "hurdle":
+            if self.quantile_marginal:
+                # On the normal scores; their Jacobian does not depend on the parameters and is left out.
+                self._check_marginals()
+                scores = values_to_normal(x, self.marginal_quantiles)
+                on = -F.softplus(params["zero_logits"]) + gaussian_log_prob(scores, params["mean"], params["log_var"])
+                return torch.where(x == 0, -F.softplus(-params["zero_logits"]), on)
             return log_hurdle_gaussian(x, params["mean"], params["log_var"], params["zero_logits"])
         return gaussian_log_prob(x, params["mean"], params["log_var"])
+
+    def _check_marginals(self) -> None:
+        if not bool(self.marginals_fitted):
+            raise RuntimeError("the count decoder's quantile tables were never fitted; call fit_marginals first.")
 
     def loss(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Scalar loss: negative log-likelihood summed over genes, averaged over cells.
@@ -312,7 +431,11 @@ class CountDecoder(nn.Module):
         if self.likelihood in LOGNORM_LIKELIHOODS:
             mean = params["mean"]
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            values = (mean + torch.exp(0.5 * params["log_var"]) * noise).clamp(min=0.0)
+            values = mean + torch.exp(0.5 * params["log_var"]) * noise
+            if self.quantile_marginal:
+                self._check_marginals()
+                values = normal_to_values(values, self.marginal_quantiles)
+            values = values.clamp(min=0.0)
             if self.likelihood == "hurdle":
                 zero = torch.bernoulli(torch.sigmoid(params["zero_logits"]), generator=generator).bool()
                 values = values.masked_fill(zero, 0.0)
@@ -333,5 +456,15 @@ class CountDecoder(nn.Module):
         if self.likelihood == "nb":
             return params["mu"]
         if self.likelihood == "hurdle":
-            return torch.sigmoid(-params["zero_logits"]) * params["mean"]
+            on_mean = params["mean"]
+            if self.quantile_marginal:
+                # E[value | on] by the midpoint rule over the normal score's probability: the values are a
+                # monotone, partly step-like function of the score, where Gauss-Hermite nodes miss the steps.
+                self._check_marginals()
+                levels = (torch.arange(_MEAN_LEVELS, dtype=on_mean.dtype, device=on_mean.device) + 0.5) / _MEAN_LEVELS
+                sd = torch.exp(0.5 * params["log_var"])
+                # One level at a time: memory stays that of one (batch, n_genes) draw.
+                on_mean = sum(normal_to_values(on_mean + sd * score, self.marginal_quantiles)
+                              for score in torch.special.ndtri(levels)) / _MEAN_LEVELS
+            return torch.sigmoid(-params["zero_logits"]) * on_mean
         return params["mean"]

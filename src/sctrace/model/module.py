@@ -90,6 +90,7 @@ class TraceNet(nn.Module):
         count_input: str = "masked",
         zinb_mean: str = "nb",
         count_pooling: str = "cls",
+        hurdle_marginal: str = "gaussian",
         pretrained: nn.Module | None = None,
         tie_token_embeddings: bool = False,
     ):
@@ -125,6 +126,7 @@ class TraceNet(nn.Module):
             dropout=count_dropout,
             likelihood=likelihood,
             zinb_mean=zinb_mean,
+            hurdle_marginal=hurdle_marginal,
         )
 
     @staticmethod
