@@ -44,3 +44,36 @@ def fit_heldout(args):
     with tempfile.TemporaryDirectory() as run_dir:
         model.fit(run_dir=Path(run_dir) / "run", progress=False)
     return adata, times, model
+
+
+def heldout_arrays(adata, model, count_kind: str):
+    """Every cell's log-normalised values over the model's genes, and its sentence: (values, tokens, lengths)."""
+    from sctrace.data.corpus import tokenize_with_spec
+    from sctrace.evaluate import lognorm_over_genes
+
+    spec = model.spec
+    values = lognorm_over_genes(adata.X, adata.var_names, list(spec.genes), count_kind).toarray()
+    tokens, lengths = tokenize_with_spec(spec, adata.X, adata.var_names)
+    return values, tokens, lengths
+
+
+def count_state_of_sentences(model, tokens, lengths, time: float, rng):
+    """The state the count decoder reads when the decoder reconstructs these (real) sentences at ``time``.
+
+    Source and context cells come from training pairs drawn with ``rng``, as at generation, and ``time`` itself is
+    never context. Call under ``torch.no_grad()``.
+    """
+    import numpy as np
+
+    from sctrace.model.module import gather_sentences
+
+    spec, corpus, net = model.spec, model.corpus, model.net
+    n_cells = len(tokens)
+    pairs = corpus.pairs[rng.choice(len(corpus.pairs), n_cells)]
+    context_columns = [k for k, v in enumerate(spec.time_values) if k > 0 and not np.isclose(v, time)]
+    z0, pad = net.encode(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, 0]), spec.source_time)
+    context = [(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, k]), spec.time_values[k])
+               for k in context_columns]
+    memory, memory_pad = net.build_context(z0, pad, context)
+    target = gather_sentences(tokens, lengths, slice(0, n_cells))
+    return net.count_state(net.decode(target, float(time), memory, memory_pad), target)

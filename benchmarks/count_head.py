@@ -27,7 +27,7 @@ import argparse
 import sys
 
 import numpy as np
-from _heldout_fit import add_heldout_arguments, data_missing, fit_heldout
+from _heldout_fit import add_heldout_arguments, count_state_of_sentences, data_missing, fit_heldout, heldout_arrays
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,26 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from sklearn.linear_model import Ridge
 
-    from sctrace.data.corpus import tokenize_with_spec
     from sctrace.evaluate import lognorm_over_genes
-    from sctrace.model.module import N_SPECIAL, gather_sentences
+    from sctrace.model.module import N_SPECIAL
 
     adata, times, model = fit_heldout(args)
-    spec, corpus, net = model.spec, model.corpus, model.net.eval()
+    spec, net = model.spec, model.net.eval()
     genes = list(spec.genes)
-    values = lognorm_over_genes(adata.X, adata.var_names, genes, args.count_kind).toarray()
-    tokens, lengths = tokenize_with_spec(spec, adata.X, adata.var_names)
+    values, tokens, lengths = heldout_arrays(adata, model, args.count_kind)
     held_out = np.flatnonzero(np.isclose(times, args.holdout))
     real = values[held_out]
 
-    rows = corpus.pairs[np.random.default_rng(args.seed).choice(len(corpus.pairs), held_out.size)]
-    context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, args.holdout)]
     with torch.no_grad():
-        z0, pad = net.encode(gather_sentences(corpus.tokens, corpus.lengths, rows[:, 0]), spec.source_time)
-        context = [(gather_sentences(corpus.tokens, corpus.lengths, rows[:, k]), spec.time_values[k]) for k in context_columns]
-        memory, memory_pad = net.build_context(z0, pad, context)
-        target = gather_sentences(tokens[held_out], lengths[held_out], slice(0, held_out.size))
-        state = net.count_state(net.decode(target, args.holdout, memory, memory_pad), target)
+        state = count_state_of_sentences(model, tokens[held_out], lengths[held_out], args.holdout,
+                                         np.random.default_rng(args.seed))
         depth = np.asarray(adata.X[held_out][:, adata.var_names.get_indexer(genes)].sum(1)).ravel()
         params = net.count_decoder(state, torch.as_tensor(depth, dtype=torch.float32))
         expected = net.count_decoder.mean(params).numpy()

@@ -34,7 +34,7 @@ import argparse
 import sys
 
 import numpy as np
-from _heldout_fit import add_heldout_arguments, data_missing, fit_heldout
+from _heldout_fit import add_heldout_arguments, count_state_of_sentences, data_missing, fit_heldout, heldout_arrays
 
 
 def hurdle_draw(fit_to: np.ndarray, n_cells: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,16 +61,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sctrace.data.corpus import tokenize_with_spec
     from sctrace.evaluate import lognorm_over_genes
     from sctrace.metrics import emd
-    from sctrace.model.module import gather_sentences
 
     adata, times, model = fit_heldout(args)
-    spec, corpus, net = model.spec, model.corpus, model.net.eval()
+    spec, net = model.spec, model.net.eval()
     genes = list(spec.genes)
-    values = lognorm_over_genes(adata.X, adata.var_names, genes, args.count_kind).toarray()
-    tokens, lengths = tokenize_with_spec(spec, adata.X, adata.var_names)
+    values, tokens, lengths = heldout_arrays(adata, model, args.count_kind)
     rng = np.random.default_rng(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     lognorm = args.count_kind == "lognorm"
@@ -91,15 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         generated = model.predict(float(t), n_cells=n_a, seed=args.seed)
         generated = lognorm_over_genes(generated.X, generated.var_names, genes, args.count_kind).toarray()
 
-        pairs = corpus.pairs[rng.choice(len(corpus.pairs), n_a)]
-        context_columns = [k for k, v in enumerate(spec.time_values) if k > 0 and not np.isclose(v, t)]
         with torch.no_grad():
-            z0, pad = net.encode(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, 0]), spec.source_time)
-            context = [(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, k]), spec.time_values[k])
-                       for k in context_columns]
-            memory, memory_pad = net.build_context(z0, pad, context)
-            target = gather_sentences(tokens[part_a], lengths[part_a], slice(0, n_a))
-            state = net.count_state(net.decode(target, float(t), memory, memory_pad), target)
+            state = count_state_of_sentences(model, tokens[part_a], lengths[part_a], float(t), rng)
             # Depths as at generation (the neighbouring observed times'), not A's own.
             depth = model._library_sizes(None, float(t), n_a, rng)
             params = net.count_decoder(state, torch.as_tensor(depth, dtype=torch.float32))
