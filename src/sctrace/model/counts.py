@@ -108,7 +108,8 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
     return -0.5 * (math.log(2.0 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var))
 
 
-def log_hurdle_gaussian(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, zero_logits: torch.Tensor) -> torch.Tensor:
+def log_hurdle_gaussian(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, zero_logits: torch.Tensor,
+                        on_values: torch.Tensor | None = None) -> torch.Tensor:
     """Elementwise log-likelihood of log-normalised expression under a hurdle model (MAST's, Finak et al. 2015).
 
     A gene is off with probability ``sigmoid(zero_logits)``; when on, its value is ``Normal(mean, exp(log_var))``.
@@ -122,13 +123,18 @@ def log_hurdle_gaussian(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tens
         (...) broadcastable tensors, as in :func:`gaussian_log_prob`.
     zero_logits
         (...) logit of the probability that the gene is off (value exactly 0).
+    on_values
+        What the Gaussian scores where the gene is on; default ``x`` itself (the quantile marginal passes the
+        normal scores of ``x``, :class:`CountDecoder`).
 
     Returns
     -------
     (...) log-likelihood of each entry.
     """
+    on_values = x if on_values is None else on_values
     # log sigmoid(z) = -softplus(-z), log (1 - sigmoid(z)) = -softplus(z): finite for logits of any size.
-    return torch.where(x == 0, -F.softplus(-zero_logits), -F.softplus(zero_logits) + gaussian_log_prob(x, mean, log_var))
+    on = -F.softplus(zero_logits) + gaussian_log_prob(on_values, mean, log_var)
+    return torch.where(x == 0, -F.softplus(-zero_logits), on)
 
 
 def values_to_normal(x: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
@@ -383,13 +389,12 @@ class CountDecoder(nn.Module):
         if self.likelihood == "nb":
             return log_nb_positive(x, params["mu"], params["theta"])
         if self.likelihood == "hurdle":
+            scores = None
             if self.quantile_marginal:
                 # On the normal scores; their Jacobian does not depend on the parameters and is left out.
                 self._check_marginals()
                 scores = values_to_normal(x, self.marginal_quantiles)
-                on = -F.softplus(params["zero_logits"]) + gaussian_log_prob(scores, params["mean"], params["log_var"])
-                return torch.where(x == 0, -F.softplus(-params["zero_logits"]), on)
-            return log_hurdle_gaussian(x, params["mean"], params["log_var"], params["zero_logits"])
+            return log_hurdle_gaussian(x, params["mean"], params["log_var"], params["zero_logits"], on_values=scores)
         return gaussian_log_prob(x, params["mean"], params["log_var"])
 
     def _check_marginals(self) -> None:
