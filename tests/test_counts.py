@@ -13,6 +13,7 @@ from sctrace.model.counts import (
     log_nb_positive,
     log_zinb_positive,
     normal_to_values,
+    stratified_uniforms,
     values_to_normal,
 )
 
@@ -342,3 +343,72 @@ def test_quantile_hurdle_loss_trains_and_needs_its_tables():
     with pytest.raises(SctraceInputError, match="Unknown hurdle_marginal 'empirical'; choose one of gaussian, quantile"):
         CountDecoder(8, 4, likelihood="hurdle", hurdle_marginal="empirical")
     assert not CountDecoder(8, 4, likelihood="zinb", hurdle_marginal="quantile").quantile_marginal
+
+
+def test_stratified_uniforms_put_one_level_in_each_stratum_per_gene():
+    levels = stratified_uniforms(50, 7, np.random.default_rng(0))
+    assert levels.shape == (50, 7) and (levels >= 0).all() and (levels < 1).all()
+    for gene in range(7):
+        assert sorted(np.floor(levels[:, gene] * 50).astype(int)) == list(range(50))
+    # Independent orders across genes (else genes would be coupled through the cells), reproducible by seed.
+    assert not np.array_equal(np.argsort(levels[:, 0]), np.argsort(levels[:, 1]))
+    np.testing.assert_array_equal(levels, stratified_uniforms(50, 7, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="at least one cell"):
+        stratified_uniforms(0, 7, np.random.default_rng(0))
+
+
+def _exact_cdf(likelihood, params, grid):
+    """(len(grid), n_genes) CDF of every gene (one cell's parameters) by scipy, written independently of counts.py."""
+    if likelihood in ("zinb", "nb"):
+        mu, theta = params["mu"][0].double().numpy(), params["theta"][0].double().numpy()
+        zero = torch.sigmoid(params["pi_logits"][0]).double().numpy() if likelihood == "zinb" else 0.0
+        return zero + (1 - zero) * stats.nbinom.cdf(grid[:, None], theta, theta / (theta + mu))
+    mean, sd = params["mean"][0].double().numpy(), np.exp(0.5 * params["log_var"][0].double().numpy())
+    zero = torch.sigmoid(params["zero_logits"][0]).double().numpy() if likelihood == "hurdle" else 0.0
+    # Values below 0 are clipped to 0, so the CDF at x >= 0 is the Gaussian's.
+    return zero + (1 - zero) * stats.norm.cdf(grid[:, None], mean, sd)
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "nb", "hurdle", "gaussian"])
+def test_quantile_sampling_follows_the_distribution_within_one_stratum(likelihood):
+    decoder, cls_embedding, library_size = _decoder_and_inputs(likelihood, n_cells=1, n_genes=6)
+    n = 400
+    with torch.no_grad():
+        params = {k: v.repeat(n, 1) for k, v in decoder(cls_embedding, library_size[:1] if likelihood in ("zinb", "nb") else None).items()}
+    levels = torch.as_tensor(stratified_uniforms(n, 6, np.random.default_rng(1)))
+    draws = decoder.sample(params, uniforms=levels).double().numpy()
+    assert (draws >= 0).all()
+    grid = np.unique(np.concatenate([draws.ravel(), [0.0]]))
+    empirical = (draws[:, None, :] <= grid[None, :, None]).mean(0)
+    # Stratified: the empirical CDF of n draws is within 1/n of the exact one everywhere (iid draws: ~1/sqrt(n)).
+    assert np.abs(empirical - _exact_cdf(likelihood, params, grid)).max() <= 1.0 / n + 1e-6
+    iid = decoder.sample(params, torch.Generator().manual_seed(0)).double().numpy()
+    iid_empirical = (iid[:, None, :] <= grid[None, :, None]).mean(0)
+    assert np.abs(iid_empirical - _exact_cdf(likelihood, params, grid)).max() > 2.0 / n
+
+
+def test_quantile_hurdle_stratified_draws_take_the_training_shape():
+    values = _skewed_positive_values()
+    decoder = _quantile_decoder(values)
+    n = 2000
+    params = {"mean": torch.zeros(n, 4), "log_var": torch.zeros(n, 4), "zero_logits": torch.full((n, 4), -1.0)}
+    draws = decoder.sample(params, uniforms=torch.as_tensor(stratified_uniforms(n, 4, np.random.default_rng(0)))).numpy()
+    np.testing.assert_allclose((draws == 0).mean(0)[:3], torch.sigmoid(torch.tensor(-1.0)).item(), atol=1.0 / n + 1e-6)
+    for gene in range(3):
+        real = values[values[:, gene] > 0, gene].astype(np.float32)
+        assert stats.ks_2samp(draws[draws[:, gene] > 0, gene], real).statistic < 0.04
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "nb", "hurdle", "gaussian"])
+def test_quantile_sampling_at_the_edges_of_the_levels_stays_finite_and_non_negative(likelihood):
+    # Level 0 (a Latin hypercube can draw it) and a level exactly at the zero probability map to 0, not to
+    # scipy's -1 for ``nbinom.ppf(0)`` or the Gaussian's -inf.
+    decoder, cls_embedding, library_size = _decoder_and_inputs(likelihood, n_cells=1, n_genes=6)
+    with torch.no_grad():
+        params = {k: v.repeat(3, 1) for k, v in decoder(cls_embedding, library_size[:1] if likelihood in ("zinb", "nb") else None).items()}
+    logits = params.get("pi_logits", params.get("zero_logits"))
+    at_zero = torch.sigmoid(logits[0].double()) if logits is not None else torch.zeros(6, dtype=torch.float64)
+    levels = torch.stack([torch.zeros(6, dtype=torch.float64), at_zero, torch.full((6,), 1.0 - 1e-15, dtype=torch.float64)])
+    draws = decoder.quantile(params, levels)
+    assert torch.isfinite(draws).all() and (draws >= 0).all()
+    assert (draws[0] == 0).all()
