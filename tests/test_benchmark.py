@@ -102,8 +102,10 @@ def test_evaluate_on_the_saved_prediction_agrees_with_the_benchmark(benchmark_ru
     pred.uns["sctrace"] = {"count_kind": "counts"}
     evaluated = evaluate_prediction(pred, data_path, "time", HOLDOUT, run_dir=out / "runs" / "sctrace_seed0")
     run = results["methods"]["sctrace"]["runs"][0]
+    # The benchmark scores the dense array, evaluate a sparse one: float32 sums in another order. abs covers
+    # scores near 0 (an R² of 0.04 from 1 - SS_res / SS_tot differs in its sixth digit).
     for key in ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "rouge1_f1", "rougeL_f1"):
-        assert evaluated["metrics"][key] == pytest.approx(run[key], rel=1e-6), key
+        assert evaluated["metrics"][key] == pytest.approx(run[key], rel=1e-6, abs=1e-7), key
 
 
 def test_plots_are_written(benchmark_run):

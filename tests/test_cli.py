@@ -263,6 +263,12 @@ def test_predict_writes_generated_cells(run_dir, tiny_fast_config, tmp_path, mon
     assert ad.read_h5ad(out).n_obs == 10
     invoke("predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 10, "--library-size", 1500, "--overwrite")
     assert np.all(ad.read_h5ad(out).obs["library_size"] == 1500)
+    invoke("predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 10, "--sampling", "stratified", "--overwrite")
+    assert ad.read_h5ad(out).uns["sctrace"]["sampling"] == "stratified"
+    assert_one_line_error(
+        monkeypatch, capsys, ["predict", run_dir, "--time", HOLDOUT, "--out", out, "--sampling", "lhs", "--overwrite"],
+        "unknown sampling 'lhs'; choose one of iid, stratified",
+    )
 
 
 def test_embed_writes_cell_and_gene_embeddings(run_dir, sim_file, tiny_fast_config, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -178,6 +179,34 @@ def test_predict_at_a_given_library_size(fitted):
     for bad in (0, -5, [np.nan], [], "deep"):
         with pytest.raises(SctraceInputError, match="library_size must be one or more positive"):
             model.predict(holdout, n_cells=3, library_size=bad)
+
+
+def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp_path):
+    model, run_dir, holdout = fitted
+    iid = model.predict(holdout, n_cells=40, seed=2, sampling="iid")
+    stratified = model.predict(holdout, n_cells=40, seed=2)  # cpu-small's count_sampling
+    # Same cells, sentences, depths and expected values: only how the counts are drawn from them differs.
+    np.testing.assert_array_equal(iid.obsm["sctrace_tokens"], stratified.obsm["sctrace_tokens"])
+    np.testing.assert_array_equal(iid.obs["library_size"], stratified.obs["library_size"])
+    np.testing.assert_array_equal(iid.layers["zinb_mean"], stratified.layers["zinb_mean"])
+    assert iid.uns["sctrace"]["sampling"] == "iid" and stratified.uns["sctrace"]["sampling"] == "stratified"
+    counts = stratified.X.toarray()
+    assert np.all(counts >= 0) and np.allclose(counts, np.round(counts)) and not np.array_equal(counts, iid.X.toarray())
+    assert model.config.count_sampling == "stratified"
+    again = model.predict(holdout, n_cells=40, seed=2, sampling="stratified")
+    np.testing.assert_array_equal(counts, again.X.toarray())
+    with pytest.raises(SctraceInputError, match="unknown sampling 'sobol'; choose one of iid, stratified"):
+        model.predict(holdout, n_cells=3, sampling="sobol")
+    # A run saved before count_sampling existed has no such key and keeps drawing independently.
+    old_run = tmp_path / "old_run"
+    shutil.copytree(run_dir, old_run)
+    config = old_run / "config.yaml"
+    lines = config.read_text().splitlines(keepends=True)
+    assert any(line.startswith("count_sampling:") for line in lines)
+    config.write_text("".join(line for line in lines if not line.startswith("count_sampling:")))
+    old_model = TRACE.load(old_run)
+    assert old_model.config.count_sampling == "iid"
+    np.testing.assert_array_equal(old_model.predict(holdout, n_cells=40, seed=2).X.toarray(), iid.X.toarray())
 
 
 def test_library_size_is_refused_for_log_normalised_models(fitted, monkeypatch):

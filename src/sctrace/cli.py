@@ -171,6 +171,8 @@ def predict(
     library_size: Annotated[Optional[float], typer.Option(
         help="Depth (total counts over the model's genes) of every generated cell; default: drawn from the "
              "neighbouring observed times.")] = None,
+    sampling: Annotated[Optional[str], typer.Option(
+        help="iid | stratified: how values are drawn from the count decoder (default: the run's count_sampling).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     threads: Threads = 1,
 ) -> None:
@@ -181,7 +183,7 @@ def predict(
     if out.exists() and not overwrite:
         raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
     model = TRACE.load(run_dir)
-    generated = model.predict(time, n_cells=n_cells, seed=seed, library_size=library_size)
+    generated = model.predict(time, n_cells=n_cells, seed=seed, library_size=library_size, sampling=sampling)
     _write_h5ad(generated, out)
     typer.echo(f"wrote {generated.n_obs} generated cells at time {generated.uns['sctrace']['time']:g} to {out}")
 

@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zinb_mean": ("nb", "scale"),
     "count_pooling": ("cls", "cls+mean", "cls+mean+genes"),
     "hurdle_marginal": ("gaussian", "quantile"),
+    "count_sampling": ("iid", "stratified"),
     "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
     "encoder": ("scratch", "geneformer"),
     "encoder_mode": ("frozen", "finetune"),
@@ -96,6 +97,9 @@ class TraceConfig:
     # generation
     temperature: float = 1.0
     n_iter: int = 20
+    # How generated cells' values are drawn from the count decoder: "iid" (each value on its own; runs before this
+    # key existed) or "stratified" (a Latin hypercube across the cells of one predict call, per gene).
+    count_sampling: str = "iid"
 
     def update(self, overrides: dict[str, Any], origin: str = "overrides") -> TraceConfig:
         """A copy with ``overrides`` applied; unknown keys and wrong types are named in the error."""

@@ -20,11 +20,12 @@ import scipy.sparse as sp
 import torch
 
 from sctrace._errors import SctraceInputError
-from sctrace.config import DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
+from sctrace.config import CHOICES, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
 from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
 from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
+from sctrace.model.counts import stratified_uniforms
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
 WEIGHTS_FILE = "model.safetensors"
@@ -381,6 +382,7 @@ class TRACE:
         source: ad.AnnData | None = None,
         layer: str | None = None,
         library_size: float | Sequence[float] | np.ndarray | None = None,
+        sampling: str | None = None,
     ) -> ad.AnnData:
         """Generate cells at a real time value (held out, in between, or past the last observed time).
 
@@ -402,6 +404,11 @@ class TRACE:
         known: one number for every cell, or values to draw each cell's depth from (e.g. the depths of a planned
         run). Depth is technical, and a held-out sample's cannot be inferred from its neighbours: Klein 2015's
         day 4 was sequenced at about half the depth of days 2 and 7 (BENCHMARKS.md). Count likelihoods only.
+
+        ``sampling``: ``iid`` draws every value on its own; ``stratified`` draws each gene's values across the
+        ``n_cells`` cells of this call as a Latin hypercube (:func:`sctrace.model.counts.stratified_uniforms`):
+        each cell's draw keeps its distribution, the population's per-gene spread carries less sampling noise.
+        Default: the config's ``count_sampling``.
         """
         self._require_trained("predict")
         time = parse_time(time)
@@ -422,6 +429,11 @@ class TRACE:
         temperature = temperature or self.config.temperature
         n_iter = n_iter or self.config.n_iter
         context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, time)]
+        sampling = sampling or self.config.count_sampling
+        if sampling not in CHOICES["count_sampling"]:
+            raise SctraceInputError(f"unknown sampling {sampling!r}; choose one of {', '.join(CHOICES['count_sampling'])}.")
+        # Drawn after the rows and depths, so iid runs keep the random streams they had before this option.
+        uniforms = stratified_uniforms(n_cells, spec.n_genes, rng) if sampling == "stratified" else None
 
         self.net.eval()
         tokens_out, cls_out, mean_out, sample_out = [], [], [], []
@@ -443,7 +455,8 @@ class TRACE:
                 state = self.net.count_state(hidden, tokens)
                 params = self.net.count_decoder(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32))
                 mean_out.append(self.net.count_decoder.mean(params).numpy())
-                sample_out.append(self.net.count_decoder.sample(params, generator=generator).numpy())
+                levels = None if uniforms is None else torch.as_tensor(uniforms[start : start + len(chunk)])
+                sample_out.append(self.net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())
             tokens_out.append(tokens.numpy().astype(np.int32))
             cls_out.append(cls.numpy())
 
@@ -458,7 +471,7 @@ class TRACE:
         out.obsm["sctrace_tokens"] = np.concatenate(tokens_out)
         out.uns["sctrace"] = {
             "time": time, "length": length, "temperature": temperature, "n_iter": n_iter, "seed": seed,
-            "likelihood": self.config.likelihood, "count_kind": spec.count_kind,
+            "likelihood": self.config.likelihood, "count_kind": spec.count_kind, "sampling": sampling,
         }
         return out
 
