@@ -13,6 +13,7 @@ from sctrace.model.counts import (
     log_nb_positive,
     log_zinb_positive,
     normal_to_values,
+    StratifiedLevels,
     stratified_uniforms,
     values_to_normal,
 )
@@ -355,6 +356,25 @@ def test_stratified_uniforms_put_one_level_in_each_stratum_per_gene():
     np.testing.assert_array_equal(levels, stratified_uniforms(50, 7, np.random.default_rng(0)))
     with pytest.raises(ValueError, match="at least one cell"):
         stratified_uniforms(0, 7, np.random.default_rng(0))
+
+
+def test_stratified_levels_come_in_blocks_that_are_each_a_latin_hypercube():
+    # One block: exactly stratified_uniforms, so predict calls up to the block size are unchanged by blocking.
+    np.testing.assert_array_equal(StratifiedLevels(50, 7, np.random.default_rng(0)).rows(0, 50),
+                                  stratified_uniforms(50, 7, np.random.default_rng(0)))
+    whole = StratifiedLevels(20, 3, np.random.default_rng(4), block=8).rows(0, 20)
+    for start, size in ((0, 8), (8, 8), (16, 4)):
+        for gene in range(3):
+            assert sorted(np.floor(whole[start : start + size, gene] * size).astype(int)) == list(range(size))
+    # Batches that straddle blocks see the same levels as one request, and passed blocks are let go.
+    levels = StratifiedLevels(20, 3, np.random.default_rng(4), block=8)
+    batches = [levels.rows(start, min(start + 5, 20)) for start in range(0, 20, 5)]
+    np.testing.assert_array_equal(np.concatenate(batches), whole)
+    assert set(levels._drawn) == {1, 2}  # the last batch (15:20) straddles blocks 1 and 2; block 0 is gone
+    with pytest.raises(ValueError, match="outside 0:20"):
+        levels.rows(15, 21)
+    with pytest.raises(ValueError, match="at least one cell"):
+        StratifiedLevels(5, 3, np.random.default_rng(0), block=0)
 
 
 def _exact_cdf(likelihood, params, grid):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 
 import numpy as np
@@ -197,6 +198,17 @@ def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp
     np.testing.assert_array_equal(counts, again.X.toarray())
     with pytest.raises(SctraceInputError, match="unknown sampling 'sobol'; choose one of iid, stratified"):
         model.predict(holdout, n_cells=3, sampling="sobol")
+    # Calls longer than one block of levels (4,096 cells; 16 here) draw block by block; the batch straddles them.
+    import sctrace.estimator as estimator_module
+    from sctrace.model.counts import StratifiedLevels
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(estimator_module, "StratifiedLevels", functools.partial(StratifiedLevels, block=16))
+        blocked = model.predict(holdout, n_cells=40, seed=2)
+    np.testing.assert_array_equal(blocked.obsm["sctrace_tokens"], stratified.obsm["sctrace_tokens"])
+    blocked_counts = blocked.X.toarray()
+    assert np.all(blocked_counts >= 0) and np.allclose(blocked_counts, np.round(blocked_counts))
+    assert not np.array_equal(blocked_counts, counts)
     # A run saved before count_sampling existed has no such key and keeps drawing independently.
     old_run = tmp_path / "old_run"
     shutil.copytree(run_dir, old_run)

@@ -25,7 +25,7 @@ from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_wit
 from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
 from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
-from sctrace.model.counts import stratified_uniforms
+from sctrace.model.counts import StratifiedLevels
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
 WEIGHTS_FILE = "model.safetensors"
@@ -406,8 +406,9 @@ class TRACE:
         day 4 was sequenced at about half the depth of days 2 and 7 (BENCHMARKS.md). Count likelihoods only.
 
         ``sampling``: ``iid`` draws every value on its own; ``stratified`` draws each gene's values across the
-        ``n_cells`` cells of this call as a Latin hypercube (:func:`sctrace.model.counts.stratified_uniforms`):
-        each cell's draw keeps its distribution, the population's per-gene spread carries less sampling noise.
+        ``n_cells`` cells of this call (in blocks of 4,096 cells) as a Latin hypercube
+        (:class:`sctrace.model.counts.StratifiedLevels`): each cell's draw keeps its distribution, the
+        population's per-gene spread carries less sampling noise.
         Default: the config's ``count_sampling``.
         """
         self._require_trained("predict")
@@ -433,7 +434,7 @@ class TRACE:
         if sampling not in CHOICES["count_sampling"]:
             raise SctraceInputError(f"unknown sampling {sampling!r}; choose one of {', '.join(CHOICES['count_sampling'])}.")
         # Drawn after the rows and depths, so iid runs keep the random streams they had before this option.
-        uniforms = stratified_uniforms(n_cells, spec.n_genes, rng) if sampling == "stratified" else None
+        uniforms = StratifiedLevels(n_cells, spec.n_genes, rng) if sampling == "stratified" else None
 
         self.net.eval()
         tokens_out, cls_out, mean_out, sample_out = [], [], [], []
@@ -455,7 +456,7 @@ class TRACE:
                 state = self.net.count_state(hidden, tokens)
                 params = self.net.count_decoder(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32))
                 mean_out.append(self.net.count_decoder.mean(params).numpy())
-                levels = None if uniforms is None else torch.as_tensor(uniforms[start : start + len(chunk)])
+                levels = None if uniforms is None else torch.as_tensor(uniforms.rows(start, start + len(chunk)))
                 sample_out.append(self.net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())
             tokens_out.append(tokens.numpy().astype(np.int32))
             cls_out.append(cls.numpy())
