@@ -526,28 +526,24 @@ class CountDecoder(nn.Module):
         scipy's (``nbinom.ppf``, on CPU); the Gaussian's is ``ndtri``, through the quantile tables where fitted.
         """
         levels = levels.to(dtype=torch.float64)
+        zero_logits = params.get("zero_logits" if self.likelihood == "hurdle" else "pi_logits")
+        reference = params["mean" if self.likelihood in LOGNORM_LIKELIHOODS else "mu"]
+        zero = torch.zeros_like(reference, dtype=torch.float64) if zero_logits is None else torch.sigmoid(zero_logits.double())
         tiny = 1e-12
+        # The level's share of the positive part, kept off 0 and 1 so neither quantile function returns an end point.
+        rest = ((levels - zero) / (1.0 - zero).clamp_min(tiny)).clamp(tiny, 1.0 - tiny)
         if self.likelihood in LOGNORM_LIKELIHOODS:
-            mean = params["mean"].double()
-            zero = torch.zeros_like(mean)
-            if self.likelihood == "hurdle":
-                zero = torch.sigmoid(params["zero_logits"].double())
-            rest = ((levels - zero) / (1.0 - zero).clamp_min(tiny)).clamp(tiny, 1.0 - tiny)
-            values = mean + torch.exp(0.5 * params["log_var"].double()) * torch.special.ndtri(rest)
+            values = params["mean"].double() + torch.exp(0.5 * params["log_var"].double()) * torch.special.ndtri(rest)
             if self.quantile_marginal:
                 self._check_marginals()
                 values = normal_to_values(values, self.marginal_quantiles.double())
-            values = values.clamp(min=0.0).masked_fill(levels < zero, 0.0)
-            return values.to(params["mean"].dtype)
+            return values.clamp(min=0.0).masked_fill(levels < zero, 0.0).to(reference.dtype)
         from scipy.stats import nbinom
 
-        mu, theta = params["mu"].double(), params["theta"].double()
-        zero = torch.sigmoid(params["pi_logits"].double()) if self.likelihood == "zinb" else torch.zeros_like(mu)
-        rest = ((levels - zero) / (1.0 - zero).clamp_min(tiny)).clamp(tiny, 1.0 - tiny)
-        theta_np = theta.cpu().numpy()
-        counts = nbinom.ppf(rest.cpu().numpy(), theta_np, theta_np / (theta_np + mu.cpu().numpy()))
-        counts = torch.as_tensor(counts, device=mu.device).masked_fill(levels < zero, 0.0)
-        return counts.to(params["mu"].dtype)
+        theta = params["theta"].double().cpu().numpy()
+        counts = nbinom.ppf(rest.cpu().numpy(), theta, theta / (theta + params["mu"].double().cpu().numpy()))
+        counts = torch.as_tensor(counts, device=reference.device).masked_fill(levels < zero, 0.0)
+        return counts.to(reference.dtype)
 
     def mean(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """(batch, n_genes) expected value: ``(1 - pi) mu`` for ``zinb``, ``mu`` for ``nb``, ``mean`` for
