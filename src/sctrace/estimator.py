@@ -434,7 +434,7 @@ class TRACE:
         if sampling not in CHOICES["count_sampling"]:
             raise SctraceInputError(f"unknown sampling {sampling!r}; choose one of {', '.join(CHOICES['count_sampling'])}.")
         # Drawn after the rows and depths, so iid runs keep the random streams they had before this option.
-        uniforms = StratifiedLevels(n_cells, spec.n_genes, rng) if sampling == "stratified" else None
+        strata = StratifiedLevels(n_cells, spec.n_genes, rng) if sampling == "stratified" else None
 
         self.net.eval()
         tokens_out, cls_out, mean_out, sample_out = [], [], [], []
@@ -456,7 +456,7 @@ class TRACE:
                 state = self.net.count_state(hidden, tokens)
                 params = self.net.count_decoder(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32))
                 mean_out.append(self.net.count_decoder.mean(params).numpy())
-                levels = None if uniforms is None else torch.as_tensor(uniforms.rows(start, start + len(chunk)))
+                levels = None if strata is None else torch.as_tensor(strata.rows(start, start + len(chunk)))
                 sample_out.append(self.net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())
             tokens_out.append(tokens.numpy().astype(np.int32))
             cls_out.append(cls.numpy())
