@@ -67,13 +67,20 @@ def prepare(
     stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
     pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
-    n_top_genes: Annotated[int, typer.Option(help="Highly variable genes.")] = 2000,
-    max_len: Annotated[int, typer.Option(help="Gene tokens per cell.")] = 256,
+    n_top_genes: Annotated[Optional[int], typer.Option(help="Highly variable genes (default: the preset's).")] = None,
+    max_len: Annotated[Optional[int], typer.Option(help="Gene tokens per cell (default: the preset's).")] = None,
     likelihood: Annotated[Optional[str], typer.Option(help="As for fit: hurdle or gaussian reads log-normalised data.")] = None,
+    preset: Annotated[str, typer.Option(help="Preset whose data settings to use, as fit would.")] = "cpu-small",
+    config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Threads = 1,
 ) -> None:
-    """Run the data half of the pipeline (split, HVGs, tokenize, pair) and print a summary."""
+    """Run the data half of the pipeline (split, HVGs, tokenize, pair) and print a summary.
+
+    HVGs, sentence length, pairing and likelihood default to the preset's (and ``--config``'s), so the summary
+    describes the corpus that ``sctrace fit`` with the same preset would train on.
+    """
+    from sctrace.config import load_config
     from sctrace.data.corpus import prepare_corpus
     from sctrace.data.io import parse_time, read_timecourse
     from sctrace.data.pairing import check_pairing
@@ -83,6 +90,8 @@ def prepare(
     _set_threads(threads)
     if likelihood is not None and likelihood not in LIKELIHOODS:  # fit checks this when it builds the model
         raise SctraceInputError(f"unknown likelihood '{likelihood}'; choose one of {', '.join(LIKELIHOODS)}.")
+    settings = load_config(preset, config)
+    likelihood = likelihood or settings.likelihood
     source = data if data is not None else _simulated()
     timecourse = read_timecourse(
         source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map),
@@ -91,11 +100,12 @@ def prepare(
     if holdout is None and task != "none":
         values = timecourse.time_values
         holdout = str(values[len(values) // 2] if task == "interpolate" else values[-1])
-    pairing = pairing or ("stratified" if stratify else "random")
+    pairing = pairing or ("stratified" if stratify else settings.pairing)
     check_pairing(pairing, stratify)
     corpus = prepare_corpus(
-        timecourse, task=task, holdout=None if holdout is None else parse_time(holdout), n_top_genes=n_top_genes,
-        max_len=max_len, pairing=pairing, seed=seed,
+        timecourse, task=task, holdout=None if holdout is None else parse_time(holdout),
+        n_top_genes=settings.n_top_genes if n_top_genes is None else n_top_genes,
+        max_len=settings.max_len if max_len is None else max_len, pairing=pairing, seed=seed,
     )
     typer.echo(corpus_summary(timecourse, corpus, pairing))
 
