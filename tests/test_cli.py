@@ -114,7 +114,7 @@ def _summary_rows(output: str) -> dict[float, tuple[int, str, str]]:
 
 
 def test_prepare_prints_the_summary(sim_file):
-    output = invoke("prepare", sim_file, "--holdout", HOLDOUT, "--n-top-genes", 100, "--max-len", 40)
+    output = invoke("prepare", sim_file, "--holdout", HOLDOUT, "--n-top-genes", 100, "--max-len", 40, "--pairing", "random")
     obs_counts = ad.read_h5ad(sim_file).obs["time"].value_counts()
     rows = _summary_rows(output)
     assert rows.keys() == {float(t) for t in obs_counts.index}
@@ -138,15 +138,15 @@ def test_prepare_prints_the_summary(sim_file):
 
 
 def test_prepare_takes_its_data_settings_from_the_preset(sim_file, tmp_path):
-    # Without flags the summary is of the corpus fit would build: cpu-small's 1,000 HVGs, 64 tokens, random pairs.
+    # Without flags the summary is of the corpus fit would build: cpu-small's 1,000 HVGs, 64 tokens, OT pairs.
     output = invoke("prepare", sim_file, "--holdout", HOLDOUT)
     assert output == invoke("prepare", sim_file, "--holdout", HOLDOUT, "--n-top-genes", 1000, "--max-len", 64,
-                            "--pairing", "random")
+                            "--pairing", "ot")
     assert output != invoke("prepare", sim_file, "--holdout", HOLDOUT, "--n-top-genes", 2000, "--max-len", 256)
-    config = tmp_path / "ot.yaml"
-    config.write_text("pairing: ot\nn_top_genes: 50\n")
+    config = tmp_path / "random.yaml"
+    config.write_text("pairing: random\nn_top_genes: 50\n")
     output = invoke("prepare", sim_file, "--holdout", HOLDOUT, "--config", config, "--max-len", 40)
-    assert "pairing: ot" in output and int(re.search(r"HVGs: (\d+)", output)[1]) == 50
+    assert "pairing: random" in output and int(re.search(r"HVGs: (\d+)", output)[1]) == 50
     assert 0 < float(re.search(r"mean tokens per training cell: ([\d.]+)", output)[1]) <= 40
 
 

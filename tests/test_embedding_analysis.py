@@ -38,11 +38,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:Total length of .list. across ra
 # learns the programs within those ~170 steps; no validation split (it would cost half the time). The time code
 # stays at time_scale 100 without context dropout: with cpu-small's smooth code (time_scale 1) this tiny model does
 # not learn the programs in 15 epochs (AUROCs 0.53-0.63), while cpu-small itself does (30 epochs, full size:
-# 0.92 / 0.94 / 0.93 / 0.95, BENCHMARKS.md "Embedding analysis").
+# 0.92 / 0.94 / 0.93 / 0.95, BENCHMARKS.md "Embedding analysis"). Random pairs, with which the AUROCs below were
+# measured (cpu-small has paired by OT since 2026-11-29).
 CONFIG = dict(
     n_top_genes=120, max_len=48, d_model=32, n_heads=2, head_dim=16, n_encoder_layers=1, n_decoder_layers=1,
     count_hidden=32, batch_size=32, n_iter=6, dropout=0.0, lr=1e-2, val_fraction=0.0, time_scale=100.0,
-    context_dropout=0.0,
+    context_dropout=0.0, pairing="random",
 )
 EPOCHS = 15
 # (group_by, group, program whose genes must score high for that group). Early genes are checked at the first
