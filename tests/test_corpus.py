@@ -43,15 +43,18 @@ def test_unknown_holdout_time_is_named(small_timecourse):
         prepare_corpus(tc, task="interpolate", holdout=3.3)
 
 
-def _fitted_artefacts(adata, holdout):
-    corpus = prepare_corpus(read_timecourse(adata, "time"), task="interpolate", holdout=holdout, n_top_genes=100, max_len=40)
+def _fitted_artefacts(adata, holdout, pairing="random"):
+    corpus = prepare_corpus(read_timecourse(adata, "time"), task="interpolate", holdout=holdout, n_top_genes=100, max_len=40,
+                            pairing=pairing)
     return corpus
 
 
-def test_held_out_cells_change_nothing_that_is_fitted(small_timecourse):
+# "ot" too, cpu-small's pairing: its PCA coordinates must come from training cells only.
+@pytest.mark.parametrize("pairing", ["random", "ot"])
+def test_held_out_cells_change_nothing_that_is_fitted(small_timecourse, pairing):
     """Replace every held-out cell's counts by other counts: genes, medians, tokens, pairs, statistics stay equal."""
     holdout = sorted(small_timecourse.obs["time"].unique())[2]
-    before = _fitted_artefacts(small_timecourse, holdout)
+    before = _fitted_artefacts(small_timecourse, holdout, pairing)
 
     changed = small_timecourse.copy()
     held = np.flatnonzero(np.isclose(changed.obs["time"].to_numpy(float), holdout))
@@ -59,7 +62,7 @@ def test_held_out_cells_change_nothing_that_is_fitted(small_timecourse):
     rng = np.random.default_rng(5)
     X[held] = sp.random(len(held), changed.n_vars, density=0.5, random_state=rng, data_rvs=lambda n: rng.integers(1, 500, n))
     changed.X = sp.csr_matrix(X).astype(np.int32)
-    after = _fitted_artefacts(changed, holdout)
+    after = _fitted_artefacts(changed, holdout, pairing)
 
     assert before.spec == after.spec
     np.testing.assert_array_equal(before.tokens, after.tokens)
