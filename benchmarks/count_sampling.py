@@ -17,22 +17,12 @@ adds to a predict call; the figure to compare is the absolute time per value aga
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
 import numpy as np
 import torch
+from _timing import fastest
 
 from sctrace.model.counts import CountDecoder, StratifiedLevels
-
-
-def _timed(fn, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _decoder(likelihood: str, n_genes: int, n_input: int = 64) -> CountDecoder:
@@ -55,7 +45,7 @@ def run(cells: int, genes: int, likelihood: str, repeats: int) -> tuple[float, f
     with torch.no_grad():
         params = decoder(state, library)
     generator = torch.Generator().manual_seed(0)
-    iid = _timed(lambda: decoder.sample(params, generator=generator), repeats)
+    iid = fastest(lambda: decoder.sample(params, generator=generator), repeats)
 
     def stratified() -> None:
         levels = StratifiedLevels(cells, genes, np.random.default_rng(0))
@@ -64,7 +54,7 @@ def run(cells: int, genes: int, likelihood: str, repeats: int) -> tuple[float, f
             rows = {key: value[start:stop] for key, value in params.items()}
             decoder.sample(rows, uniforms=torch.as_tensor(levels.rows(start, stop)))
 
-    return iid, _timed(stratified, repeats)
+    return iid, fastest(stratified, repeats)
 
 
 def main() -> None:

@@ -15,10 +15,9 @@ thread count limits BLAS (threadpoolctl), which the PCA and the cost matrices us
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
 import numpy as np
+from _timing import fastest
 
 from sctrace._threads import set_threads
 from sctrace.data.corpus import prepare_corpus
@@ -30,22 +29,13 @@ TIMES = (0.0, 1.0, 2.5, 4.0, 6.0, 8.5)
 HOLDOUT = 4.0
 
 
-def _timed(fn, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def corpus_seconds(timecourse, repeats: int) -> tuple[float, float]:
     """(random s, ot s) for prepare_corpus with cpu-small's data settings."""
 
     def prepare(mode: str) -> None:
         prepare_corpus(timecourse, task="interpolate", holdout=HOLDOUT, n_top_genes=1000, max_len=64, pairing=mode)
 
-    return _timed(lambda: prepare("random"), repeats), _timed(lambda: prepare("ot"), repeats)
+    return fastest(lambda: prepare("random"), repeats), fastest(lambda: prepare("ot"), repeats)
 
 
 def solver_seconds(cells: int, repeats: int) -> float:
@@ -54,7 +44,7 @@ def solver_seconds(cells: int, repeats: int) -> float:
     train_times = [t for t in TIMES if t != HOLDOUT]
     times = rng.choice(train_times, size=cells)
     coordinates = rng.normal(size=(cells, 30))
-    return _timed(lambda: pair_cells(times, train_times, mode="ot", coordinates=coordinates, seed=0), repeats)
+    return fastest(lambda: pair_cells(times, train_times, mode="ot", coordinates=coordinates, seed=0), repeats)
 
 
 def main() -> None:
