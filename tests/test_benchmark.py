@@ -161,6 +161,24 @@ def test_ablation_variants():
     assert all(not v.fit_overrides for v in iterations)  # generation-only: one fit serves every variant
     assert [v.label for v in ablation_variants("length")] == [
         "sctrace[length_factor=0.5x]", "sctrace[length_factor=1x]", "sctrace[length_factor=1.5x]"]
+    assert [v.fit_overrides["rank_encoding"] for v in ablation_variants("pos-encoding")] == [
+        "learnable", "sinusoidal", "unified"]
+
+
+def test_encoder_ablation_adds_the_pretrained_rows_with_a_local_model(tmp_path):
+    offline = ablation_variants("encoder")
+    assert [v.fit_overrides for v in offline] == [{"encoder": "scratch"}, {"encoder": "random"}]
+    full = ablation_variants("encoder", tmp_path)
+    assert [v.label for v in full] == ["sctrace[encoder=scratch]", "sctrace[encoder=random]",
+                                       "sctrace[encoder=geneformer-frozen]", "sctrace[encoder=geneformer-finetune]"]
+    assert [v.fit_overrides.get("encoder_mode") for v in full] == [None, None, "frozen", "finetune"]
+    assert {v.fit_overrides.get("encoder_path") for v in full[2:]} == {str(tmp_path.resolve())}
+    with pytest.raises(SctraceInputError, match="not a directory"):
+        ablation_variants("encoder", tmp_path / "nope")
+    with pytest.raises(SctraceInputError, match="--ablate encoder only"):
+        ablation_variants("schedule", tmp_path)
+    with pytest.raises(SctraceInputError, match="encoder_path: DIR"):
+        ablation_variants(None, tmp_path)
 
 
 def test_summarise_runs_matches_numpy():

@@ -203,6 +203,10 @@ def test_prepare_reads_lognormalised_data_with_gaussian(sim_file, tmp_path, monk
          "config key 'pairing' in overrides must be one of random, stratified, ot, got 'sideways'"),
         (["benchmark", "{sim}", "--holdout", "4", "--out", "{dir}/b", "--likelihood", "hurdle"],
          "likelihood 'hurdle' does not fit --count-kind counts"),
+        (["benchmark", "{sim}", "--holdout", "4", "--out", "{dir}/b", "--ablate", "encoder", "--encoder-path", "{dir}/gf"],
+         "gf is not a directory; pass the folder holding"),
+        (["benchmark", "{sim}", "--holdout", "4", "--out", "{dir}/b", "--encoder-path", "{dir}"],
+         "--encoder-path is read by --ablate encoder only"),
         (["fit", "{sim}", "--out", "{dir}/r", "--preset", "huge"], "unknown preset 'huge'; choose one of"),
         (["fit", "{sim}", "--out", "{dir}/r", "--config", "{dir}/bad.yaml"], "unknown config key(s) d_modle in"),
         (["predict", "{dir}/no_run", "--time", "4", "--out", "{dir}/p.h5ad"], "no_run does not exist; pass the --out directory"),
@@ -307,7 +311,7 @@ def test_embed_writes_cell_and_gene_embeddings(run_dir, sim_file, tiny_fast_conf
 
 def test_fit_encoder_flags_reach_the_config(sim_file, tmp_path, monkeypatch, capsys):
     base = ["fit", sim_file, "--holdout", HOLDOUT, "--out", tmp_path / "run", "--max-epochs", 1]
-    assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "bert"], "'encoder' in overrides must be one of scratch, geneformer")
+    assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "bert"], "'encoder' in overrides must be one of scratch, random, geneformer")
     assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "geneformer"], "pass encoder_path (CLI: --encoder-path DIR)")
     assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "geneformer", "--encoder-path", tmp_path / "none"],
                           "does not exist")

@@ -358,6 +358,43 @@ def test_tied_token_tables_train_save_and_load(small_timecourse, tiny_fast_confi
     torch.testing.assert_close(loaded.net.token_head.weight, model.net.token_head.weight)
 
 
+def test_unified_position_code_lays_the_time_points_end_to_end():
+    from sctrace.model.embeddings import CellEmbedding, sinusoidal_time_encoding
+
+    # Observed times 0, 2, 4, 6 (three steps of 2); sentences of up to 5 genes + [CLS]: blocks of 6 positions.
+    embed = CellEmbedding(10, 8, 5, rank_encoding="unified", time_origin=0.0, time_span=6.0, time_steps=3)
+    pads = torch.zeros(3, 4, dtype=torch.long)  # the padding token's embedding is zero: only the code is left
+    code = embed(pads, torch.tensor([0.0, 2.0, 3.0]))
+    expected = sinusoidal_time_encoding(torch.tensor([0.0, 1.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0, 9.0, 10.0, 11.0, 12.0]), 8)
+    torch.testing.assert_close(code.reshape(-1, 8), expected)  # time 3, unseen, starts half a block after time 2
+
+
+def test_a_model_with_the_unified_code_fits_and_predicts_an_unseen_time(small_timecourse, tiny_fast_config, tmp_path):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    model = TRACE(small_timecourse, "time", holdout=holdout, rank_encoding="unified", **{**tiny_fast_config, "max_epochs": 1})
+    assert not hasattr(model.net.target_embedding, "rank") and model.net.target_embedding.time_steps == 4
+    model.fit(run_dir=tmp_path / "run", progress=False)
+    first = model.predict(holdout, n_cells=5, seed=0)
+    again = TRACE.load(tmp_path / "run").predict(holdout, n_cells=5, seed=0)
+    np.testing.assert_array_equal(first.obsm["sctrace_tokens"], again.obsm["sctrace_tokens"])
+
+
+def test_random_encoder_stays_at_its_initialisation_and_saves_and_loads(small_timecourse, tiny_fast_config, tmp_path):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    model = TRACE(small_timecourse, "time", holdout=holdout, encoder="random", **{**tiny_fast_config, "max_epochs": 1})
+    assert "frozen at initialisation" in repr(model)
+    frozen = {**model.net.source_embedding.state_dict(prefix="source_embedding."), **model.net.encoder.state_dict(prefix="encoder.")}
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    model.fit(run_dir=tmp_path / "run", progress=False)
+    after = model.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("decoder."))
+    loaded = TRACE.load(tmp_path / "run")  # no encoder.json: the random encoder's weights are in the safetensors
+    assert not (tmp_path / "run" / "encoder.json").exists()
+    torch.testing.assert_close(loaded.net.encoder.state_dict(), model.net.encoder.state_dict())
+    assert not any(p.requires_grad for p in loaded.net.encoder.parameters())
+
+
 def test_count_state_pools_gene_positions_only():
     torch.manual_seed(0)
     net = TraceNet(43, 40, 30, d_model=32, n_heads=2, head_dim=16, count_pooling="cls+mean").eval()

@@ -429,3 +429,27 @@ def test_pretrained_encoder_configuration_errors(small_timecourse, tiny_fast_con
     with pytest.raises(SctraceInputError, match="lower max_len"):
         TRACE(small_timecourse, "time", task="none", encoder="geneformer", encoder_path=str(directory),
               **{**tiny_fast_config, "max_len": 100})
+
+
+def test_benchmark_encoder_ablation_runs_the_paper_rows_with_a_local_model(small_timecourse, tiny_fast_config, tmp_path):
+    import yaml
+
+    from sctrace.benchmark import run_benchmark
+
+    directory = simulator_bert_dir(tmp_path, small_timecourse)
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    results = run_benchmark(small_timecourse, "time", holdout=holdout, out_dir=tmp_path / "out", methods=["sctrace"],
+                            seeds=[0], ablate="encoder", encoder_path=directory, plots=False, echo=lambda line: None,
+                            sctrace_overrides={**tiny_fast_config, "max_epochs": 1, "max_len": 40})
+    labels = ["scratch", "random", "geneformer-frozen", "geneformer-finetune"]
+    assert list(results["methods"]) == [f"sctrace[encoder={label}]" for label in labels]
+    for entry in results["methods"].values():
+        assert "failed" not in entry and np.isfinite(entry["runs"][0]["emd"])
+    for label in labels:
+        run = tmp_path / "out" / "runs" / f"sctrace_encoder_{label}_seed0"
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["encoder"] == label.split("-")[0]
+        assert (run / "encoder.json").exists() == label.startswith("geneformer")
+        if label.startswith("geneformer"):
+            assert config["encoder_mode"] == label.split("-")[1] and config["encoder_path"] == str(directory.resolve())
+    assert not any("--encoder-path" in note for note in results["notes"])

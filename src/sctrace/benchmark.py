@@ -68,22 +68,38 @@ class Variant:
     predict_options: dict = field(default_factory=dict)
 
 
-# --ablate NAME -> (config key or predict option, values); "length" scales the default generated length.
+# --ablate NAME -> (config key or predict option, values); "length" scales the default generated length. The
+# paper's section 5: Table 3 (encoder), Table 4 and Figures 4-5 (schedule, iterations, length), Table 5
+# (pos-encoding: learnable rank + sinusoidal time, sinusoidal both, one unified sinusoidal code).
 ABLATIONS: dict[str, tuple[str, tuple]] = {
     "schedule": ("mask_schedule", ("cosine", "exponential", "cubic", "linear")),
-    "pos-encoding": ("rank_encoding", ("learnable", "sinusoidal")),
+    "pos-encoding": ("rank_encoding", ("learnable", "sinusoidal", "unified")),
     "iterations": ("n_iter", (1, 5, 20)),
     "length": ("length_factor", (0.5, 1.0, 1.5)),
+    "encoder": ("encoder", ("scratch", "random")),
 }
 _PREDICT_TIME_OPTIONS = ("n_iter", "length_factor")
+# Paper Table 3's pretrained rows: only with a local Geneformer-format model (nothing is downloaded).
+ENCODER_PATH_HINT = ("the paper's pretrained rows (Geneformer, frozen and fine-tuned) need a local Geneformer-format "
+                     "model: pass --encoder-path DIR (config.json, weights, token dictionary, gene medians).")
 
 
-def ablation_variants(ablate: str | None) -> list[Variant]:
-    """The sctrace rows for an ablation (a single default row without one)."""
+def ablation_variants(ablate: str | None, encoder_path: str | os.PathLike | None = None) -> list[Variant]:
+    """The sctrace rows for an ablation (a single default row without one).
+
+    ``--ablate encoder`` always compares the encoder trained from scratch with the same encoder frozen at its
+    random initialisation (what learning to read the source adds); with ``encoder_path`` it adds the paper's
+    pretrained Geneformer rows, frozen and fine-tuned.
+    """
     if ablate is None:
+        if encoder_path is not None:
+            raise SctraceInputError("--encoder-path is read by --ablate encoder only; to benchmark sctrace with a "
+                                    "pretrained encoder, put `encoder: geneformer` and `encoder_path: DIR` in --config.")
         return [Variant("sctrace")]
     if ablate not in ABLATIONS:
         raise SctraceInputError(f"unknown ablation '{ablate}'; choose one of {', '.join(ABLATIONS)}.")
+    if encoder_path is not None and ablate != "encoder":
+        raise SctraceInputError(f"--encoder-path is read by --ablate encoder only, not by --ablate {ablate}.")
     key, values = ABLATIONS[ablate]
     variants = []
     for value in values:
@@ -92,6 +108,13 @@ def ablation_variants(ablate: str | None) -> list[Variant]:
             variants.append(Variant(label, predict_options={key: value}))
         else:
             variants.append(Variant(label, fit_overrides={key: value}))
+    if ablate == "encoder" and encoder_path is not None:
+        if not Path(encoder_path).is_dir():
+            raise SctraceInputError(f"--encoder-path {encoder_path} is not a directory; pass the folder holding the "
+                                    "pretrained model's config.json.")
+        for mode in ("frozen", "finetune"):
+            variants.append(Variant(f"sctrace[encoder=geneformer-{mode}]", fit_overrides={
+                "encoder": "geneformer", "encoder_path": str(Path(encoder_path).resolve()), "encoder_mode": mode}))
     return variants
 
 
@@ -310,6 +333,7 @@ def run_benchmark(
     count_kind: str = "counts",
     layer: str | None = None,
     ablate: str | None = None,
+    encoder_path: str | os.PathLike | None = None,
     sctrace_overrides: dict | None = None,
     otcfm_settings: dict | None = None,
     mioflow_settings: dict | None = None,
@@ -343,6 +367,8 @@ def run_benchmark(
         What the expression holds, and where (default ``X``).
     ablate
         One of :data:`ABLATIONS`: sctrace is run once per value instead of once.
+    encoder_path
+        A local Geneformer-format model for ``ablate="encoder"``'s pretrained rows (see :func:`ablation_variants`).
     otcfm_settings
         Fields of :class:`sctrace.peers.otcfm.OTCFMSettings`.
     mioflow_settings
@@ -366,7 +392,7 @@ def run_benchmark(
     methods, seeds = _check_methods(methods, seeds)
     if task not in ("interpolate", "extrapolate"):
         raise SctraceInputError(f"unknown benchmark task '{task}'; choose interpolate or extrapolate.")
-    variants = ablation_variants(ablate)
+    variants = ablation_variants(ablate, encoder_path)
     otcfm_resolved = _peer_settings("otcfm", otcfm_settings, methods)
     mioflow_resolved = _peer_settings("mioflow", mioflow_settings, methods)
     if ablate is not None and "sctrace" not in methods:
@@ -394,6 +420,8 @@ def run_benchmark(
     echo(f"{task} at {holdout:g}: {len(train_rows)} training cells at {', '.join(f'{t:g}' for t in train_times)}; "
          f"{n_real} held-out cells; {len(genes)} HVGs")
 
+    if ablate == "encoder" and encoder_path is None:
+        echo(f"note: {ENCODER_PATH_HINT}")
     skipped, jobs = {}, []
     base = {"train_path": str(work / TRAIN_FILE), "time_key": time_key, "target_time": holdout, "genes": genes,
             "n_cells": n_real, "count_kind": count_kind, "threads": threads, "predictions_dir": str(predictions_dir)}
@@ -435,13 +463,16 @@ def run_benchmark(
         "time_key": time_key, "task": task, "holdout": holdout, "train_times": [float(t) for t in train_times],
         "reference_time": cells.reference_time, "n_real": n_real, "n_genes": len(genes), "genes": genes,
         "seeds": seeds, "count_kind": count_kind, "preset": preset, "config": None if config is None else str(config),
-        "sctrace_overrides": overrides, "ablate": ablate, "otcfm_settings": otcfm_resolved,
+        "sctrace_overrides": overrides, "ablate": ablate,
+        "encoder_path": None if encoder_path is None else str(encoder_path), "otcfm_settings": otcfm_resolved,
         "mioflow_settings": mioflow_resolved, "skipped": skipped,
         "memory_measure": "peak resident set size (VmHWM) of the fresh process that ran one seed of the method, "
                           "including Python, its libraries and the training data",
         "notes": ["Every method saw only the training cells (work/train.h5ad); the held-out cells were used only "
                   "for scoring and plots."],
     })
+    if ablate == "encoder" and encoder_path is None:
+        results["notes"].append(f"--ablate encoder without --encoder-path: {ENCODER_PATH_HINT}")
     if "sctrace" in methods and any(len(g) > 1 for g in _group_by_fit(variants).values()):
         results["notes"].append("The ablation's variants share one fitted model per seed; each row's wall s is that "
                                 "fit plus its own generation, and peak MB is that of the shared process.")

@@ -142,7 +142,7 @@ def fit(
     num_nodes: Annotated[int, typer.Option(help="Machines in a multi-node run (launched by torchrun or SLURM).")] = 1,
     strategy: Annotated[str, typer.Option(help="Lightning strategy: auto | ddp | ddp_spawn | ...")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on a GPU, fp32 on CPU) | 32-true | bf16-mixed.")] = "auto",
-    encoder: Annotated[Optional[str], typer.Option(help="Source encoder: scratch | geneformer (pretrained, local).")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Source encoder: scratch | random (frozen at initialisation, a control) | geneformer (pretrained, local).")] = None,
     encoder_path: Annotated[Optional[Path], typer.Option(help="Directory of the pretrained encoder: config.json, "
                             "model.safetensors, token_dictionary.{json,csv,pkl}, gene medians.")] = None,
     encoder_mode: Annotated[Optional[str], typer.Option(help="frozen | finetune (pretrained encoder only).")] = None,
@@ -280,7 +280,10 @@ def benchmark(
         help="sctrace's likelihood (default: the preset's, or hurdle with --count-kind lognorm).")] = None,
     count_kind: Annotated[str, typer.Option(help="counts | lognorm (what X or the layer holds).")] = "counts",
     layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
-    ablate: Annotated[Optional[str], typer.Option(help="Vary sctrace: schedule | pos-encoding | iterations | length.")] = None,
+    ablate: Annotated[Optional[str], typer.Option(
+        help="Vary sctrace: schedule | pos-encoding | iterations | length | encoder.")] = None,
+    encoder_path: Annotated[Optional[Path], typer.Option(
+        help="With --ablate encoder: a local Geneformer-format model, adding the pretrained rows (frozen, fine-tuned).")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
     mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
     plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
@@ -299,7 +302,7 @@ def benchmark(
     results = run_benchmark(
         data, time_key, task=task, holdout=holdout, out_dir=out, methods=_parse_list(methods, "methods"),
         seeds=seed_values, preset=preset, config=config, max_epochs=max_epochs, count_kind=count_kind, layer=layer,
-        ablate=ablate, otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
+        ablate=ablate, encoder_path=encoder_path, otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
         mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs}, threads=threads,
         sctrace_overrides={k: v for k, v in (("pairing", pairing), ("likelihood", likelihood)) if v is not None},
         overwrite=overwrite, plots=plots, embedding_layout=layout, echo=typer.echo,

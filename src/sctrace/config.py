@@ -24,7 +24,7 @@ DEFAULT_LOGNORM_LIKELIHOOD = "hurdle"
 # Keys that take one of a few words: a typo is named at load time, not deep inside a fit.
 CHOICES: dict[str, tuple[str, ...]] = {
     "pairing": ("random", "stratified", "ot"),
-    "rank_encoding": ("learnable", "sinusoidal"),
+    "rank_encoding": ("learnable", "sinusoidal", "unified"),
     "likelihood": ("zinb", "nb", "gaussian", "hurdle"),
     "count_input": ("masked", "complete"),
     "zinb_mean": ("nb", "scale"),
@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hurdle_marginal": ("gaussian", "quantile"),
     "count_sampling": ("iid", "stratified"),
     "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
-    "encoder": ("scratch", "geneformer"),
+    "encoder": ("scratch", "random", "geneformer"),
     "encoder_mode": ("frozen", "finetune"),
 }
 
@@ -50,7 +50,9 @@ class TraceConfig:
     pairing: str = "random"
     # model
     d_model: int = 64
-    encoder: str = "scratch"  # or "geneformer": a pretrained Geneformer-format BERT reads the source cell
+    # "scratch": trained with the rest; "random": the same encoder left at its random initialisation (a control:
+    # what learning to read the source adds); "geneformer": a pretrained Geneformer-format BERT reads the source.
+    encoder: str = "scratch"
     encoder_path: str = ""  # directory of the pretrained encoder (config.json, safetensors, token dictionary, medians)
     encoder_mode: str = "frozen"  # frozen | finetune
     n_heads: int = 4
@@ -58,6 +60,8 @@ class TraceConfig:
     n_encoder_layers: int = 2
     n_decoder_layers: int = 2
     dropout: float = 0.1
+    # Gene-rank code: "learnable" (the paper's), "sinusoidal", or "unified" (one sinusoidal code over all time
+    # points laid end to end, no separate time code; the paper's section 5.3).
     rank_encoding: str = "learnable"
     tie_token_embeddings: bool = False
     time_scale: float = 100.0

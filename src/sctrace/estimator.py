@@ -74,7 +74,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
                 f"sentences of {spec.max_len} genes are longer than the pretrained encoder takes ({pretrained.max_genes}); "
                 "lower max_len."
             )
-    return TraceNet(
+    net = TraceNet(
         spec.vocab_size,
         spec.n_genes,
         spec.max_len,
@@ -88,6 +88,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         time_origin=times[0],
         time_span=times[-1] - times[0],
         time_scale=config.time_scale,
+        time_steps=len(times) - 1,
         count_hidden=config.count_hidden,
         count_dropout=config.count_dropout,
         likelihood=config.likelihood,
@@ -98,6 +99,11 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         tie_token_embeddings=config.tie_token_embeddings,
         pretrained=pretrained,
     )
+    if config.encoder == "random":
+        # Left out of the optimiser (train.py keeps only parameters that require a gradient); saved with the rest.
+        net.source_embedding.requires_grad_(False)
+        net.encoder.requires_grad_(False)
+    return net
 
 
 def is_rank_zero() -> bool:
@@ -254,6 +260,7 @@ class TRACE:
             f"TRACE({spec.n_genes} genes, times {spec.time_values}, task={spec.task}, holdout={spec.holdout}, "
             f"{len(self.corpus.pairs)} pairs, trained={self.is_trained}"
             + (f", encoder: {self.net.pretrained.summary()} ({self.config.encoder_mode})" if self.net.pretrained is not None else "")
+            + (", encoder: random, frozen at initialisation" if self.config.encoder == "random" else "")
             + ")"
         )
 
@@ -567,7 +574,7 @@ class TRACE:
         if not run_dir.is_dir():
             raise SctraceInputError(f"run directory {run_dir} does not exist; pass the --out directory of `sctrace fit`.")
         config = TraceConfig.from_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
-        needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if config and config.encoder != "scratch" else ())
+        needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if config and config.encoder == "geneformer" else ())
         for name in needed:
             if not (run_dir / name).exists():
                 raise SctraceInputError(
@@ -580,7 +587,7 @@ class TRACE:
         self.seed = 0
         self.history = None
         encoder_config = None
-        if self.config.encoder != "scratch":
+        if self.config.encoder == "geneformer":
             try:
                 encoder_config = json.loads((run_dir / ENCODER_FILE).read_text())
             except (OSError, json.JSONDecodeError) as err:

@@ -50,6 +50,8 @@ class TraceNet(nn.Module):
         Longest gene sentence (without [CLS]).
     time_origin, time_span
         Observed time range, used to scale real time values before the sinusoidal encoding.
+    time_steps
+        Observed time points minus one; places each time's block in ``rank_encoding="unified"``.
     count_input
         Which [CLS] state trains the count decoder: ``masked`` (the masked training pass, no extra cost) or
         ``complete`` (an extra decoder pass over the unmasked target sentence, matching generation).
@@ -84,6 +86,7 @@ class TraceNet(nn.Module):
         time_origin: float = 0.0,
         time_span: float = 1.0,
         time_scale: float = 100.0,
+        time_steps: int = 1,
         count_hidden: int = 128,
         count_dropout: float = 0.1,
         likelihood: str = "zinb",
@@ -101,7 +104,8 @@ class TraceNet(nn.Module):
             raise ValueError(f"count_pooling must be one of {', '.join(COUNT_POOLINGS)}, got {count_pooling!r}")
         self.count_input, self.count_pooling = count_input, count_pooling
         self.vocab_size, self.n_genes, self.max_len = vocab_size, n_genes, max_len
-        embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale)
+        embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale,
+                          time_steps=time_steps)
         # The source cell and the target/context cells get their own embeddings: they play different roles.
         # Created in this order so that a seed gives the same initial weights as before the pretrained option.
         self.pretrained = pretrained
