@@ -15,6 +15,7 @@ from sctrace.metrics import (
     emd,
     emd_per_gene,
     fit_pca,
+    gene_correlation,
     mmd_rbf,
     pearson_delta,
     pearson_mean,
@@ -72,6 +73,7 @@ def test_every_metric_is_zero_or_one_on_identical_inputs():
     assert e_distance(cells, cells) == pytest.approx(0.0, abs=1e-12)
     assert pearson_mean(cells, cells) == pytest.approx(1.0)
     assert r2_mean(cells, cells) == pytest.approx(1.0)
+    assert gene_correlation(cells, cells) == pytest.approx(1.0)
     tokens = np.array([[2, 10, 11, 12, 0], [2, 7, 5, 0, 0]])
     assert rouge1(tokens, tokens) == {"rouge1_precision": 1.0, "rouge1_recall": 1.0, "rouge1_f1": 1.0}
     assert rouge_l(tokens, tokens) == {"rougeL_precision": 1.0, "rougeL_recall": 1.0, "rougeL_f1": 1.0}
@@ -190,6 +192,35 @@ def test_zero_variance_gives_nan_with_a_warning():
         assert math.isnan(r2_mean(_cells(5, n_genes=4), constant))
 
 
+def _programmes(n_cells, n_genes=30, seed=0, shift=0.0):
+    """Cells whose genes follow three shared programmes (blocks of co-varying genes), with noise and zeros."""
+    rng = np.random.default_rng(seed)
+    loadings = np.zeros((3, n_genes))
+    for k in range(3):
+        loadings[k, k * n_genes // 3 : (k + 1) * n_genes // 3] = np.linspace(0.5, 1.5, n_genes // 3)
+    values = np.maximum(rng.standard_normal((n_cells, 3)) @ loadings + 0.3 * rng.standard_normal((n_cells, n_genes)) + 1.0, 0)
+    return values + shift
+
+
+def test_gene_correlation_matches_a_direct_formula_and_sees_what_the_marginals_hide():
+    real, pred = _programmes(300, seed=0), _programmes(200, seed=1, shift=0.1)
+    chosen = np.argsort(-real.var(axis=0), kind="stable")[:20]
+    upper = np.triu_indices(20, k=1)
+    direct = scipy.stats.pearsonr(np.corrcoef(pred[:, chosen].T)[upper], np.corrcoef(real[:, chosen].T)[upper])[0]
+    assert gene_correlation(pred, real, n_genes=20) == pytest.approx(direct, abs=1e-10)
+    assert gene_correlation(pred, real) > 0.9  # the same programmes, another draw
+    # Each gene's values shuffled across cells: every marginal (and so EMD and the means) kept, the co-variation gone.
+    rng = np.random.default_rng(2)
+    shuffled = np.column_stack([rng.permutation(pred[:, g]) for g in range(pred.shape[1])])
+    assert emd(shuffled, real) == pytest.approx(emd(pred, real)) and e_distance(shuffled, real) == pytest.approx(e_distance(pred, real))
+    assert abs(gene_correlation(shuffled, real)) < 0.2
+    # A gene constant in pred correlates 0 with the others instead of spoiling the whole score with NaN.
+    pred[:, chosen[0]] = 1.0
+    assert np.isfinite(gene_correlation(pred, real))
+    with pytest.warns(RuntimeWarning, match="fewer than three genes vary"):
+        assert math.isnan(gene_correlation(pred, np.ones((10, 30))))
+
+
 # ---------------------------------------------------------------------------------------------------- sparse input
 
 
@@ -209,7 +240,8 @@ def test_sparse_input_equals_dense_input():
 def test_score_keys_and_values():
     x, y = _cells(20, seed=23), _cells(25, seed=24)
     result = score(x, y)
-    assert list(result) == ["mmd", "emd", "e_distance", "pearson", "r2"]
+    assert list(result) == ["mmd", "emd", "e_distance", "pearson", "r2", "gene_corr"]
+    assert result["gene_corr"] == pytest.approx(gene_correlation(x, y))
     assert result["emd"] == pytest.approx(emd(x, y))
     assert result["mmd"] == pytest.approx(mmd_rbf(x, y))
     assert "pearson_delta" in score(x, y, reference=_cells(10, seed=25))
@@ -224,7 +256,7 @@ def test_score_keys_and_values():
 # ---------------------------------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("metric", [mmd_rbf, emd, emd_per_gene, e_distance, pearson_mean, r2_mean, score])
+@pytest.mark.parametrize("metric", [mmd_rbf, emd, emd_per_gene, e_distance, pearson_mean, r2_mean, gene_correlation, score])
 def test_input_validation(metric):
     good = _cells(5)
     with pytest.raises(SctraceInputError, match=r"\(5, 12\).*\(5, 11\)"):

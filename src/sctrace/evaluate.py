@@ -50,6 +50,7 @@ METRIC_LABELS: dict[str, str] = {
     "pearson": "PearsonR",
     "r2": "R²",
     "pearson_delta": "Pearson-delta",
+    "gene_corr": "gene-gene r",
     "rouge1_f1": "ROUGE-1 F1",
     "rougeL_f1": "ROUGE-L F1",
 }
