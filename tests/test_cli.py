@@ -282,6 +282,8 @@ def test_predict_writes_generated_cells(run_dir, tiny_fast_config, tmp_path, mon
     assert np.all(ad.read_h5ad(out).obs["library_size"] == 1500)
     invoke("predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 10, "--sampling", "stratified", "--overwrite")
     assert ad.read_h5ad(out).uns["sctrace"]["sampling"] == "stratified"
+    invoke("predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 10, "--sampling", "copula", "--overwrite")
+    assert ad.read_h5ad(out).uns["sctrace"]["sampling"] == "copula"
     assert_one_line_error(
         monkeypatch, capsys, ["predict", run_dir, "--time", HOLDOUT, "--out", out, "--sampling", "lhs", "--overwrite"],
         "unknown sampling 'lhs'; choose one of iid, stratified",

@@ -185,15 +185,18 @@ def test_predict_at_a_given_library_size(fitted):
 def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp_path):
     model, run_dir, holdout = fitted
     iid = model.predict(holdout, n_cells=40, seed=2, sampling="iid")
-    stratified = model.predict(holdout, n_cells=40, seed=2)  # cpu-small's count_sampling
+    stratified = model.predict(holdout, n_cells=40, seed=2, sampling="stratified")
+    default = model.predict(holdout, n_cells=40, seed=2)  # cpu-small's count_sampling, copula
     # Same cells, sentences, depths and expected values: only how the counts are drawn from them differs.
-    np.testing.assert_array_equal(iid.obsm["sctrace_tokens"], stratified.obsm["sctrace_tokens"])
-    np.testing.assert_array_equal(iid.obs["library_size"], stratified.obs["library_size"])
-    np.testing.assert_array_equal(iid.layers["zinb_mean"], stratified.layers["zinb_mean"])
+    for other in (stratified, default):
+        np.testing.assert_array_equal(iid.obsm["sctrace_tokens"], other.obsm["sctrace_tokens"])
+        np.testing.assert_array_equal(iid.obs["library_size"], other.obs["library_size"])
+        np.testing.assert_array_equal(iid.layers["zinb_mean"], other.layers["zinb_mean"])
     assert iid.uns["sctrace"]["sampling"] == "iid" and stratified.uns["sctrace"]["sampling"] == "stratified"
+    assert default.uns["sctrace"]["sampling"] == "copula" and model.config.count_sampling == "copula"
     counts = stratified.X.toarray()
     assert np.all(counts >= 0) and np.allclose(counts, np.round(counts)) and not np.array_equal(counts, iid.X.toarray())
-    assert model.config.count_sampling == "stratified"
+    assert not np.array_equal(default.X.toarray(), counts)
     again = model.predict(holdout, n_cells=40, seed=2, sampling="stratified")
     np.testing.assert_array_equal(counts, again.X.toarray())
     with pytest.raises(SctraceInputError, match="unknown sampling 'sobol'; choose one of iid, stratified"):
@@ -204,7 +207,7 @@ def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(estimator_module, "StratifiedLevels", functools.partial(StratifiedLevels, block=16))
-        blocked = model.predict(holdout, n_cells=40, seed=2)
+        blocked = model.predict(holdout, n_cells=40, seed=2, sampling="stratified")
     np.testing.assert_array_equal(blocked.obsm["sctrace_tokens"], stratified.obsm["sctrace_tokens"])
     blocked_counts = blocked.X.toarray()
     assert np.all(blocked_counts >= 0) and np.allclose(blocked_counts, np.round(blocked_counts))

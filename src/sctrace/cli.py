@@ -182,7 +182,8 @@ def predict(
         help="Depth (total counts over the model's genes) of every generated cell; default: drawn from the "
              "neighbouring observed times.")] = None,
     sampling: Annotated[Optional[str], typer.Option(
-        help="iid | stratified: how values are drawn from the count decoder (default: the run's count_sampling).")] = None,
+        help="iid | stratified | copula: how values are drawn from the count decoder (copula: genes co-vary as in "
+             "the training cells of the nearest times; default: the run's count_sampling).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     threads: Threads = 1,
 ) -> None:

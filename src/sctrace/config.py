@@ -30,7 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zinb_mean": ("nb", "scale"),
     "count_pooling": ("cls", "cls+mean", "cls+mean+genes"),
     "hurdle_marginal": ("gaussian", "quantile"),
-    "count_sampling": ("iid", "stratified"),
+    "count_sampling": ("iid", "stratified", "copula"),
     "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
     "encoder": ("scratch", "random", "geneformer"),
     "encoder_mode": ("frozen", "finetune"),
@@ -102,7 +102,8 @@ class TraceConfig:
     temperature: float = 1.0
     n_iter: int = 20
     # How generated cells' values are drawn from the count decoder: "iid" (each value on its own; runs before this
-    # key existed) or "stratified" (a Latin hypercube across the cells of one predict call, per gene).
+    # key existed), "stratified" (a Latin hypercube across the cells of one predict call, per gene) or "copula"
+    # (the same levels, re-ordered across cells so genes co-vary as in the nearest times' training cells).
     count_sampling: str = "iid"
 
     def update(self, overrides: dict[str, Any], origin: str = "overrides") -> TraceConfig:

@@ -25,6 +25,7 @@ from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_wit
 from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
 from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
+from sctrace.model.copula import GeneCopula, reorder_levels
 from sctrace.model.counts import StratifiedLevels
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
@@ -35,7 +36,8 @@ CORPUS_DIR = "corpus"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
-_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
+COPULA_FILE = "copula.safetensors"  # the training cells' gene-gene normal-score factors (sampling "copula")
+_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
 
 
 def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
@@ -246,6 +248,8 @@ class TRACE:
         self.net = _build_net(self.corpus.spec, self.config)
         if self.net.count_decoder.quantile_marginal:
             self.net.count_decoder.fit_marginals(self.corpus.counts, seed=seed)
+        self.copula: GeneCopula | None = None if self.corpus.counts is None else GeneCopula.fit(
+            self.corpus.counts, self.corpus.cell_times, self.spec.time_values, self.spec.count_kind, seed=seed)
         self.is_trained = False
         self.history: pd.DataFrame | None = None
 
@@ -415,7 +419,9 @@ class TRACE:
         ``sampling``: ``iid`` draws every value on its own; ``stratified`` draws each gene's values across the
         ``n_cells`` cells of this call (in blocks of 4,096 cells) as a Latin hypercube
         (:class:`sctrace.model.counts.StratifiedLevels`): each cell's draw keeps its distribution, the
-        population's per-gene spread carries less sampling noise.
+        population's per-gene spread carries less sampling noise; ``copula`` draws the same stratified levels
+        and re-orders each gene's across the cells so that genes co-vary as in the training cells of the nearest
+        observed times (:mod:`sctrace.model.copula`).
         Default: the config's ``count_sampling``.
         """
         self._require_trained("predict")
@@ -441,7 +447,16 @@ class TRACE:
         if sampling not in CHOICES["count_sampling"]:
             raise SctraceInputError(f"unknown sampling {sampling!r}; choose one of {', '.join(CHOICES['count_sampling'])}.")
         # Drawn after the rows and depths, so iid runs keep the random streams they had before this option.
-        strata = StratifiedLevels(n_cells, spec.n_genes, rng) if sampling == "stratified" else None
+        strata = None
+        if sampling == "stratified":
+            strata = StratifiedLevels(n_cells, spec.n_genes, rng)
+        elif sampling == "copula":
+            if self.copula is None:
+                raise SctraceInputError("this run has no gene copula (copula.safetensors; runs fitted before sampling "
+                                        "'copula' existed lack it); re-fit it, or pass sampling='stratified'.")
+            copula = self.copula
+            strata = StratifiedLevels(n_cells, spec.n_genes, rng,
+                                      transform=lambda levels, r: reorder_levels(levels, copula.normals(time, len(levels), r)))
 
         self.net.eval()
         tokens_out, cls_out, mean_out, sample_out = [], [], [], []
@@ -544,6 +559,8 @@ class TRACE:
         """Everything but the weights: corpus, config and, with a pretrained encoder, its architecture."""
         self.corpus.save(run_dir / CORPUS_DIR)
         self.config.to_yaml(run_dir / CONFIG_FILE)
+        if self.copula is not None:
+            self.copula.save(run_dir / COPULA_FILE)
         if self.net.pretrained is not None:
             (run_dir / ENCODER_FILE).write_text(json.dumps(self.net.pretrained.to_config()))
 
@@ -603,6 +620,10 @@ class TRACE:
                 f"model weights in {run_dir} do not match its config ({len(missing)} missing, {len(unexpected)} unexpected "
                 "tensors); the run directory is corrupt or mixed from two runs."
             )
+        try:
+            self.copula = GeneCopula.load(run_dir / COPULA_FILE) if (run_dir / COPULA_FILE).exists() else None
+        except (SafetensorError, OSError, KeyError) as err:
+            raise SctraceInputError(f"{run_dir / COPULA_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
         self.net.eval()
         self.is_trained = True
         return self

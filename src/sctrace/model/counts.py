@@ -7,6 +7,7 @@ logit ``pi_logits``. The ZINB negative log-likelihood is eq. (3) of the paper's 
 
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -214,17 +215,20 @@ class StratifiedLevels:
     ``stratified_uniforms(n_cells, n_genes, rng)``.
     """
 
-    def __init__(self, n_cells: int, n_genes: int, rng: np.random.Generator, block: int = STRATIFIED_BLOCK) -> None:
+    def __init__(self, n_cells: int, n_genes: int, rng: np.random.Generator, block: int = STRATIFIED_BLOCK,
+                 transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:
         if n_cells < 1 or n_genes < 1 or block < 1:
             raise ValueError(f"need at least one cell, gene and block row, got {n_cells} x {n_genes}, block {block}")
         self.n_cells, self.n_genes, self.block, self._rng = n_cells, n_genes, block, rng
+        self._transform = transform  # applied to each block as drawn (e.g. the gene copula's re-ordering)
         self._drawn: dict[int, np.ndarray] = {}
         self._next_block = 0
 
     def _block(self, index: int) -> np.ndarray:
         while self._next_block <= index:
             size = min(self.block, self.n_cells - self._next_block * self.block)
-            self._drawn[self._next_block] = stratified_uniforms(size, self.n_genes, self._rng)
+            levels = stratified_uniforms(size, self.n_genes, self._rng)
+            self._drawn[self._next_block] = levels if self._transform is None else self._transform(levels, self._rng)
             self._next_block += 1
         return self._drawn[index]
 
