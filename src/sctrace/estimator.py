@@ -560,7 +560,9 @@ class TRACE:
         self.corpus.save(run_dir / CORPUS_DIR)
         self.config.to_yaml(run_dir / CONFIG_FILE)
         if self.copula is not None:
-            self.copula.save(run_dir / COPULA_FILE)
+            tmp = run_dir / (COPULA_FILE + ".tmp")
+            self.copula.save(tmp)
+            os.replace(tmp, run_dir / COPULA_FILE)  # atomic, as the weights
         if self.net.pretrained is not None:
             (run_dir / ENCODER_FILE).write_text(json.dumps(self.net.pretrained.to_config()))
 
