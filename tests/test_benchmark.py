@@ -73,6 +73,17 @@ def test_results_table_has_one_row_per_method(benchmark_run):
     assert identity_row.split(" | ")[7] != "-"  # gene-gene r for every method
 
 
+def test_plots_are_drawn_again_from_the_saved_predictions(benchmark_run, tmp_path):
+    from sctrace.benchmark import plot_benchmark
+
+    out, data_path, _, _ = benchmark_run
+    written = plot_benchmark(out, tmp_path / "again", layout="pca")
+    assert sorted(p.name for p in written) == sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert all(p.stat().st_size > 0 for p in written)
+    with pytest.raises(SctraceInputError, match="holds no results.json"):
+        plot_benchmark(tmp_path)
+
+
 def test_methods_never_see_the_held_out_cells(benchmark_run, small_timecourse):
     out, _, _, _ = benchmark_run
     train = ad.read_h5ad(out / "work" / "train.h5ad")

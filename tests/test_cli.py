@@ -207,6 +207,8 @@ def test_prepare_reads_lognormalised_data_with_gaussian(sim_file, tmp_path, monk
          "gf is not a directory; pass the folder holding"),
         (["benchmark", "{sim}", "--holdout", "4", "--out", "{dir}/b", "--encoder-path", "{dir}"],
          "--encoder-path is read by --ablate encoder only"),
+        (["plot", "{dir}"], "holds no results.json; pass the --out folder of `sctrace benchmark`"),
+        (["plot", "{sim}", "--out", "{dir}/p"], "plotting a prediction file needs DATA, --time"),
         (["fit", "{sim}", "--out", "{dir}/r", "--preset", "huge"], "unknown preset 'huge'; choose one of"),
         (["fit", "{sim}", "--out", "{dir}/r", "--config", "{dir}/bad.yaml"], "unknown config key(s) d_modle in"),
         (["predict", "{dir}/no_run", "--time", "4", "--out", "{dir}/p.h5ad"], "no_run does not exist; pass the --out directory"),

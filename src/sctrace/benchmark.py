@@ -46,7 +46,8 @@ from sctrace.data.io import check_holdout, read_timecourse
 from sctrace.data.preprocess import log_normalize, select_hvgs
 from sctrace.evaluate import METRIC_LABELS, lognorm_over_genes, rouge_scores, run_spec, scoring_cells
 
-__all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "run_benchmark", "summarise_runs"]
+__all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "plot_benchmark",
+           "run_benchmark", "summarise_runs"]
 
 METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
 # MIOFlow is asked for by name: it is the slowest peer and an extra install (`sctrace[peers]`).
@@ -461,7 +462,7 @@ def run_benchmark(
     records, failures = _run_jobs(jobs, echo)
     results = _score_records(records, failures, cells, matrix, gene_names, seeds)
     results.update({
-        "data": str(data) if not isinstance(data, ad.AnnData) else "AnnData (in memory)",
+        "data": str(data) if not isinstance(data, ad.AnnData) else "AnnData (in memory)", "layer": layer,
         "time_key": time_key, "task": task, "holdout": holdout, "train_times": [float(t) for t in train_times],
         "reference_time": cells.reference_time, "n_real": n_real, "n_genes": len(genes), "genes": genes,
         "seeds": seeds, "count_kind": count_kind, "preset": preset, "config": None if config is None else str(config),
@@ -558,6 +559,42 @@ def _score_records(records: list[dict], failures: dict[str, str], cells, matrix,
     for entry in methods.values():
         entry["mean"], entry["sd"] = summarise_runs(entry["runs"], keys)
     return {"methods": methods}
+
+
+def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                   data: str | os.PathLike | ad.AnnData | None = None, layout: str = "umap") -> list[Path]:
+    """Draw a finished benchmark's plots again from its saved predictions (``sctrace plot BENCH_DIR``).
+
+    Why: benchmarks of several seeds are often run with ``--no-plots``; the first seed's predictions, the sctrace
+    run and the split are all in ``bench_dir``, so the plots need no refit. ``data`` replaces the data path in
+    ``results.json`` (for a moved file or an in-memory benchmark); ``out_dir`` defaults to ``bench_dir/plots``.
+    """
+    bench_dir = Path(bench_dir)
+    if not (bench_dir / "results.json").exists():
+        raise SctraceInputError(f"{bench_dir} holds no results.json; pass the --out folder of `sctrace benchmark`.")
+    results = json.loads((bench_dir / "results.json").read_text())
+    source = data if data is not None else results["data"]
+    if not isinstance(source, ad.AnnData) and not Path(source).exists():
+        raise SctraceInputError(f"the benchmark's data {source} is not there; pass the data file as DATA.")
+    timecourse = read_timecourse(source, results["time_key"], layer=results.get("layer"), count_kind=results["count_kind"])
+    genes = results["genes"]
+    cells = scoring_cells(timecourse.expression(), timecourse.times, timecourse.gene_names(), genes, results["holdout"],
+                          results["count_kind"], observed_times=results["train_times"])
+    seed, records = results["seeds"][0], []
+    for label, entry in results["methods"].items():
+        prediction = bench_dir / "work" / "predictions" / f"{_file_label(label)}_seed{seed}.npz"
+        if entry.get("failed") or not prediction.exists():
+            continue
+        run_dir = None
+        if label.startswith("sctrace"):
+            candidates = [bench_dir / "runs" / f"{name}_seed{seed}" for name in (_file_label(label), "sctrace")]
+            run_dir = next((str(c) for c in candidates if (c / "model.safetensors").exists()), None)
+        records.append({"label": label, "seed": seed, "prediction": str(prediction), "run_dir": run_dir})
+    if not records:
+        raise SctraceInputError(f"{bench_dir / 'work' / 'predictions'} holds no prediction of seed {seed}; the benchmark's "
+                                "work folder was removed or the run did not finish.")
+    plot_dir = Path(out_dir) if out_dir is not None else bench_dir / "plots"
+    return _benchmark_plots(plot_dir, results, records, cells, timecourse, genes, layout)
 
 
 def _benchmark_plots(plot_dir: Path, results: dict, records: list[dict], cells, timecourse, genes, layout: str) -> list[Path]:

@@ -316,10 +316,13 @@ def benchmark(
 
 @app.command()
 def plot(
-    pred: Annotated[Path, typer.Argument(help="Predicted cells (.h5ad written by `sctrace predict`).")],
-    data: Annotated[Path, typer.Argument(help="Real cells (.h5ad) with every gene of the prediction.")],
-    time: Annotated[str, typer.Option(help="Time point of DATA the prediction stands for.")],
-    out: Annotated[Path, typer.Option(help="Output folder for the PNG files.")],
+    pred: Annotated[Path, typer.Argument(help="Predicted cells (.h5ad written by `sctrace predict`), or the --out "
+                                         "folder of `sctrace benchmark` to draw its plots again.")],
+    data: Annotated[Optional[Path], typer.Argument(help="Real cells (.h5ad) with every gene of the prediction "
+                                                   "(for a benchmark folder: only if its data file moved).")] = None,
+    time: Annotated[Optional[str], typer.Option(help="Time point of DATA the prediction stands for.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for the PNG files (benchmark folder: "
+                                                "default its plots/).")] = None,
     time_key: Annotated[str, typer.Option(help="obs column of DATA with the time.")] = "time",
     run: Annotated[Optional[Path], typer.Option(help="Run directory that made PRED: embeds the real cells too and "
                                                 "adds the cell-gene dot plot.")] = None,
@@ -328,9 +331,19 @@ def plot(
     threads: Threads = 1,
 ) -> None:
     """PCA, cell-type PCA, violins of time-variable genes, embedding map and dot plot of a prediction."""
+    _set_threads(threads)
+    if pred.is_dir():
+        from sctrace.benchmark import plot_benchmark
+
+        written = plot_benchmark(pred, out, data=data, layout=layout)
+        typer.echo("wrote " + ", ".join(str(path) for path in written))
+        return
+    missing = [name for name, value in (("DATA", data), ("--time", time), ("--out", out)) if value is None]
+    if missing:
+        raise SctraceInputError(f"plotting a prediction file needs {', '.join(missing)}: sctrace plot PRED.h5ad DATA.h5ad "
+                                "--time T --out DIR.")
     from sctrace.plots import plot_prediction
 
-    _set_threads(threads)
     written = plot_prediction(pred, data, time_key, time, out, run_dir=run, layer=layer, layout=layout)
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
