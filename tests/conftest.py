@@ -34,3 +34,18 @@ def real_dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data set {path} is absent (it lives in ../shared/data beside the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory, small_timecourse, tiny_fast_config):
+    """A tiny TRACE fitted once on ``small_timecourse`` (its third time held out): (model, run_dir, holdout).
+
+    Shared by the model and copula tests; tests that change it (monkeypatch) must undo the change.
+    """
+    from sctrace.estimator import TRACE
+
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, **tiny_fast_config)
+    model.fit(run_dir=run_dir, progress=False)
+    return model, run_dir, holdout

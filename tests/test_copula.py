@@ -73,15 +73,6 @@ def _dense(matrix) -> np.ndarray:
     return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory, small_timecourse, tiny_fast_config):
-    holdout = sorted(small_timecourse.obs["time"].unique())[2]
-    run_dir = tmp_path_factory.mktemp("copula") / "run"
-    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, **tiny_fast_config)
-    model.fit(run_dir=run_dir, progress=False)
-    return model, run_dir, holdout
-
-
 def test_copula_sampling_makes_genes_co_vary_and_keeps_the_marginals(fitted, small_timecourse):
     model, _, _ = fitted
     time = model.spec.time_values[-1]

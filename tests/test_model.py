@@ -130,15 +130,6 @@ def test_tiny_model_overfits_a_handful_of_cells():
     assert recovered > 0.7, f"generation recovered only {recovered:.0%} of the target genes"
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory, small_timecourse, tiny_fast_config):
-    holdout = sorted(small_timecourse.obs["time"].unique())[2]
-    run_dir = tmp_path_factory.mktemp("runs") / "run"
-    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, **tiny_fast_config)
-    model.fit(run_dir=run_dir, progress=False)
-    return model, run_dir, holdout
-
-
 def test_fit_writes_a_complete_run(fitted):
     model, run_dir, _ = fitted
     for name in ("model.safetensors", "config.yaml", "corpus/corpus.json", "corpus/tokens.npy", "checkpoints/last.ckpt"):

@@ -469,7 +469,7 @@ def gene_correlation(pred, real, n_genes: int = 100) -> float:
         warnings.warn("gene_correlation: fewer than three genes vary across the real cells; returning NaN.", RuntimeWarning,
                       stacklevel=2)
         return float("nan")
-    pred_dense = _dense_rows(pred[:, chosen] if sp.issparse(pred) else np.asarray(pred)[:, chosen])
+    pred_dense = _dense_rows(pred[:, chosen])
     upper = np.triu_indices(chosen.size, k=1)
     return _pearson(_correlation_matrix(pred_dense)[upper], _correlation_matrix(real_dense[:, chosen])[upper],
                     "gene_correlation")
