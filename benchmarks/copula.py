@@ -32,21 +32,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from sctrace.benchmark import benchmark_split
     from sctrace.data.io import read_timecourse
     from sctrace.estimator import TRACE
-    from sctrace.evaluate import genes_in_order, lognorm_over_genes, scoring_cells
+    from sctrace.evaluate import genes_in_order, lognorm_over_genes
     from sctrace.metrics import score
     from sctrace.model.copula import GeneCopula
 
     torch.set_num_threads(args.threads)
     for run in args.runs:
-        results = json.loads((run / "results.json").read_text())
-        if data_missing(Path(results["data"])):
+        if data_missing(Path(json.loads((run / "results.json").read_text())["data"])):
             continue
+        results, _, cells = benchmark_split(run)
         genes, holdout, count_kind = results["genes"], results["holdout"], results["count_kind"]
-        timecourse = read_timecourse(results["data"], results["time_key"], count_kind=count_kind)
-        cells = scoring_cells(timecourse.expression(), timecourse.times, timecourse.gene_names(), genes, holdout,
-                              count_kind, observed_times=results["train_times"])
         train = read_timecourse(run / "work" / "train.h5ad", results["time_key"], count_kind=count_kind)
         rows: dict[str, list[dict]] = {"stratified": [], "copula": []}
         for seed in results["seeds"]:

@@ -38,17 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", type=Path, nargs="+", help="output directories of `sctrace benchmark`")
     args = parser.parse_args(argv)
 
-    from sctrace.data.io import read_timecourse
-    from sctrace.evaluate import scoring_cells
+    from sctrace.benchmark import benchmark_split
     from sctrace.metrics import gene_correlation
 
     for run in args.runs:
-        results = json.loads((run / "results.json").read_text())
-        if data_missing(Path(results["data"])):
+        if data_missing(Path(json.loads((run / "results.json").read_text())["data"])):
             continue
-        timecourse = read_timecourse(results["data"], results["time_key"], count_kind=results["count_kind"])
-        cells = scoring_cells(timecourse.expression(), timecourse.times, timecourse.gene_names(), results["genes"],
-                              results["holdout"], results["count_kind"], observed_times=results["train_times"])
+        results, _, cells = benchmark_split(run)
         real = cells.real.toarray() if hasattr(cells.real, "toarray") else np.asarray(cells.real)
         rng = np.random.default_rng(0)
         halves = []

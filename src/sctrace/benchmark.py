@@ -46,7 +46,7 @@ from sctrace.data.io import check_holdout, read_timecourse
 from sctrace.data.preprocess import log_normalize, select_hvgs
 from sctrace.evaluate import METRIC_LABELS, lognorm_over_genes, rouge_scores, run_spec, scoring_cells
 
-__all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "plot_benchmark",
+__all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "benchmark_split", "plot_benchmark",
            "run_benchmark", "summarise_runs"]
 
 METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
@@ -561,13 +561,11 @@ def _score_records(records: list[dict], failures: dict[str, str], cells, matrix,
     return {"methods": methods}
 
 
-def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                   data: str | os.PathLike | ad.AnnData | None = None, layout: str = "umap") -> list[Path]:
-    """Draw a finished benchmark's plots again from its saved predictions (``sctrace plot BENCH_DIR``).
+def benchmark_split(bench_dir: str | os.PathLike, data: str | os.PathLike | ad.AnnData | None = None):
+    """A finished benchmark's ``results.json``, its data and the cells it scored: ``(results, timecourse, cells)``.
 
-    Why: benchmarks of several seeds are often run with ``--no-plots``; the first seed's predictions, the sctrace
-    run and the split are all in ``bench_dir``, so the plots need no refit. ``data`` replaces the data path in
-    ``results.json`` (for a moved file or an in-memory benchmark); ``out_dir`` defaults to ``bench_dir/plots``.
+    Re-reads the split exactly as the benchmark made it (same genes, held-out time and reference time), so that
+    plots and diagnostics made later score against the same cells. ``data`` replaces the path in ``results.json``.
     """
     bench_dir = Path(bench_dir)
     if not (bench_dir / "results.json").exists():
@@ -577,9 +575,22 @@ def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     if not isinstance(source, ad.AnnData) and not Path(source).exists():
         raise SctraceInputError(f"the benchmark's data {source} is not there; pass the data file as DATA.")
     timecourse = read_timecourse(source, results["time_key"], layer=results.get("layer"), count_kind=results["count_kind"])
+    cells = scoring_cells(timecourse.expression(), timecourse.times, timecourse.gene_names(), results["genes"],
+                          results["holdout"], results["count_kind"], observed_times=results["train_times"])
+    return results, timecourse, cells
+
+
+def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                   data: str | os.PathLike | ad.AnnData | None = None, layout: str = "umap") -> list[Path]:
+    """Draw a finished benchmark's plots again from its saved predictions (``sctrace plot BENCH_DIR``).
+
+    Why: benchmarks of several seeds are often run with ``--no-plots``; the first seed's predictions, the sctrace
+    run and the split are all in ``bench_dir``, so the plots need no refit. ``data`` replaces the data path in
+    ``results.json`` (for a moved file or an in-memory benchmark); ``out_dir`` defaults to ``bench_dir/plots``.
+    """
+    bench_dir = Path(bench_dir)
+    results, timecourse, cells = benchmark_split(bench_dir, data)
     genes = results["genes"]
-    cells = scoring_cells(timecourse.expression(), timecourse.times, timecourse.gene_names(), genes, results["holdout"],
-                          results["count_kind"], observed_times=results["train_times"])
     seed, records = results["seeds"][0], []
     for label, entry in results["methods"].items():
         prediction = bench_dir / "work" / "predictions" / f"{_file_label(label)}_seed{seed}.npz"
