@@ -69,6 +69,8 @@ class GeneCopula:
         # C order: safetensors writes the raw buffer, and a Fortran-ordered array would come back transposed.
         self.factors = [np.ascontiguousarray(f, dtype=np.float32) for f in factors]
         self.n_genes = self.factors[0].shape[1]
+        # Each gene's variance under each factor (1, or 0 for a gene constant at that time), once, not per block.
+        self._variances = [(f.astype(np.float64) ** 2).sum(axis=0) for f in self.factors]
 
     @classmethod
     def fit(cls, values, cell_times: np.ndarray, times, count_kind: str, seed: int = 0,
@@ -116,7 +118,7 @@ class GeneCopula:
         for index, weight in self.weights(time):
             factor = self.factors[index]
             draws += np.sqrt(weight) * (rng.standard_normal((n_cells, factor.shape[0])) @ factor)
-            variance += weight * (factor.astype(np.float64) ** 2).sum(axis=0)
+            variance += weight * self._variances[index]
         flat = variance < 1e-8
         if flat.any():
             draws[:, flat] = rng.standard_normal((n_cells, int(flat.sum())))
