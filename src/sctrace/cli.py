@@ -1,4 +1,4 @@
-"""Command line: ``sctrace simulate | prepare | fit | predict | embed | demo | evaluate | benchmark | plot | impute |
+"""Command line: ``sctrace simulate | prepare | fit | predict | embed | demo | evaluate | benchmark | protocol | plot | impute |
 extrapolation | analyze``."""
 
 from __future__ import annotations
@@ -312,6 +312,49 @@ def benchmark(
     if failed:
         typer.echo(f"error: {', '.join(failed)} failed; see {out / 'results.md'}.", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def protocol(
+    data: Annotated[Path, typer.Argument(help=".h5ad time course (counts, log-normalised, or FPKM/TPM-like values).")],
+    out: Annotated[Path, typer.Option(help="Output folder (protocol.md, protocol.json, splits/); finished splits in "
+                                      "it are kept and not run again.")],
+    time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
+    methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,mixture,linear,otcfm,mioflow.")] = "sctrace,identity,mixture,linear,otcfm,mioflow",
+    profile: Annotated[str, typer.Option(help="quick (seed 0, for iterating) | full (seeds 0,1,2, for the record).")] = "quick",
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default: the profile's).")] = None,
+    times: Annotated[Optional[str], typer.Option(help="Comma-separated held-out times to run (default: every split).")] = None,
+    rerun: Annotated[Optional[str], typer.Option(help="Comma-separated methods to fit again on finished splits.")] = None,
+    count_kind: Annotated[str, typer.Option(help="auto | counts | lognorm | values (FPKM/TPM, read as log1p).")] = "auto",
+    layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
+    preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",
+    config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs (default: the preset's).")] = None,
+    otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
+    mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
+    threads: Threads = 1,
+) -> None:
+    """Leave one time out: every interior time interpolated, the last extrapolated, every method; one summary."""
+    from sctrace.data.io import parse_time
+    from sctrace.protocol import run_protocol
+
+    def numbers(text: str | None, what: str, kind=float):
+        if text is None:
+            return None
+        try:
+            return [kind(item) for item in _parse_list(text, what)]
+        except ValueError as err:
+            raise SctraceInputError(f"--{what} must be comma-separated numbers, got '{text}'.") from err
+
+    _set_threads(threads)
+    run_protocol(
+        data, time_key, out_dir=out, methods=_parse_list(methods, "methods"), profile=profile,
+        seeds=numbers(seeds, "seeds", int), times=numbers(times, "times", parse_time),
+        rerun=_parse_list(rerun, "rerun") if rerun else (), count_kind=count_kind, layer=layer, preset=preset,
+        config=config, max_epochs=max_epochs, otcfm_steps=otcfm_steps, mioflow_epochs=mioflow_epochs, threads=threads,
+        echo=typer.echo,
+    )
+    typer.echo(f"wrote {out / 'protocol.md'} and {out / 'protocol.json'}")
 
 
 @app.command()

@@ -24,7 +24,8 @@ from anndata.abc import CSCDataset, CSRDataset
 
 from sctrace._errors import SctraceInputError
 
-__all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_holdout", "parse_time", "read_h5ad", "read_timecourse"]
+__all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_holdout", "detect_count_kind", "parse_time", "read_h5ad",
+           "read_timecourse"]
 
 COUNT_KINDS = ("counts", "lognorm")
 """What the expression matrix holds: raw integer ``counts``, or already log-normalised values (``lognorm``)."""
@@ -560,3 +561,26 @@ def _format_names(names: Sequence) -> str:
 def _format_times(values: np.ndarray) -> str:
     """Time values as compact numbers for an error message."""
     return ", ".join(f"{value:g}" for value in values) or "(none)"
+
+
+def detect_count_kind(matrix) -> str:
+    """What an expression matrix holds, read from its values: ``counts``, ``lognorm`` or ``values``.
+
+    Non-negative integers are raw counts; non-integers no larger than a log-normalised value can plausibly be
+    (``log1p`` of 1e4-scaled counts stays below ~12, :data:`_LOGNORM_MAX_PLAUSIBLE` leaves room) are
+    log-normalised; larger non-integers are depth-scaled values such as FPKM or TPM. Scanned chunk by chunk, as
+    :func:`read_timecourse` checks values, so a backed matrix is never loaded whole.
+    """
+    dtype = np.dtype(matrix.dtype)
+    if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_):
+        return "counts"
+    integer, max_value = True, 0.0
+    for values in _value_chunks(matrix):
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        integer = integer and not bool(np.any(np.modf(values)[0] != 0))
+        max_value = max(max_value, float(values.max()))
+    if integer:
+        return "counts"
+    return "lognorm" if max_value <= _LOGNORM_MAX_PLAUSIBLE else "values"

@@ -1,0 +1,319 @@
+"""The leave-one-time-out protocol (``sctrace protocol``): every observed time of a course, held out in turn.
+
+Why: a model tuned on one held-out time can win there and lose everywhere else. The protocol holds out every
+interior observed time as an interpolation task and the last one as an extrapolation task, runs each method on
+each split with :func:`sctrace.benchmark.run_benchmark` (the same code, the same cells, every held-out cell kept
+out of fitting), and writes one summary:
+
+- a row per split x method: EMD, MMD, Pearson-delta, gene-gene r, wall time, mean over seeds;
+- a win table: on how many splits sctrace beats each other method on EMD and on Pearson-delta;
+- the "does not snap" check: the distance of each prediction's mean to the held-out truth's mean and to every
+  observed training time's mean; a prediction whose mean lies nearer a training time than the truth has copied
+  that time instead of moving between its neighbours.
+
+Each split x method is its own benchmark folder (``OUT/splits/<task>-<time>/<method>/``), so a protocol run that
+is stopped keeps every finished one and starts where it stopped; ``rerun`` re-fits chosen methods (e.g. sctrace
+after a change, against peers already run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from sctrace._errors import SctraceInputError
+from sctrace.benchmark import INTERPOLATION_ONLY, METHODS, _file_label, run_benchmark
+from sctrace.data.io import detect_count_kind, read_timecourse
+from sctrace.evaluate import lognorm_over_genes
+
+__all__ = ["PROFILES", "Profile", "protocol_markdown", "protocol_splits", "run_protocol", "summarise_protocol"]
+
+# What the protocol's summary reports, in order (lower is better for the first two).
+SUMMARY_METRICS = ("emd", "mmd", "pearson_delta", "gene_corr")
+DEFAULT_PROTOCOL_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Seeds and training budgets of a protocol run (``None``: each method's own default)."""
+
+    seeds: tuple[int, ...]
+    max_epochs: int | None = None
+    otcfm_steps: int | None = None
+    mioflow_epochs: int | None = None
+
+
+# quick: one seed, for iterating on a change; full: three seeds, for the record (BENCHMARKS.md).
+PROFILES: dict[str, Profile] = {"quick": Profile(seeds=(0,)), "full": Profile(seeds=(0, 1, 2))}
+
+
+def protocol_splits(time_values: Sequence[float], times: Sequence[float] | None = None) -> list[tuple[str, float]]:
+    """``(task, held-out time)`` of every split: each interior observed time interpolated, the last extrapolated.
+
+    ``times`` keeps only the splits at those time values (for a quick look at one or two).
+    """
+    values = sorted(float(t) for t in time_values)
+    if len(values) < 3:
+        raise SctraceInputError(f"the leave-one-time-out protocol needs at least 3 observed times, the data have "
+                                f"{len(values)}; use `sctrace benchmark` with --holdout for a single split.")
+    splits = [("interpolate", t) for t in values[1:-1]] + [("extrapolate", values[-1])]
+    if times is None:
+        return splits
+    wanted = [float(t) for t in times]
+    unknown = [t for t in wanted if not any(math.isclose(t, s) for _, s in splits)]
+    if unknown:
+        raise SctraceInputError(f"--times {', '.join(f'{t:g}' for t in unknown)} is not a split of the protocol; choose "
+                                f"among {', '.join(f'{s:g}' for _, s in splits)} (the first time is never held out).")
+    return [(task, t) for task, t in splits if any(math.isclose(t, w) for w in wanted)]
+
+
+def _split_name(task: str, time: float) -> str:
+    return f"{task}-{time:g}"
+
+
+def _prepared_data(data, time_key: str, layer: str | None, count_kind: str, work: Path, echo) -> tuple[object, str, str]:
+    """The data every split reads and its kind: ``values`` (FPKM, TPM) become log1p(values), read as log-normalised.
+
+    Why log1p and not depth normalisation: FPKM and TPM are already scaled per cell; log1p is how such values are
+    read by the field's tools (Monocle's log(FPKM + 1)). The transformed copy lives in the protocol's work folder.
+    """
+    source = data if isinstance(data, ad.AnnData) else ad.read_h5ad(data)
+    matrix = source.X if layer is None else source.layers[layer]
+    kind = detect_count_kind(matrix) if count_kind == "auto" else count_kind
+    if kind != "values":
+        return data, kind, kind
+    path = work / "log1p_values.h5ad"
+    if not path.exists():
+        logged = ad.AnnData(sp.csr_matrix(matrix, dtype=np.float32).log1p(), obs=source.obs.copy(), var=source.var.copy())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        logged.write_h5ad(tmp)
+        tmp.replace(path)
+    echo("the values are neither counts nor log-normalised (e.g. FPKM or TPM): every method reads log1p(values)")
+    return str(path), "lognorm", "values"
+
+
+def run_protocol(
+    data: ad.AnnData | str | os.PathLike,
+    time_key: str = "time",
+    *,
+    out_dir: str | os.PathLike,
+    methods: Sequence[str] = DEFAULT_PROTOCOL_METHODS,
+    profile: str = "quick",
+    seeds: Sequence[int] | None = None,
+    times: Sequence[float] | None = None,
+    rerun: Sequence[str] = (),
+    count_kind: str = "auto",
+    layer: str | None = None,
+    preset: str = "cpu-small",
+    config: str | os.PathLike | None = None,
+    max_epochs: int | None = None,
+    otcfm_steps: int | None = None,
+    mioflow_epochs: int | None = None,
+    sctrace_overrides: dict | None = None,
+    threads: int = 1,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Run every split of the protocol for ``methods`` and write ``OUT/protocol.json`` and ``OUT/protocol.md``.
+
+    Parameters
+    ----------
+    data, time_key, layer
+        The time course (.h5ad path or AnnData), its time column and the layer holding the expression.
+    out_dir
+        Output folder; finished splits in it are kept and not run again (resumable).
+    methods
+        Any of :data:`sctrace.benchmark.METHODS`.
+    profile
+        ``quick`` (seed 0) or ``full`` (seeds 0, 1, 2); ``seeds`` and the budgets override it.
+    times
+        Only the splits holding out these times (default: every split).
+    rerun
+        Methods whose finished splits are fitted again (e.g. ``["sctrace"]`` after a change to the model).
+    count_kind
+        ``auto`` (integers: counts; values up to 50: log-normalised; larger non-integers: FPKM-like values, read
+        as log1p), or ``counts``, ``lognorm``, ``values``.
+    preset, config, max_epochs, otcfm_steps, mioflow_epochs
+        Hyper-parameters and budgets (``None``: the profile's, then each method's default).
+    sctrace_overrides
+        sctrace config keys applied last (as :func:`sctrace.benchmark.run_benchmark` takes them).
+    threads
+        torch/BLAS threads of each method's process.
+    """
+    if profile not in PROFILES:
+        raise SctraceInputError(f"unknown protocol profile '{profile}'; choose one of {', '.join(PROFILES)}.")
+    if count_kind not in ("auto", "counts", "lognorm", "values"):
+        raise SctraceInputError(f"unknown --count-kind '{count_kind}'; choose auto, counts, lognorm or values.")
+    methods = [m for m in dict.fromkeys(m.strip() for m in methods) if m]
+    unknown = [m for m in [*methods, *rerun] if m not in METHODS]
+    if unknown or not methods:
+        raise SctraceInputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}.")
+    chosen = PROFILES[profile]
+    seeds = list(chosen.seeds if seeds is None else seeds)
+    budgets = {"max_epochs": chosen.max_epochs if max_epochs is None else max_epochs,
+               "otcfm_steps": chosen.otcfm_steps if otcfm_steps is None else otcfm_steps,
+               "mioflow_epochs": chosen.mioflow_epochs if mioflow_epochs is None else mioflow_epochs}
+    out_dir = Path(out_dir)
+    work = out_dir / "work"
+    source, kind, detected = _prepared_data(data, time_key, layer, count_kind, work, echo)
+    timecourse = read_timecourse(source, time_key, layer=None if source is not data else layer, count_kind=kind)
+    splits = protocol_splits(timecourse.time_values, times)
+    echo(f"protocol ({profile}, seeds {', '.join(map(str, seeds))}): {len(splits)} splits x {len(methods)} methods; "
+         f"data read as {detected}")
+    for task, time in splits:
+        for method in methods:
+            if method in INTERPOLATION_ONLY and task == "extrapolate":
+                continue
+            folder = out_dir / "splits" / _split_name(task, time) / method
+            if (folder / "results.json").exists() and method not in rerun:
+                echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
+                continue
+            if folder.exists():
+                shutil.rmtree(folder)  # an unfinished or re-run split starts clean
+            echo(f"[{_split_name(task, time)} {method}] running")
+            run_benchmark(
+                source, time_key, task=task, holdout=time, out_dir=folder, methods=[method], seeds=seeds, preset=preset,
+                config=config, max_epochs=budgets["max_epochs"], count_kind=kind,
+                layer=None if source is not data else layer,
+                otcfm_settings=None if budgets["otcfm_steps"] is None else {"n_steps": budgets["otcfm_steps"]},
+                mioflow_settings=None if budgets["mioflow_epochs"] is None else {"n_epochs": budgets["mioflow_epochs"]},
+                sctrace_overrides=sctrace_overrides, threads=threads, overwrite=True, plots=False, echo=lambda line: None,
+            )
+    summary = summarise_protocol(out_dir, timecourse, splits, methods)
+    summary.update({"data": str(data) if not isinstance(data, ad.AnnData) else "AnnData (in memory)",
+                    "time_key": time_key, "count_kind": detected, "profile": profile, "seeds": seeds,
+                    "budgets": budgets, "preset": preset, "config": None if config is None else str(config)})
+    (out_dir / "protocol.json").write_text(json.dumps(summary, indent=1, default=float))
+    (out_dir / "protocol.md").write_text(protocol_markdown(summary))
+    echo(protocol_markdown(summary))
+    return summary
+
+
+def _time_means(timecourse, genes: Sequence[str], times: Sequence[float]) -> dict[float, np.ndarray]:
+    """Mean log-normalised expression over ``genes`` of the real cells at each time."""
+    matrix, names = timecourse.expression(), timecourse.gene_names()
+    means = {}
+    for t in times:
+        rows = np.flatnonzero(np.isclose(timecourse.times, t))
+        means[float(t)] = np.asarray(lognorm_over_genes(matrix[rows], names, genes, timecourse.count_kind).mean(0)).ravel()
+    return means
+
+
+def _snap_distances(prediction: np.ndarray, means: dict[float, np.ndarray], held_out: float,
+                    train_times: Sequence[float]) -> dict:
+    """Distance of the prediction's mean to the truth's and to each training time's mean (Euclidean, over genes)."""
+    predicted = np.asarray(prediction, dtype=np.float64).mean(0)
+    to_truth = float(np.linalg.norm(predicted - means[held_out]))
+    to_times = {f"{t:g}": float(np.linalg.norm(predicted - means[float(t)])) for t in train_times}
+    nearest = min(to_times, key=to_times.get)
+    return {"to_truth": to_truth, "to_times": to_times, "nearest_train_time": nearest,
+            "snaps": to_times[nearest] < to_truth}
+
+
+def summarise_protocol(out_dir: str | os.PathLike, timecourse, splits: Sequence[tuple[str, float]],
+                       methods: Sequence[str]) -> dict:
+    """Rows per split x method, the win table and the snap check, from the split folders in ``out_dir``."""
+    out_dir = Path(out_dir)
+    rows: list[dict] = []
+    for task, time in splits:
+        means = None
+        for method in methods:
+            path = out_dir / "splits" / _split_name(task, time) / method / "results.json"
+            if not path.exists():
+                continue
+            results = json.loads(path.read_text())
+            entry = results["methods"].get(method)
+            if entry is None:
+                continue
+            row = {"split": _split_name(task, time), "task": task, "time": time, "method": method,
+                   "n_seeds": len(entry["runs"]), "failed": entry.get("failed")}
+            if not entry.get("failed"):
+                row.update({k: entry["mean"].get(k) for k in (*SUMMARY_METRICS, "wall_s", "fit_s")})
+                row["sd"] = {k: entry["sd"].get(k) for k in SUMMARY_METRICS}
+                if means is None:
+                    means = _time_means(timecourse, results["genes"], [*results["train_times"], time])
+                snaps = []
+                for run in entry["runs"]:
+                    prediction = path.parent / "work" / "predictions" / f"{_file_label(method)}_seed{run['seed']}.npz"
+                    if prediction.exists():
+                        snaps.append(_snap_distances(np.load(prediction)["expression"], means, time,
+                                                     results["train_times"]))
+                if snaps:
+                    row["snap"] = {"to_truth": float(np.mean([s["to_truth"] for s in snaps])),
+                                   "to_times": {t: float(np.mean([s["to_times"][t] for s in snaps]))
+                                                for t in snaps[0]["to_times"]},
+                                   "snapped_seeds": int(sum(s["snaps"] for s in snaps)), "n": len(snaps)}
+                    row["snap"]["nearest_train_time"] = min(row["snap"]["to_times"], key=row["snap"]["to_times"].get)
+            rows.append(row)
+    return {"rows": rows, "wins": win_table(rows), "splits": [_split_name(t, s) for t, s in splits]}
+
+
+def win_table(rows: Sequence[dict], model: str = "sctrace") -> dict[str, dict]:
+    """On how many splits ``model`` beats each other method: EMD (lower) and Pearson-delta (higher).
+
+    Only splits where both have a score count; ``n`` says how many those were.
+    """
+    by_split: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        if not row.get("failed"):
+            by_split.setdefault(row["split"], {})[row["method"]] = row
+    wins: dict[str, dict] = {}
+    for split in by_split.values():
+        if model not in split:
+            continue
+        ours = split[model]
+        for method, theirs in split.items():
+            if method == model:
+                continue
+            entry = wins.setdefault(method, {"emd": 0, "emd_n": 0, "pearson_delta": 0, "pearson_delta_n": 0})
+            for key, better in (("emd", lambda a, b: a < b), ("pearson_delta", lambda a, b: a > b)):
+                a, b = ours.get(key), theirs.get(key)
+                if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or math.isnan(b):
+                    continue
+                entry[f"{key}_n"] += 1
+                entry[key] += int(better(a, b))
+    return wins
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def protocol_markdown(summary: dict) -> str:
+    """The protocol's tables: scores per split x method, wins of sctrace, and the snap check."""
+    lines = [f"# Leave-one-time-out protocol: {summary.get('data', '')}", "",
+             f"Profile {summary.get('profile', '-')}, seeds {', '.join(map(str, summary.get('seeds', [])))}; data read "
+             f"as {summary.get('count_kind', '-')}. Every interior time held out as interpolation, the last as "
+             "extrapolation; each method scored by the same code on the same held-out cells (mean over seeds).", "",
+             "| split | method | EMD | MMD | Pearson-delta | gene-gene r | wall s | mean nearer a training time? |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        if row.get("failed"):
+            lines.append(f"| {row['split']} | {row['method']} | failed: {row['failed']} | | | | | |")
+            continue
+        snap = row.get("snap")
+        snap_text = "-" if snap is None else (
+            f"{'yes' if snap['to_times'][snap['nearest_train_time']] < snap['to_truth'] else 'no'} "
+            f"(truth {snap['to_truth']:.2f}; t={snap['nearest_train_time']} {snap['to_times'][snap['nearest_train_time']]:.2f})")
+        lines.append(f"| {row['split']} | {row['method']} | {_fmt(row.get('emd'))} | {_fmt(row.get('mmd'))} | "
+                     f"{_fmt(row.get('pearson_delta'))} | {_fmt(row.get('gene_corr'))} | {_fmt(row.get('wall_s'), 1)} | "
+                     f"{snap_text} |")
+    lines += ["", "Splits on which sctrace beats each method (lower EMD; higher Pearson-delta):", "",
+              "| method | EMD wins | Pearson-delta wins |", "|---|---|---|"]
+    for method, entry in summary["wins"].items():
+        lines.append(f"| {method} | {entry['emd']}/{entry['emd_n']} | {entry['pearson_delta']}/{entry['pearson_delta_n']} |")
+    lines += ["", "Snap check: distance (Euclidean, log-normalised means over the split's genes) of the prediction's "
+              "mean to the held-out truth's mean and to the nearest training time's mean; 'yes' means the prediction "
+              "copied a training time rather than moving towards the truth."]
+    return "\n".join(lines) + "\n"
