@@ -71,6 +71,9 @@ class TraceConfig:
     # Probability that a training batch's target lies between two neighbouring observed times (uniformly), each
     # cell's target drawn from the two neighbours in proportion to distance (time mixup).
     time_mixup: float = 0.0
+    # Cross-attention biased by the time between the decoded cell and each memory cell (relative time), so an
+    # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
+    time_bias: bool = False
     source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1

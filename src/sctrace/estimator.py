@@ -99,6 +99,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         count_pooling=config.count_pooling,
         hurdle_marginal=config.hurdle_marginal,
         tie_token_embeddings=config.tie_token_embeddings,
+        time_bias=config.time_bias,
         pretrained=pretrained,
     )
     if config.encoder == "random":

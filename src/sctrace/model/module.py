@@ -11,7 +11,7 @@ from torch import nn
 
 from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
-from sctrace.model.embeddings import CellEmbedding
+from sctrace.model.embeddings import CellEmbedding, RelativeTimeBias
 from sctrace.model.masking import random_mask
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 
@@ -65,6 +65,10 @@ class TraceNet(nn.Module):
     tie_token_embeddings
         Share the decoder's input gene table with the output layer (and start the gene tables small, std 0.02):
         an input table of its own, initialised N(0, 1), barely moves in a few hundred steps.
+    time_bias
+        Cross-attention of the decoder biased by the time between the decoded cell and each memory cell
+        (:class:`sctrace.model.embeddings.RelativeTimeBias`), so that a time between two observed ones attends to
+        both by its distance to each instead of to the trained time its code resembles.
     pretrained
         A source encoder with the signature of :meth:`encode` (e.g.
         :class:`sctrace.model.pretrained.PretrainedEncoder`) replacing the from-scratch one.
@@ -96,6 +100,7 @@ class TraceNet(nn.Module):
         hurdle_marginal: str = "gaussian",
         pretrained: nn.Module | None = None,
         tie_token_embeddings: bool = False,
+        time_bias: bool = False,
     ):
         super().__init__()
         if count_input not in ("masked", "complete"):
@@ -116,6 +121,7 @@ class TraceNet(nn.Module):
             self.encoder = Stack(EncoderLayer, n_encoder_layers, d_model, n_heads, head_dim, dropout)
         self.decoder = Stack(DecoderLayer, n_decoder_layers, d_model, n_heads, head_dim, dropout)
         self.token_head = nn.Linear(d_model, vocab_size)
+        self.time_bias = RelativeTimeBias(n_heads, time_span, time_steps) if time_bias else None
         if tie_token_embeddings:
             for embedding in (self.target_embedding, getattr(self, "source_embedding", None)):
                 if embedding is not None:
@@ -153,15 +159,21 @@ class TraceNet(nn.Module):
         memory: torch.Tensor,
         memory_pad: torch.Tensor,
         memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        memory_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """target: (batch, length) with [CLS] first (may hold [MASK]). Returns hidden states (batch, length, d).
 
         memory_kv: ``self.decoder.project_memory(memory)``, passed by callers that decode against the same
-        memory many times (generation), so its keys and values are projected once.
+        memory many times (generation), so its keys and values are projected once. memory_time: (batch, n_key)
+        time of each memory cell, read by the relative time bias (None: no bias, as for a memory of one time).
         """
         pad = target == PAD_ID
-        x = self.target_embedding(target, self._times(time, target.shape[0], target.device))
-        return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv)
+        times = self._times(time, target.shape[0], target.device)
+        x = self.target_embedding(target, times)
+        bias = None
+        if self.time_bias is not None and memory_time is not None:
+            bias = self.time_bias(times, memory_time)
+        return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv, memory_bias=bias)
 
     def count_state(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The count decoder's input for complete sentences: hidden (batch, length, d) from :meth:`decode` of
@@ -193,18 +205,24 @@ class TraceNet(nn.Module):
 
     @torch.no_grad()
     def build_context(
-        self, z0: torch.Tensor, z0_pad: torch.Tensor, context: Sequence[tuple[torch.Tensor, float]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory.
+        self, z0: torch.Tensor, z0_pad: torch.Tensor, context: Sequence[tuple[torch.Tensor, float]],
+        source_time: torch.Tensor | float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory, its pad
+        mask and the time of each memory cell ((batch, n_key): ``source_time`` for Z_0, each context's time).
 
         context: (tokens with [CLS] (batch, length), time) for every context time point, in time order.
         """
+        batch, device = z0.shape[0], z0.device
         memory, memory_pad = [z0.detach()], [z0_pad]
+        memory_time = [self._times(source_time, batch, device)[:, None].expand(-1, z0.shape[1])]
         for tokens, time in context:
-            hidden = self.decode(tokens, time, torch.cat(memory, 1), torch.cat(memory_pad, 1))
+            hidden = self.decode(tokens, time, torch.cat(memory, 1), torch.cat(memory_pad, 1),
+                                 memory_time=torch.cat(memory_time, 1))
             memory.append(hidden)
             memory_pad.append(tokens == PAD_ID)
-        return torch.cat(memory, 1), torch.cat(memory_pad, 1)
+            memory_time.append(self._times(time, batch, device)[:, None].expand(-1, tokens.shape[1]))
+        return torch.cat(memory, 1), torch.cat(memory_pad, 1), torch.cat(memory_time, 1)
 
     def training_losses(
         self,
@@ -242,19 +260,20 @@ class TraceNet(nn.Module):
         n_times = sentences.shape[1]
         keep = [True] * n_times if context_keep is None else list(context_keep)
         context = [(sentences[:, k], times[k]) for k in range(1, n_times) if k != target_index and keep[k]]
-        memory, memory_pad = self.build_context(z0, z0_pad, context)
+        memory, memory_pad, memory_time = self.build_context(z0, z0_pad, context, times[0])
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
         target_tokens, target_time = (sentences[:, target_index], times[target_index]) if target is None else target
         masked, labels = random_mask(target_tokens, schedule, generator)
-        hidden = self.decode(masked, target_time, memory, memory_pad)
+        hidden = self.decode(masked, target_time, memory, memory_pad, memory_time=memory_time)
         chosen = labels != -100
         logits = self.token_head(hidden[chosen])
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
         if self.count_input == "complete":
             # The complete target sentence, as at generation, where the sentence is fully generated.
-            state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad), target_tokens)
+            state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad, memory_time=memory_time),
+                                     target_tokens)
         else:
             state = self.count_state(hidden, masked)
         params = self.count_decoder(state, library_size)
