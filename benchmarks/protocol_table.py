@@ -1,0 +1,62 @@
+"""One table from the protocol runs of several data sets: `python benchmarks/protocol_table.py ROOT [ROOT_B]`.
+
+ROOT holds one folder per data set, each written by `sctrace protocol` (benchmarks/protocol_devsets.sh makes
+them). Prints, per data set, sctrace's EMD and Pearson-delta on every split beside the other methods', the snap
+check, and the win counts over all sets. With ROOT_B (e.g. the same protocol after a change to sctrace), its
+sctrace rows are shown as a second model, "sctrace (B)", against the same peers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from sctrace.protocol import win_table  # noqa: E402
+
+
+def load(root: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/protocol.json"))}
+
+
+def fmt(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str]) -> None:
+    first = load(Path(argv[1]))
+    second = load(Path(argv[2])) if len(argv) > 2 else {}
+    all_rows = []
+    for name, summary in first.items():
+        rows = [r for r in summary["rows"] if not r.get("failed")]
+        if name in second:
+            rows += [{**r, "method": "sctrace (B)"} for r in second[name]["rows"] if r["method"] == "sctrace" and not r.get("failed")]
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        print(f"\n### {name} ({summary['count_kind']}; seeds {', '.join(map(str, summary['seeds']))})\n")
+        print("| split | " + " | ".join(f"{m} EMD / PD" for m in methods) + " |")
+        print("|---|" + "---|" * len(methods))
+        for split in summary["splits"]:
+            by = {r["method"]: r for r in rows if r["split"] == split}
+            cells = []
+            for m in methods:
+                r = by.get(m)
+                if r is None:
+                    cells.append("-")
+                    continue
+                snap = r.get("snap")
+                mark = "" if snap is None or snap["snapped_seeds"] == 0 else " (s)"
+                cells.append(f"{fmt(r['emd'])} / {fmt(r['pearson_delta'])}{mark}")
+            print(f"| {split} | " + " | ".join(cells) + " |")
+        all_rows += [{**r, "split": f"{name}:{r['split']}"} for r in rows]
+    print("\n(s): the prediction's mean lies nearer a training time's mean than the truth's (snap check).\n")
+    for model in ("sctrace", "sctrace (B)") if second else ("sctrace",):
+        wins = win_table([r for r in all_rows if r["method"] != ("sctrace (B)" if model == "sctrace" else "sctrace")], model)
+        print(f"\n{model} wins over all splits:\n\n| method | EMD | Pearson-delta |\n|---|---|---|")
+        for method, entry in wins.items():
+            print(f"| {method} | {entry['emd']}/{entry['emd_n']} | {entry['pearson_delta']}/{entry['pearson_delta_n']} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
