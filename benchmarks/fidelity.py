@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             state = count_state_of_sentences(model, tokens[part_a], lengths[part_a], float(t), rng)
             # Depths as at generation (the neighbouring observed times'), not A's own.
             depth = model._library_sizes(None, float(t), n_a, rng)
-            params = net.count_decoder(state, torch.as_tensor(depth, dtype=torch.float32))
+            params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), float(t))
             drawn = net.count_decoder.sample(params, generator=generator).numpy()
         drawn = lognorm_over_genes(drawn, np.asarray(genes), genes, args.count_kind).toarray()
 

@@ -74,6 +74,9 @@ class TraceConfig:
     # Cross-attention biased by the time between the decoded cell and each memory cell (relative time), so an
     # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
     time_bias: bool = False
+    # The count decoder's outputs are offsets from each gene's training-time statistics interpolated to the decoded
+    # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior).
+    count_prior: bool = False
     source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1

@@ -26,7 +26,7 @@ from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
 from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
 from sctrace.model.copula import GeneCopula, reorder_levels
-from sctrace.model.counts import StratifiedLevels
+from sctrace.model.counts import StratifiedLevels, values_to_normal
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
 WEIGHTS_FILE = "model.safetensors"
@@ -100,6 +100,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         hurdle_marginal=config.hurdle_marginal,
         tie_token_embeddings=config.tie_token_embeddings,
         time_bias=config.time_bias,
+        time_values=times if config.count_prior else None,
         pretrained=pretrained,
     )
     if config.encoder == "random":
@@ -249,6 +250,13 @@ class TRACE:
         self.net = _build_net(self.corpus.spec, self.config)
         if self.net.count_decoder.quantile_marginal:
             self.net.count_decoder.fit_marginals(self.corpus.counts, seed=seed)
+        if self.net.count_prior is not None:
+            decoder = self.net.count_decoder
+            to_normal = None
+            if decoder.quantile_marginal:
+                def to_normal(x):
+                    return values_to_normal(x, decoder.marginal_quantiles)
+            self.net.count_prior.fit(self.corpus.counts, self.corpus.cell_times, self.config.likelihood, to_normal, seed)
         self.copula: GeneCopula | None = None if self.corpus.counts is None else GeneCopula.fit(
             self.corpus.counts, self.corpus.cell_times, self.spec.time_values, self.spec.count_kind, seed=seed)
         self.is_trained = False
@@ -477,7 +485,8 @@ class TRACE:
             cls = hidden[:, 0]
             with torch.no_grad():
                 state = self.net.count_state(hidden, tokens)
-                params = self.net.count_decoder(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32))
+                params = self.net.count_params(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32),
+                                               time)
                 mean_out.append(self.net.count_decoder.mean(params).numpy())
                 levels = None if strata is None else torch.as_tensor(strata.rows(start, start + len(chunk)))
                 sample_out.append(self.net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())

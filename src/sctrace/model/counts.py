@@ -325,6 +325,7 @@ class CountDecoder(nn.Module):
         likelihood: str = "zinb",
         zinb_mean: str = "nb",
         hurdle_marginal: str = "gaussian",
+        n_prior_features: int = 0,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -342,8 +343,11 @@ class CountDecoder(nn.Module):
             # Saved with the weights: a loaded model decodes on the same tables it was trained on.
             self.register_buffer("marginal_quantiles", torch.zeros(N_MARGINAL_QUANTILES, n_genes))
             self.register_buffer("marginals_fitted", torch.tensor(False))
+        # With a time prior (sctrace.model.prior) the state comes with the prior's features, and the heads give
+        # offsets from the prior's statistics, starting at zero: an untrained decoder returns the prior itself.
+        self.n_prior_features = n_prior_features
         self.hidden = nn.Sequential(
-            nn.Linear(n_input, n_hidden),
+            nn.Linear(n_input + n_prior_features, n_hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(n_hidden, n_hidden),
@@ -361,6 +365,12 @@ class CountDecoder(nn.Module):
             self.log_theta = nn.Parameter(torch.zeros(n_genes))
             if likelihood == "zinb":
                 self.dropout_head = nn.Linear(n_hidden, n_genes)
+        if n_prior_features:
+            for name in ("mean_head", "scale_head"):
+                head = getattr(self, name, None)
+                if head is not None:
+                    nn.init.zeros_(head.weight)
+                    nn.init.zeros_(head.bias)
 
     def fit_marginals(self, values, seed: int = 0) -> None:
         """Each gene's quantiles of its positive values, from the training cells (``hurdle_marginal='quantile'``).
@@ -402,7 +412,8 @@ class CountDecoder(nn.Module):
         self.marginal_quantiles.copy_(table.to(self.marginal_quantiles.device))
         self.marginals_fitted.fill_(True)
 
-    def forward(self, cls_embedding: torch.Tensor, library_size: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, cls_embedding: torch.Tensor, library_size: torch.Tensor | None = None,
+                prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Distribution parameters for each cell.
 
         Parameters
@@ -412,6 +423,11 @@ class CountDecoder(nn.Module):
         library_size
             (batch,) total counts of each cell; required for ``zinb`` and ``nb``, ignored for ``gaussian`` and
             ``hurdle``.
+        prior
+            ``(offsets (batch, 2, n_genes), features (batch, n_prior_features))`` of
+            :class:`sctrace.model.prior.TimePrior`, required when the decoder was built with prior features:
+            offsets[:, 0] is added to the scale logits (counts) or the off logits (hurdle), offsets[:, 1] to the
+            mean (log-normalised likelihoods).
 
         Returns
         -------
@@ -419,19 +435,30 @@ class CountDecoder(nn.Module):
         keys and ``'zero_logits'``; ``gaussian``:
         ``{'mean', 'log_var'}``; every value (batch, n_genes).
         """
-        hidden = self.hidden(F.normalize(cls_embedding, dim=-1))
+        state = F.normalize(cls_embedding, dim=-1)
+        offsets = None
+        if self.n_prior_features:
+            if prior is None:
+                raise ValueError("this count decoder was built with a time prior; pass prior=(offsets, features).")
+            offsets, features = prior
+            state = torch.cat([state, features.to(state.dtype)], dim=-1)
+        hidden = self.hidden(state)
         batch = cls_embedding.shape[0]
+
+        def shifted(values: torch.Tensor, which: int) -> torch.Tensor:
+            return values if offsets is None else values + offsets[:, which].to(values.dtype)
+
         if self.likelihood in LOGNORM_LIKELIHOODS:
-            params = {"mean": self.mean_head(hidden), "log_var": self.log_var.expand(batch, -1)}
+            params = {"mean": shifted(self.mean_head(hidden), 1), "log_var": self.log_var.expand(batch, -1)}
             if self.likelihood == "hurdle":
-                params["zero_logits"] = self.zero_head(hidden)
+                params["zero_logits"] = shifted(self.zero_head(hidden), 0)
             return params
         if library_size is None:
             raise SctraceInputError(
                 f"The {self.likelihood} count decoder needs library_size; pass each cell's total counts."
             )
         params = {
-            "mu": library_size[:, None] * torch.softmax(self.scale_head(hidden), dim=-1),
+            "mu": library_size[:, None] * torch.softmax(shifted(self.scale_head(hidden), 0), dim=-1),
             "theta": torch.exp(self.log_theta).expand(batch, -1),
         }
         if self.likelihood == "zinb":

@@ -13,6 +13,7 @@ from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
 from sctrace.model.embeddings import CellEmbedding, RelativeTimeBias
 from sctrace.model.masking import random_mask
+from sctrace.model.prior import N_PRIOR_FEATURES, TimePrior
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 
 __all__ = ["CLS_ID", "COUNT_POOLINGS", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls", "gather_sentences"]
@@ -69,6 +70,10 @@ class TraceNet(nn.Module):
         Cross-attention of the decoder biased by the time between the decoded cell and each memory cell
         (:class:`sctrace.model.embeddings.RelativeTimeBias`), so that a time between two observed ones attends to
         both by its distance to each instead of to the trained time its code resembles.
+    time_values
+        The observed training times, in order: given, the count decoder's outputs are offsets from each gene's
+        statistics interpolated in time (:class:`sctrace.model.prior.TimePrior`), fitted with
+        ``count_prior.fit`` before training.
     pretrained
         A source encoder with the signature of :meth:`encode` (e.g.
         :class:`sctrace.model.pretrained.PretrainedEncoder`) replacing the from-scratch one.
@@ -101,6 +106,7 @@ class TraceNet(nn.Module):
         pretrained: nn.Module | None = None,
         tie_token_embeddings: bool = False,
         time_bias: bool = False,
+        time_values: Sequence[float] | None = None,
     ):
         super().__init__()
         if count_input not in ("masked", "complete"):
@@ -137,7 +143,9 @@ class TraceNet(nn.Module):
             likelihood=likelihood,
             zinb_mean=zinb_mean,
             hurdle_marginal=hurdle_marginal,
+            n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
         )
+        self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
 
     @staticmethod
     def _times(time: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -187,6 +195,15 @@ class TraceNet(nn.Module):
         if self.count_pooling == "cls+mean+genes":
             parts.append(F.normalize(self.sentence_profile(tokens).to(hidden.dtype), dim=-1))
         return torch.cat(parts, dim=-1)
+
+    def count_params(self, state: torch.Tensor, library_size: torch.Tensor | None, time: torch.Tensor | float,
+                     exclude: int | None = None) -> dict[str, torch.Tensor]:
+        """The count decoder's parameters for cells decoded at ``time``; ``exclude`` leaves the training time of
+        that index out of the time prior (a training target's own time)."""
+        prior = None
+        if self.count_prior is not None:
+            prior = self.count_prior(time, state.shape[0], exclude)
+        return self.count_decoder(state, library_size, prior)
 
     def sentence_profile(self, tokens: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) which genes each sentence holds, weighted by rank: 1 for the first, falling linearly.
@@ -276,6 +293,6 @@ class TraceNet(nn.Module):
                                      target_tokens)
         else:
             state = self.count_state(hidden, masked)
-        params = self.count_decoder(state, library_size)
+        params = self.count_params(state, library_size, target_time, exclude=target_index)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}

@@ -1,0 +1,113 @@
+"""The count decoder's prior: each gene's training-time statistics, interpolated in time to the decoded time.
+
+Why: the decoder's states at a time it never trained on resemble those of a trained neighbour, so a count head
+that reads only them returns that neighbour's profile (the prediction "snaps" to a training time; issue 21 of the
+project). Here the count head's outputs are offsets from a prior that moves with time by construction: for a
+decoded time ``t`` it is the linear interpolation, in the head's own parameter space, of the statistics of the two
+nearest observed training times around ``t`` (the nearest one past the ends). In training the target's own time is
+left out of the prior, so the target is decoded from its neighbours exactly as an unseen time is at generation,
+and the network learns what the neighbours' interpolation misses (the residual), not a lookup of trained times.
+
+The statistics per training time and gene, in the count head's parameter space:
+
+- raw counts (``zinb``, ``nb``): ``log`` of the mean share of the cell's library (the softmax logits of ``scale``);
+- log-normalised (``hurdle``): the logit of the fraction of cells where the gene is off, and the mean of its
+  positive values (on their normal scores under ``hurdle_marginal: quantile``); ``gaussian``: the mean value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+__all__ = ["N_PRIOR_FEATURES", "TimePrior"]
+
+# What the count head reads beside the decoder state: the distances to the lower and upper neighbour (fractions
+# of the span; 0 where there is none) and whether the time lies between two of them.
+N_PRIOR_FEATURES = 3
+_MAX_PRIOR_CELLS = 20_000  # per time point: the means barely move past this many cells
+_LOG_EPS = 1e-7
+
+
+class TimePrior(nn.Module):
+    """Per-time, per-gene statistics (buffers, saved with the weights) and their interpolation in time."""
+
+    def __init__(self, time_values, n_genes: int):
+        super().__init__()
+        times = torch.as_tensor(np.asarray(time_values, dtype=np.float32))
+        self.register_buffer("times", times)
+        self.register_buffer("stats", torch.zeros(len(times), 2, n_genes))  # (times, [zero/scale, mean], genes)
+        self.register_buffer("fitted", torch.tensor(False))
+        span = float(times[-1] - times[0]) if len(times) > 1 else 1.0
+        self.span = span if span > 0 else 1.0
+
+    @torch.no_grad()
+    def fit(self, values, cell_times: np.ndarray, likelihood: str, to_normal=None, seed: int = 0) -> None:
+        """Statistics of the training cells at each time (``values``: rows indexable, counts or log-normalised).
+
+        ``to_normal``: maps a (cells, genes) tensor of values to normal scores (the quantile marginal), or None.
+        """
+        rng = np.random.default_rng(seed)
+        stats = torch.zeros_like(self.stats)
+        for k, t in enumerate(self.times.tolist()):
+            rows = np.flatnonzero(np.isclose(cell_times, t))
+            if rows.size == 0:
+                continue
+            if rows.size > _MAX_PRIOR_CELLS:
+                rows = np.sort(rng.choice(rows, _MAX_PRIOR_CELLS, replace=False))
+            block = values[rows]
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            x = torch.as_tensor(block, dtype=torch.float32)
+            if likelihood in ("zinb", "nb"):
+                share = x / x.sum(1, keepdim=True).clamp_min(1.0)
+                stats[k, 0] = torch.log(share.mean(0) + _LOG_EPS)
+                continue
+            on = x > 0
+            n = x.shape[0]
+            off = 1.0 - on.float().mean(0)
+            # Kept half a cell from 0 and 1, so a gene never or always seen off has a finite logit.
+            off = off.clamp(0.5 / n, 1.0 - 0.5 / n)
+            stats[k, 0] = torch.log(off) - torch.log1p(-off)
+            scores = x if to_normal is None else to_normal(x)
+            if likelihood == "gaussian":
+                stats[k, 1] = x.mean(0)
+            else:
+                count = on.float().sum(0)
+                stats[k, 1] = torch.where(count > 0, (scores * on).sum(0) / count.clamp_min(1.0), torch.zeros_like(count))
+        self.stats.copy_(stats)
+        self.fitted.fill_(True)
+
+    def forward(self, time: torch.Tensor | float, batch: int, exclude: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offsets (batch, 2, n_genes) and features (batch, N_PRIOR_FEATURES) at ``time`` (scalar or (batch,)).
+
+        ``exclude``: index of a training time left out (the training target's own), so that the prior at it is
+        built from its neighbours, as at an unseen time.
+        """
+        times = self.times
+        t = torch.as_tensor(time, dtype=times.dtype, device=times.device)
+        t = t.expand(batch) if t.ndim == 0 else t
+        available = torch.ones_like(times, dtype=torch.bool)
+        if exclude is not None:
+            available[exclude] = False
+        inf = torch.tensor(float("inf"), device=times.device)
+        below = available & (times[None, :] <= t[:, None] + 1e-6)  # (batch, times)
+        above = available & (times[None, :] >= t[:, None] - 1e-6)
+        lower_time = torch.where(below, times, -inf).amax(1)
+        upper_time = torch.where(above, times, inf).amin(1)
+        lower = torch.where(below, times, -inf).argmax(1)
+        upper = torch.where(above, times, inf).argmin(1)
+        has_lower, has_upper = torch.isfinite(lower_time), torch.isfinite(upper_time)
+        gap = (upper_time - lower_time).clamp_min(1e-12)
+        weight = torch.where(has_lower & has_upper, ((t - lower_time) / gap).clamp(0, 1), torch.zeros_like(t))
+        weight = torch.where(~has_lower, torch.ones_like(t), weight)  # only an upper neighbour: take it
+        lower = torch.where(has_lower, lower, upper)
+        upper = torch.where(has_upper, upper, lower)
+        offsets = (1 - weight)[:, None, None] * self.stats[lower] + weight[:, None, None] * self.stats[upper]
+        features = torch.stack([
+            torch.where(has_lower, (t - lower_time) / self.span, torch.zeros_like(t)),
+            torch.where(has_upper, (upper_time - t) / self.span, torch.zeros_like(t)),
+            (has_lower & has_upper).to(t.dtype),
+        ], dim=1)
+        return offsets, features
