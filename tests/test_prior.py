@@ -81,7 +81,7 @@ def test_a_fitted_model_with_the_prior_moves_between_its_neighbours(small_timeco
     from sctrace.estimator import TRACE
 
     times = sorted(small_timecourse.obs["time"].unique())
-    model = TRACE(small_timecourse, "time", holdout=times[3], seed=0, count_prior=True, time_bias=True,
+    model = TRACE(small_timecourse, "time", holdout=times[3], seed=0, count_prior="residual", time_bias=True,
                   **{**tiny_fast_config, "max_epochs": 1})
     model.fit(progress=False)
     stats = model.net.count_prior.stats[:, 0]
@@ -91,3 +91,15 @@ def test_a_fitted_model_with_the_prior_moves_between_its_neighbours(small_timeco
     low, high = stats[k].numpy(), stats[k + 1].numpy()
     between = np.corrcoef(shares - low, high - low)[0, 1]
     assert between > 0.5, between
+
+
+def test_centred_offsets_leave_the_population_at_the_prior():
+    """count_prior 'centred': whatever the network says, the cells decoded together average to the prior."""
+    decoder = CountDecoder(8, 4, n_hidden=16, likelihood="hurdle", n_prior_features=N_PRIOR_FEATURES, centre_prior=True)
+    for head in (decoder.mean_head, decoder.zero_head):
+        torch.nn.init.normal_(head.weight)
+    offsets, features = _prior(STATS * 0.1)(2.0, batch=5)
+    params = decoder(torch.randn(5, 8), None, prior=(offsets, features))
+    torch.testing.assert_close(params["mean"].mean(0), offsets[0, 1])
+    torch.testing.assert_close(params["zero_logits"].mean(0), offsets[0, 0])
+    assert params["mean"].std(0).min() > 0  # cells still differ

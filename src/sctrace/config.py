@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "count_pooling": ("cls", "cls+mean", "cls+mean+genes"),
     "hurdle_marginal": ("gaussian", "quantile"),
     "count_sampling": ("iid", "stratified", "copula"),
+    "count_prior": ("none", "residual", "centred"),
     "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
     "encoder": ("scratch", "random", "geneformer"),
     "encoder_mode": ("frozen", "finetune"),
@@ -75,8 +76,10 @@ class TraceConfig:
     # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
     time_bias: bool = False
     # The count decoder's outputs are offsets from each gene's training-time statistics interpolated to the decoded
-    # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior).
-    count_prior: bool = False
+    # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior):
+    # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
+    # centred over the cells decoded together: the prior sets the population, the network each cell's deviation).
+    count_prior: str = "none"
     source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1
@@ -100,6 +103,11 @@ class TraceConfig:
     count_loss_weight: float = 1.0
     mask_schedule: str = "cosine"
     max_epochs: int = 30
+    # At least this many optimiser steps, whatever the data size (0: whole epochs only, the runs before this key):
+    # a small course's epoch is 3-6 steps, and 60 of them stopped the token model near a uniform guess. With it,
+    # validation runs about every 50 steps, the learning rate warms up over the first 5% and decays by a cosine to
+    # a tenth over the planned steps, and early stopping waits until this many steps are done.
+    min_steps: int = 0
     patience: int = 8
     val_fraction: float = 0.1
     gradient_clip: float = 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -36,6 +37,8 @@ CORPUS_DIR = "corpus"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
+# With a step budget (config min_steps), validation and early stopping come about this often.
+VALIDATE_EVERY_STEPS = 50
 COPULA_FILE = "copula.safetensors"  # the training cells' gene-gene normal-score factors (sampling "copula")
 _OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
 
@@ -100,7 +103,8 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         hurdle_marginal=config.hurdle_marginal,
         tie_token_embeddings=config.tie_token_embeddings,
         time_bias=config.time_bias,
-        time_values=times if config.count_prior else None,
+        time_values=None if config.count_prior == "none" else times,
+        centre_prior=config.count_prior == "centred",
         pretrained=pretrained,
     )
     if config.encoder == "random":
@@ -341,6 +345,13 @@ class TRACE:
         )
         plan = TracePlan(self.net, self.config, self.seed)
         has_val = len(datamodule.val_rows) > 0
+        max_epochs, val_every = self.config.max_epochs, 1
+        if self.config.min_steps > 0:
+            world = devices * num_nodes if isinstance(devices, int) else num_nodes
+            steps_per_epoch = max(1, math.ceil(len(datamodule.train_rows) / (self.config.batch_size * max(world, 1))))
+            max_epochs = max(max_epochs, math.ceil(self.config.min_steps / steps_per_epoch))
+            val_every = max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch))
+            plan.total_steps = max_epochs * steps_per_epoch if max_steps is None else max_steps
         monitor = "val_loss" if has_val else "train_loss"
         checkpoint = ModelCheckpoint(
             dirpath=root / CHECKPOINT_DIR, filename="best", monitor=monitor, save_last=True, save_weights_only=False
@@ -351,8 +362,10 @@ class TRACE:
         callbacks = [checkpoint, stopping]
         with _quiet_lightning():
             trainer = L.Trainer(
-                max_epochs=self.config.max_epochs,
+                max_epochs=max_epochs,
                 max_steps=-1 if max_steps is None else max_steps,
+                min_steps=self.config.min_steps or None,
+                check_val_every_n_epoch=val_every,
                 accelerator=accelerator,
                 devices=devices,
                 num_nodes=num_nodes,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 
@@ -16,6 +18,8 @@ class TracePlan(L.LightningModule):
         super().__init__()
         self.net, self.config, self.seed = net, config, seed
         self._generator: torch.Generator | None = None
+        # Planned optimiser steps (set by TRACE.fit with a step budget): warm-up and cosine decay span them.
+        self.total_steps: int | None = None
 
     def _losses(
         self,
@@ -101,14 +105,27 @@ class TracePlan(L.LightningModule):
         self.log_dict({f"val_{k}": v for k, v in mean.items() if k != "loss"}, batch_size=len(batch["sentences"]), sync_dist=True)
         self.log("val_loss", mean["loss"], prog_bar=True, batch_size=len(batch["sentences"]), sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         count_params = list(self.net.count_decoder.parameters())
         count_ids = {id(p) for p in count_params}
         # A frozen pretrained encoder's weights have requires_grad False and stay out of the optimiser.
         other = [p for p in self.net.parameters() if id(p) not in count_ids and p.requires_grad]
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             [
                 {"params": other, "lr": self.config.lr, "weight_decay": self.config.weight_decay},
                 {"params": count_params, "lr": self.config.count_lr, "weight_decay": self.config.count_weight_decay},
             ]
         )
+        if not self.total_steps:
+            return optimizer
+        total = self.total_steps
+        warmup = max(1, total // 20)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

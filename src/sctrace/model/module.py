@@ -73,7 +73,7 @@ class TraceNet(nn.Module):
     time_values
         The observed training times, in order: given, the count decoder's outputs are offsets from each gene's
         statistics interpolated in time (:class:`sctrace.model.prior.TimePrior`), fitted with
-        ``count_prior.fit`` before training.
+        ``count_prior.fit`` before training; ``centre_prior`` centres the offsets over the cells decoded together.
     pretrained
         A source encoder with the signature of :meth:`encode` (e.g.
         :class:`sctrace.model.pretrained.PretrainedEncoder`) replacing the from-scratch one.
@@ -107,6 +107,7 @@ class TraceNet(nn.Module):
         tie_token_embeddings: bool = False,
         time_bias: bool = False,
         time_values: Sequence[float] | None = None,
+        centre_prior: bool = False,
     ):
         super().__init__()
         if count_input not in ("masked", "complete"):
@@ -144,6 +145,7 @@ class TraceNet(nn.Module):
             zinb_mean=zinb_mean,
             hurdle_marginal=hurdle_marginal,
             n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
+            centre_prior=centre_prior,
         )
         self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
 
