@@ -350,7 +350,7 @@ class TRACE:
             world = devices * num_nodes if isinstance(devices, int) else num_nodes
             steps_per_epoch = max(1, math.ceil(len(datamodule.train_rows) / (self.config.batch_size * max(world, 1))))
             max_epochs = max(max_epochs, math.ceil(self.config.min_steps / steps_per_epoch))
-            val_every = max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch))
+            val_every = min(max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch)), max_epochs)
             plan.total_steps = max_epochs * steps_per_epoch if max_steps is None else max_steps
         monitor = "val_loss" if has_val else "train_loss"
         checkpoint = ModelCheckpoint(
