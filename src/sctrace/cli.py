@@ -195,7 +195,7 @@ def predict(
         raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
     model = TRACE.load(run_dir)
     generated = model.predict(time, n_cells=n_cells, seed=seed, library_size=library_size, sampling=sampling)
-    _write_h5ad(generated, out)
+    _write_h5ad(generated, out, overwrite)
     typer.echo(f"wrote {generated.n_obs} generated cells at time {generated.uns['sctrace']['time']:g} to {out}")
 
 
@@ -216,7 +216,7 @@ def embed(
     if out.exists() and not overwrite:
         raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
     embedded = TRACE.load(run_dir).embed(data, time_key=time_key, layer=layer)
-    _write_h5ad(embedded, out)
+    _write_h5ad(embedded, out, overwrite)
     typer.echo(f"wrote embeddings of {embedded.n_obs} cells to {out}")
 
 
@@ -348,12 +348,39 @@ def plot(
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
-def _write_h5ad(adata, out: Path) -> None:
-    """Write through a temporary file so an interrupted write never leaves a truncated result."""
+def _write_h5ad(adata, out: Path, overwrite: bool = False) -> None:
+    """Write through a temporary file of its own, then create ``out`` in one step.
+
+    An interrupted write never leaves a truncated result, two commands writing the same ``out`` never share a
+    temporary file, and without ``overwrite`` a file that appeared at ``out`` meanwhile is never replaced.
+    """
+    import os
+    import tempfile
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(out)
+    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        adata.write_h5ad(tmp)
+        if overwrite:
+            tmp.replace(out)
+            return
+        try:
+            try:
+                os.link(tmp, out)  # fails if out exists: exclusive creation, unlike a rename
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: claim the name exclusively, then fill it
+                with open(out, "xb"):
+                    pass
+                tmp.replace(out)
+        except FileExistsError:
+            raise SctraceInputError(
+                f"{out} was written by another command while this one ran; pass --overwrite or choose another --out."
+            ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @app.command("impute")

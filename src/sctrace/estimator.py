@@ -161,6 +161,72 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume:
     return run_dir
 
 
+STAGING_SUFFIX = ".sctrace-staging"
+
+
+def staging_dir(run_dir: str | os.PathLike) -> Path:
+    """Beside ``run_dir``: where a fit or save that replaces a run writes, so the old run stays whole until the end.
+
+    The name is fixed (not random) so that every process of a multi-process fit agrees on it.
+    """
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}{STAGING_SUFFIX}"
+
+
+def stage_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """The directory to write a run into: ``run_dir`` itself, or a staging folder when it replaces a finished run.
+
+    A kill while the new run is written then leaves the old one usable; :func:`swap_in_run` replaces it at the end.
+    """
+    run_dir = Path(run_dir)
+    replaces = overwrite and not resume and run_dir.is_dir() and any(run_dir.iterdir())
+    if not replaces:
+        return prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    check_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    staging = staging_dir(run_dir)
+    if not is_rank_zero():
+        return staging
+    if staging.exists():
+        if not (staging / RUN_MARKER).exists():
+            raise SctraceInputError(
+                f"{staging} holds files that sctrace did not write; remove it, or choose another --out."
+            )
+        shutil.rmtree(staging)  # left by a fit that was killed before it finished
+    staging.mkdir(parents=True)
+    (staging / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace"}))
+    return staging
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def swap_in_run(staging: Path, run_dir: Path) -> None:
+    """Replace ``run_dir`` by the finished ``staging`` folder; files in it that sctrace did not write are kept."""
+    if staging == run_dir:
+        return
+    if _exchange(staging, run_dir):
+        old = staging  # now holds the previous run
+    else:
+        old = run_dir.parent / f".{run_dir.name}.sctrace-old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(run_dir, old)
+        os.replace(staging, run_dir)
+    for entry in old.iterdir():
+        if entry.name not in _OWN_ENTRIES:
+            os.replace(entry, run_dir / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 # Lightning precisions fit accepts; "auto" picks bf16 autocast on a GPU and fp32 on CPU.
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
 
@@ -321,7 +387,7 @@ class TRACE:
             scratch = tempfile.TemporaryDirectory(prefix="sctrace_")
             root = Path(scratch.name)
         else:
-            root = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+            root = stage_run_dir(run_dir, overwrite=overwrite, resume=resume)
             if is_rank_zero():
                 self._write_description(root)
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
@@ -373,6 +439,7 @@ class TRACE:
             scratch.cleanup()
         elif trainer.is_global_zero:
             self._write_weights(root)
+            swap_in_run(root, Path(run_dir))
         return self
 
     # ------------------------------------------------------------------ generation
@@ -578,10 +645,11 @@ class TRACE:
     def save(self, run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write weights (safetensors), config (YAML) and the tokenized corpus; enough to predict later."""
         self._require_trained("save")
-        root = prepare_run_dir(run_dir, overwrite=overwrite)
+        root = stage_run_dir(run_dir, overwrite=overwrite)
         self._write_description(root)
         self._write_weights(root)
-        return root
+        swap_in_run(root, Path(run_dir))
+        return Path(run_dir)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> TRACE:

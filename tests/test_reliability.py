@@ -1,0 +1,105 @@
+"""Faults a new user meets on the command line (issue 22): no lost file, no silent wrong result, no traceback,
+and every error in the words of the interface that was called.
+
+The CLI is driven as in ``test_cli.py``: ``CliRunner`` on ``sctrace.cli.app`` for runs that must succeed,
+``sctrace.cli.main`` with ``sys.argv`` patched for errors (one ``error:`` line, exit code 2). Data are tiny
+simulations and models train one epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sctrace import cli
+from test_cli import assert_one_line_error, invoke, run_main
+
+N_CELLS, N_GENES, HOLDOUT = 240, 120, 4.0
+
+
+@pytest.fixture(scope="module")
+def sim_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rel") / "sim.h5ad"
+    invoke("simulate", "--out", path, "--n-cells", N_CELLS, "--n-genes", N_GENES, "--seed", 5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory, tiny_fast_config) -> Path:
+    path = tmp_path_factory.mktemp("relcfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**tiny_fast_config, "n_top_genes": 80, "max_epochs": 1}))
+    return path
+
+
+def fit_args(sim_file: Path, out: Path, tiny_yaml: Path, *extra) -> list:
+    return ["fit", sim_file, "--holdout", HOLDOUT, "--out", out, "--config", tiny_yaml, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def run_dir(sim_file, tiny_yaml) -> Path:
+    """A finished run that tests only read."""
+    out = sim_file.parent / "run"
+    invoke(*fit_args(sim_file, out, tiny_yaml))
+    return out
+
+
+def _fresh_run(sim_file, tiny_yaml, where: Path) -> Path:
+    out = where / "run"
+    invoke(*fit_args(sim_file, out, tiny_yaml))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data loss
+def test_fit_overwrite_keeps_the_old_run_until_the_new_one_is_done(sim_file, tiny_yaml, tmp_path, monkeypatch):
+    import lightning as L
+
+    out = _fresh_run(sim_file, tiny_yaml, tmp_path)
+    (out / "notes.txt").write_text("mine")
+    weights = (out / "model.safetensors").read_bytes()
+    seen = {}
+
+    def killed(self, *args, **kwargs):  # stands for a kill -9 in the middle of training
+        seen["old model present"] = (out / "model.safetensors").exists()
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(L.Trainer, "fit", killed)
+    outcome = CliRunner().invoke(cli.app, [str(a) for a in fit_args(sim_file, out, tiny_yaml, "--overwrite")])
+    assert isinstance(outcome.exception, RuntimeError)
+    assert seen["old model present"]
+    assert (out / "model.safetensors").read_bytes() == weights
+    invoke("predict", out, "--time", HOLDOUT, "--out", tmp_path / "p.h5ad", "--n-cells", 5)  # still usable
+
+    monkeypatch.undo()
+    invoke(*fit_args(sim_file, out, tiny_yaml, "--overwrite", "--seed", 1))
+    assert (out / "model.safetensors").read_bytes() != weights
+    assert (out / "notes.txt").read_text() == "mine"  # files sctrace did not write move with the run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.h5ad", "run"]  # no staging or old folder left
+
+
+def test_predict_never_replaces_a_file_that_appeared_meanwhile(run_dir, tmp_path, monkeypatch, capsys):
+    from sctrace.estimator import TRACE
+
+    out = tmp_path / "pred.h5ad"
+    (tmp_path / "pred.h5ad.tmp").mkdir()  # the fixed temporary name two predict runs used to share
+    original = TRACE.predict
+
+    def slow_predict(self, *args, **kwargs):  # another predict finishes first
+        generated = original(self, *args, **kwargs)
+        out.write_bytes(b"the other run's cells")
+        return generated
+
+    monkeypatch.setattr(TRACE, "predict", slow_predict)
+    assert_one_line_error(monkeypatch, capsys, ["predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 5],
+                          "was written by another command while this one ran; pass --overwrite")
+    assert out.read_bytes() == b"the other run's cells"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.h5ad", "pred.h5ad.tmp"]  # no temporary file left
+    monkeypatch.setattr(TRACE, "predict", original)
+    invoke("predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 5, "--overwrite")
+    assert ad.read_h5ad(out).n_obs == 5
