@@ -103,3 +103,39 @@ def test_predict_never_replaces_a_file_that_appeared_meanwhile(run_dir, tmp_path
     monkeypatch.setattr(TRACE, "predict", original)
     invoke("predict", run_dir, "--time", HOLDOUT, "--out", out, "--n-cells", 5, "--overwrite")
     assert ad.read_h5ad(out).n_obs == 5
+
+
+# ---------------------------------------------------------------------------------------------- words
+def _lognormalised(sim_file: Path, path: Path) -> Path:
+    adata = ad.read_h5ad(sim_file)
+    totals = np.asarray(adata.X.sum(axis=1))
+    adata.X = adata.X.multiply(1e4 / totals).log1p().tocsr().astype(np.float32)
+    adata.write_h5ad(path)
+    return path
+
+
+def test_errors_name_the_fix_in_the_interface_called(sim_file, run_dir, tiny_yaml, tmp_path, monkeypatch, capsys):
+    from sctrace._errors import SctraceInputError
+    from sctrace.data.io import read_timecourse
+    from sctrace.estimator import TRACE
+
+    with pytest.raises(SctraceInputError, match="pass time_key as one of the obs columns"):
+        read_timecourse(sim_file, "day")
+    line = assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--time-key", "day"],
+                                 "pass --time-key as one of the obs columns")
+    assert "time_key" not in line
+
+    lognorm = _lognormalised(sim_file, tmp_path / "lognorm.h5ad")
+    with pytest.raises(SctraceInputError, match=r"count_kind='lognorm' \(likelihood 'hurdle'\): they look log-normalised"):
+        TRACE(lognorm, "time", holdout=HOLDOUT)
+    line = assert_one_line_error(monkeypatch, capsys, fit_args(lognorm, tmp_path / "r", tiny_yaml),
+                                 "--likelihood hurdle: they look log-normalised")
+    assert "--likelihood hurdle" in line and "count_kind" not in line and "layer='counts'" not in line
+    assert "--layer counts" in line
+
+    line = assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, run_dir, tiny_yaml),
+                                 "already exists; pass --overwrite or choose another --out")
+    assert "overwrite=True" not in line
+    # The command's words do not leak into later Python calls in the same process.
+    with pytest.raises(SctraceInputError, match="pass overwrite=True or choose another run_dir"):
+        TRACE.load(run_dir).save(run_dir)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, reset_cli_command, set_cli_command
 from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
 from sctrace.config import LOGNORM_LIKELIHOODS
@@ -21,6 +21,13 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="TRACE: predict single-cell expression at time points nobody measured.",
 )
+
+@app.callback()
+def _interface(ctx: typer.Context) -> None:
+    """Errors raised while a command runs name their fix as this command's options (sctrace._errors.option)."""
+    token = set_cli_command(ctx.invoked_subcommand)
+    ctx.call_on_close(lambda: reset_cli_command(token))
+
 
 def _parse_time_map(pairs: list[str] | None) -> dict[str, float] | None:
     if not pairs:

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, in_words, option, option_name
 from sctrace.config import CHOICES, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
 from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
@@ -50,7 +50,7 @@ def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Serie
 
 def _encoder_dir(config: TraceConfig) -> Path:
     if not config.encoder_path:
-        raise SctraceInputError("encoder 'geneformer' needs its directory; pass encoder_path (CLI: --encoder-path DIR).")
+        raise SctraceInputError(f"encoder 'geneformer' needs its directory; pass {option('encoder_path', 'DIR')}.")
     path = Path(config.encoder_path)
     if not path.is_dir():
         raise SctraceInputError(f"pretrained encoder directory {path} does not exist; pass the folder holding its config.json.")
@@ -127,14 +127,18 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: b
     if resume:
         last = run_dir / CHECKPOINT_DIR / "last.ckpt"
         if not last.exists():
-            raise SctraceInputError(f"nothing to resume: {last} does not exist; run fit without --resume first.")
+            raise SctraceInputError(f"nothing to resume: {last} does not exist; fit without {option('resume', True)} first.")
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise SctraceInputError(f"run directory {run_dir} already exists; pass overwrite=True (CLI: --overwrite) or another --out.")
+            raise SctraceInputError(
+                f"run directory {run_dir} already exists; pass {option('overwrite', True)} or choose another "
+                f"{option_name('run_dir')}."
+            )
         if not (run_dir / RUN_MARKER).exists():
             raise SctraceInputError(
-                f"run directory {run_dir} holds files that sctrace did not write; refusing to overwrite it, choose another --out."
+                f"run directory {run_dir} holds files that sctrace did not write; refusing to overwrite it, choose "
+                f"another {option_name('run_dir')}."
             )
     return run_dir
 
@@ -189,7 +193,7 @@ def stage_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: b
     if staging.exists():
         if not (staging / RUN_MARKER).exists():
             raise SctraceInputError(
-                f"{staging} holds files that sctrace did not write; remove it, or choose another --out."
+                f"{staging} holds files that sctrace did not write; remove it, or choose another {option_name('run_dir')}."
             )
         shutil.rmtree(staging)  # left by a fit that was killed before it finished
     staging.mkdir(parents=True)
@@ -276,13 +280,13 @@ class TRACE:
         count_kind = count_kind or ("lognorm" if self.config.likelihood in LOGNORM_LIKELIHOODS else "counts")
         if count_kind == "lognorm" and self.config.likelihood not in LOGNORM_LIKELIHOODS:
             raise SctraceInputError(
-                "the data hold log-normalised values, not counts; use likelihood='hurdle' or 'gaussian' "
-                "(CLI: --likelihood hurdle)."
+                "the data hold log-normalised values, not counts; use "
+                + in_words("likelihood='hurdle' or 'gaussian'.", "--likelihood hurdle or gaussian.")
             )
         if count_kind == "counts" and self.config.likelihood in LOGNORM_LIKELIHOODS:
             raise SctraceInputError(
                 f"likelihood '{self.config.likelihood}' models log-normalised values, and these data hold raw counts; "
-                "use zinb or nb, or pass count_kind='lognorm' (CLI: --count-kind lognorm) for log-normalised data."
+                "use zinb or nb, or pass " + in_words("count_kind='lognorm'", "log-normalised data") + " with this likelihood."
             )
         self.seed = seed
         # Data on disk stay there: the matrix is read a block of cells at a time and the corpus is written to a
@@ -520,7 +524,7 @@ class TRACE:
         elif sampling == "copula":
             if self.copula is None:
                 raise SctraceInputError("this run has no gene copula (copula.safetensors; runs fitted before sampling "
-                                        "'copula' existed lack it); re-fit it, or pass sampling='stratified'.")
+                                        f"'copula' existed lack it); re-fit it, or pass {option('sampling', 'stratified')}.")
             copula = self.copula
             strata = StratifiedLevels(n_cells, spec.n_genes, rng,
                                       transform=lambda levels, r: reorder_levels(levels, copula.normals(time, len(levels), r)))
@@ -572,7 +576,7 @@ class TRACE:
         if self.config.likelihood in LOGNORM_LIKELIHOODS:
             raise SctraceInputError(
                 f"library_size applies to count likelihoods; this model ({self.config.likelihood}) generates "
-                "log-normalised values. Leave library_size out."
+                f"log-normalised values; leave out {option_name('library_size')}."
             )
         try:
             values = np.atleast_1d(np.asarray(library_size, dtype=float)).ravel()
