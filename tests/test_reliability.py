@@ -139,3 +139,32 @@ def test_errors_name_the_fix_in_the_interface_called(sim_file, run_dir, tiny_yam
     # The command's words do not leak into later Python calls in the same process.
     with pytest.raises(SctraceInputError, match="pass overwrite=True or choose another run_dir"):
         TRACE.load(run_dir).save(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------- silent wrong results
+def test_resume_refuses_other_data_split_or_config(sim_file, tiny_yaml, tmp_path, monkeypatch, capsys):
+    out = _fresh_run(sim_file, tiny_yaml, tmp_path)
+    inputs = json.loads((out / "fit_inputs.json").read_text())
+    assert inputs["n_obs"] == N_CELLS and inputs["holdout"] == HOLDOUT and inputs["time_key"] == "time"
+    corpus_before = (out / "corpus" / "corpus.json").read_bytes()
+    times = sorted(ad.read_h5ad(sim_file).obs["time"].unique())
+    other_holdout = next(t for t in times[1:-1] if t != HOLDOUT)
+
+    args = ["fit", sim_file, "--holdout", other_holdout, "--out", out, "--config", tiny_yaml, "--no-progress", "--resume"]
+    line = assert_one_line_error(monkeypatch, capsys, args, f"cannot resume {out}: --holdout differs (4.0 then")
+    assert "--overwrite or another --out" in line
+    assert (out / "corpus" / "corpus.json").read_bytes() == corpus_before  # nothing was rewritten
+
+    fewer = tmp_path / "fewer.h5ad"
+    ad.read_h5ad(sim_file)[: N_CELLS - 10].write_h5ad(fewer)
+    args = ["fit", fewer, "--holdout", HOLDOUT, "--out", out, "--config", tiny_yaml, "--no-progress", "--resume"]
+    assert_one_line_error(monkeypatch, capsys, args, f"the data's number of cells differ ({N_CELLS} then, {N_CELLS - 10} now)")
+
+    other_config = tmp_path / "other.yaml"
+    other_config.write_text(tiny_yaml.read_text() + "lr: 0.01\n")
+    args = ["fit", sim_file, "--holdout", HOLDOUT, "--out", out, "--config", other_config, "--no-progress", "--resume"]
+    assert_one_line_error(monkeypatch, capsys, args, "config key(s) lr (0.001 then, 0.01 now) differ")
+
+    # The same data and options, with more epochs, resume.
+    invoke("fit", sim_file, "--holdout", HOLDOUT, "--out", out, "--config", tiny_yaml, "--no-progress", "--resume",
+           "--max-epochs", 2)

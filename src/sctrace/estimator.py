@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +39,33 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
 COPULA_FILE = "copula.safetensors"  # the training cells' gene-gene normal-score factors (sampling "copula")
-_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
+INPUTS_FILE = "fit_inputs.json"  # the data's fingerprint and the split a resumed fit must share with the run
+_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, INPUTS_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR,
+                RUN_MARKER)
+# Config keys a resumed fit may change: they decide how long it trains, not what it trains on.
+_RESUMABLE_KEYS = ("max_epochs", "patience")
+
+
+def fit_inputs(timecourse: TimeCourse, spec: CorpusSpec, seed: int) -> dict:
+    """The data's fingerprint (size, hashes of gene names and cell times) and the options that shape the split."""
+    genes = hashlib.sha256("\n".join(timecourse.gene_names()).encode()).hexdigest()
+    times = hashlib.sha256(np.ascontiguousarray(timecourse.times, dtype=np.float64).tobytes()).hexdigest()
+    return {
+        "n_obs": int(timecourse.adata.n_obs), "n_vars": int(timecourse.adata.n_vars), "gene_names_sha256": genes,
+        "times_sha256": times, "time_key": timecourse.time_key, "layer": timecourse.layer,
+        "count_kind": timecourse.count_kind, "stratify": list(timecourse.stratify_keys), "task": spec.task,
+        "holdout": spec.holdout, "seed": int(seed),
+    }
+
+
+def _describe_difference(key: str, then, now) -> str:
+    """One clause of a refused resume: what differs, in the caller's words."""
+    data_words = {"n_obs": "number of cells", "n_vars": "number of genes", "gene_names_sha256": "gene names",
+                  "times_sha256": "cells' time values", "count_kind": "kind of values (counts or log-normalised)"}
+    if key in data_words:
+        shown = "" if key.endswith("sha256") else f" ({then} then, {now} now)"
+        return f"the data's {data_words[key]} differ{shown}"
+    return f"{option_name(key)} differs ({then} then, {now} now)"
 
 
 def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
@@ -314,6 +342,7 @@ class TRACE:
             gene_medians=gene_medians,
             directory=corpus_dir,
         )
+        self.inputs: dict | None = fit_inputs(self.timecourse, self.corpus.spec, seed)
         torch.manual_seed(seed)
         self.net = _build_net(self.corpus.spec, self.config)
         if self.net.count_decoder.quantile_marginal:
@@ -393,6 +422,8 @@ class TRACE:
         else:
             root = stage_run_dir(run_dir, overwrite=overwrite, resume=resume)
             if is_rank_zero():
+                if resume:
+                    self._check_resume(root)
                 self._write_description(root)
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
@@ -445,6 +476,36 @@ class TRACE:
             self._write_weights(root)
             swap_in_run(root, Path(run_dir))
         return self
+
+    def _check_resume(self, run_dir: Path) -> None:
+        """Refuse to continue a run on other data, split or config: its new epochs would train on what it held out."""
+        differences = []
+        saved_inputs = run_dir / INPUTS_FILE
+        if saved_inputs.exists():
+            try:
+                saved = json.loads(saved_inputs.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise SctraceInputError(f"{saved_inputs} is corrupt ({err}); start the fit again with "
+                                        f"{option('overwrite', True)}.") from err
+            differences += [_describe_difference(k, saved[k], v) for k, v in self.inputs.items() if k in saved and saved[k] != v]
+        else:  # a run fitted before the fingerprint was saved: its corpus still records the split
+            spec = CorpusSpec.from_json(run_dir / CORPUS_DIR / "corpus.json")
+            for key in ("time_key", "task", "holdout"):
+                if getattr(spec, key) != self.inputs[key]:
+                    differences.append(_describe_difference(key, getattr(spec, key), self.inputs[key]))
+            warnings.warn(f"{run_dir} does not record the data it was fitted on ({INPUTS_FILE}); resuming without "
+                          "checking that these are the same data.", UserWarning, stacklevel=3)
+        if (run_dir / CONFIG_FILE).exists():
+            then, now = dataclasses.asdict(TraceConfig.from_yaml(run_dir / CONFIG_FILE)), dataclasses.asdict(self.config)
+            changed = [k for k in now if k not in _RESUMABLE_KEYS and then[k] != now[k]]
+            if changed:
+                shown = ", ".join(f"{k} ({then[k]!r} then, {now[k]!r} now)" for k in changed[:5])
+                differences.append(f"config key(s) {shown} differ")
+        if differences:
+            raise SctraceInputError(
+                f"cannot resume {run_dir}: {'; '.join(differences)}; resume with the data and options it was fitted "
+                f"with, or start a new fit with {option('overwrite', True)} or another {option_name('run_dir')}."
+            )
 
     # ------------------------------------------------------------------ generation
     def _require_trained(self, verb: str) -> None:
@@ -630,6 +691,8 @@ class TRACE:
         """Everything but the weights: corpus, config and, with a pretrained encoder, its architecture."""
         self.corpus.save(run_dir / CORPUS_DIR)
         self.config.to_yaml(run_dir / CONFIG_FILE)
+        if self.inputs is not None:
+            (run_dir / INPUTS_FILE).write_text(json.dumps(self.inputs, indent=1))
         if self.copula is not None:
             tmp = run_dir / (COPULA_FILE + ".tmp")
             self.copula.save(tmp)
@@ -677,6 +740,10 @@ class TRACE:
         self.timecourse = None
         self.seed = 0
         self.history = None
+        try:
+            self.inputs = json.loads((run_dir / INPUTS_FILE).read_text()) if (run_dir / INPUTS_FILE).exists() else None
+        except (OSError, json.JSONDecodeError):
+            self.inputs = None  # only a later resume reads it, and refuses it there
         encoder_config = None
         if self.config.encoder == "geneformer":
             try:
