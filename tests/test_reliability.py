@@ -168,3 +168,76 @@ def test_resume_refuses_other_data_split_or_config(sim_file, tiny_yaml, tmp_path
     # The same data and options, with more epochs, resume.
     invoke("fit", sim_file, "--holdout", HOLDOUT, "--out", out, "--config", tiny_yaml, "--no-progress", "--resume",
            "--max-epochs", 2)
+
+
+def test_predict_refuses_no_cells_and_warns_far_from_the_data(run_dir, tmp_path, monkeypatch, capsys):
+    for n_cells in (0, -5):
+        assert_one_line_error(monkeypatch, capsys,
+                              ["predict", run_dir, "--time", HOLDOUT, "--out", tmp_path / "p.h5ad", "--n-cells", n_cells],
+                              f"--n-cells must be at least 1, got {n_cells}; leave it out")
+    assert not (tmp_path / "p.h5ad").exists()
+    times = sorted(ad.read_h5ad(run_dir.parent / "sim.h5ad").obs["time"].unique())
+    first, last = times[0], times[-1]
+    for far in (last + (last - first) + 1, first - (last - first) - 1):
+        code, _, err = run_main(monkeypatch, capsys, "predict", run_dir, "--time", far, "--out", tmp_path / f"far{far}.h5ad",
+                                "--n-cells", 3)
+        assert code == 0
+        assert f"warning: time {far:g} is far outside the observed times {first:g} to {last:g}" in err
+    with warnings.catch_warnings(record=True) as caught:  # just past the observed range: no warning
+        warnings.simplefilter("always")
+        invoke("predict", run_dir, "--time", last + 1, "--out", tmp_path / "near.h5ad", "--n-cells", 3)
+    assert not [w for w in caught if "far outside" in str(w.message)]
+
+
+def test_embed_refuses_a_missing_time_column_and_unfit_values(run_dir, sim_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "emb.h5ad"
+    line = assert_one_line_error(monkeypatch, capsys, ["embed", run_dir, sim_file, "--out", out, "--time-key", "tme"],
+                                 "time column 'tme' is not in adata.obs; pass --time-key as one of")
+    no_time = ad.read_h5ad(sim_file)
+    del no_time.obs["time"]
+    no_time.write_h5ad(tmp_path / "no_time.h5ad")
+    assert_one_line_error(monkeypatch, capsys, ["embed", run_dir, tmp_path / "no_time.h5ad", "--out", out],
+                          "time column 'time' is not in adata.obs")
+    lognorm = _lognormalised(sim_file, tmp_path / "lognorm.h5ad")
+    line = assert_one_line_error(monkeypatch, capsys, ["embed", run_dir, lognorm, "--out", out],
+                                 "X holds non-integer values")
+    assert "a run fitted with --likelihood hurdle: they look log-normalised" in line and "count_kind" not in line
+    assert_one_line_error(monkeypatch, capsys, ["embed", run_dir, sim_file, "--out", out, "--layer", "raw"],
+                          "layer 'raw' is not in adata.layers; pass --layer as one of")
+    assert not out.exists()
+
+
+def test_a_run_with_missing_config_keys_or_other_shapes_is_corrupt(run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    args = ["predict", broken, "--time", HOLDOUT, "--out", tmp_path / "p.h5ad", "--n-cells", 3]
+    (broken / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "count_sampling"}))
+    assert_one_line_error(monkeypatch, capsys, args, "is corrupt: its config.yaml lacks the key(s) count_sampling")
+    (broken / "config.yaml").write_text(yaml.safe_dump({**config, "d_model": 2 * config["d_model"]}))
+    assert_one_line_error(monkeypatch, capsys, args, "do not match its config and corpus (")
+    (broken / "config.yaml").write_text(yaml.safe_dump({**config, "n_encoder_layers": config["n_encoder_layers"] + 1}))
+    assert_one_line_error(monkeypatch, capsys, args, "missing, 0 unexpected tensors); the run directory is corrupt")
+    assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_empty_or_tiny_time_points_are_named(sim_file, tmp_path, monkeypatch, capsys):
+    adata = ad.read_h5ad(sim_file)
+    times = sorted(adata.obs["time"].unique())
+    zeroed = adata.copy()
+    at = np.flatnonzero(zeroed.obs["time"].to_numpy() == times[1])
+    matrix = zeroed.X.tolil()
+    matrix[at] = 0
+    zeroed.X = matrix.tocsr()
+    zeroed.write_h5ad(tmp_path / "zeroed.h5ad")
+    code, _, err = run_main(monkeypatch, capsys, "prepare", tmp_path / "zeroed.h5ad", "--holdout", HOLDOUT)
+    assert code == 2 and "Traceback" not in err  # (after a warning of the HVG selection about the empty cells)
+    assert err.strip().splitlines()[-1].startswith(f"error: all {len(at)} cells at time {times[1]:g} have no expression")
+
+    keep = (adata.obs["time"].to_numpy() != times[1]) | (np.cumsum(adata.obs["time"].to_numpy() == times[1]) <= 2)
+    adata[keep].copy().write_h5ad(tmp_path / "tiny.h5ad")
+    code, _, err = run_main(monkeypatch, capsys, "prepare", tmp_path / "tiny.h5ad", "--holdout", HOLDOUT)
+    assert code == 0
+    assert f"warning: time {times[1]:g} has only 2 training cell(s) (fewer than 3)" in err

@@ -15,6 +15,8 @@ _CLI_COMMAND: ContextVar[str | None] = ContextVar("sctrace_cli_command", default
 _CLI_NAMES = {"run_dir": "--out", "data": "DATA"}
 # Commands that take --count-kind; the others say what the data hold through --likelihood.
 _COUNT_KIND_COMMANDS = ("benchmark",)
+# Commands that take --likelihood; the others read data into a fitted run, whose likelihood is fixed.
+_FIT_COMMANDS = ("fit", "prepare", "")
 
 
 class SctraceInputError(ValueError):
@@ -54,7 +56,8 @@ def option(name: str, value: object) -> str:
     if cli_command() is None:
         return f"{name}={value!r}"
     if name == "count_kind" and cli_command() not in _COUNT_KIND_COMMANDS:
-        return "--likelihood hurdle" if value == "lognorm" else "--likelihood zinb"
+        flag = "--likelihood hurdle" if value == "lognorm" else "--likelihood zinb"
+        return flag if cli_command() in _FIT_COMMANDS else f"a run fitted with {flag}"
     flag = option_name(name)
     if value is None:
         return f"no {flag}"

@@ -459,7 +459,15 @@ def _register_analyze() -> None:
 _register_analyze()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning:`` line, as errors are one ``error:`` line."""
+    typer.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except SctraceInputError as err:

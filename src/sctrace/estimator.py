@@ -24,7 +24,7 @@ import torch
 from sctrace._errors import SctraceInputError, in_words, option, option_name
 from sctrace.config import CHOICES, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
-from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
+from sctrace.data.io import TimeCourse, check_expression, parse_time, read_h5ad, read_timecourse
 from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
 from sctrace.model.copula import GeneCopula, reorder_levels
@@ -38,6 +38,9 @@ CORPUS_DIR = "corpus"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
+# Runs of format 2 or later write every config key, so a key missing from their config.yaml means a corrupt run;
+# older runs lack the keys added since and load with the defaults that reproduce them.
+RUN_FORMAT = 2
 COPULA_FILE = "copula.safetensors"  # the training cells' gene-gene normal-score factors (sampling "copula")
 INPUTS_FILE = "fit_inputs.json"  # the data's fingerprint and the split a resumed fit must share with the run
 _OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, INPUTS_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR,
@@ -189,7 +192,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume:
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         remove_entries(run_dir, _OWN_ENTRIES)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace"}))
+    (run_dir / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace", "format": RUN_FORMAT}))
     return run_dir
 
 
@@ -225,7 +228,7 @@ def stage_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: b
             )
         shutil.rmtree(staging)  # left by a fit that was killed before it finished
     staging.mkdir(parents=True)
-    (staging / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace"}))
+    (staging / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace", "format": RUN_FORMAT}))
     return staging
 
 
@@ -559,6 +562,11 @@ class TRACE:
         self._require_trained("predict")
         time = parse_time(time)
         spec, corpus = self.spec, self.corpus
+        if source is None and n_cells is not None and n_cells < 1:
+            raise SctraceInputError(
+                f"{option_name('n_cells')} must be at least 1, got {n_cells}; leave it out for one cell per source cell."
+            )
+        self._warn_if_far(time)
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
         if source is not None:
@@ -630,6 +638,18 @@ class TRACE:
         }
         return out
 
+    def _warn_if_far(self, time: float) -> None:
+        """Past the observed range by more than its span the model extrapolates where it never saw data: say so."""
+        observed = list(self.spec.time_values) + ([] if self.spec.holdout is None else [self.spec.holdout])
+        first, last = min(observed), max(observed)
+        span = last - first
+        if time < first - span or time > last + span:
+            warnings.warn(
+                f"time {time:g} is far outside the observed times {first:g} to {last:g} (more than their span of "
+                f"{span:g} beyond them); the generated cells are an extrapolation with no data near it.",
+                UserWarning, stacklevel=3,
+            )
+
     def _library_sizes(self, library_size, time: float, n_cells: int, rng: np.random.Generator) -> np.ndarray:
         """Each generated cell's depth: the neighbouring observed times' by default, or the caller's."""
         if library_size is None:
@@ -656,20 +676,24 @@ class TRACE:
         """Cell embeddings (``obsm['X_sctrace']``) and gene embeddings (``varm['sctrace_genes']``) for any AnnData.
 
         A cell's embedding is the encoder's [CLS] state of the cell at its own time (``time_key``, default the
-        model's) or, where the AnnData has no such column, at the source time. Gene rows of genes the model does
+        model's), which the AnnData must hold: embedding every cell at one time would silently mislabel them.
+        The values get the checks ``fit`` ran (raw counts for a counts model). Gene rows of genes the model does
         not know are NaN.
         """
         self._require_trained("embed")
         if not isinstance(adata, ad.AnnData):
             adata = read_h5ad(adata)
         spec = self.spec
+        key = time_key or spec.time_key
+        if key not in adata.obs:
+            raise SctraceInputError(
+                f"time column {key!r} is not in adata.obs; pass {option_name('time_key')} as one of the obs columns "
+                f"{', '.join(repr(str(c)) for c in adata.obs.columns[:10]) or '(none)'}, or add each cell's time."
+            )
+        check_expression(adata, layer, spec.count_kind)
         matrix = adata.layers[layer] if layer is not None else adata.X
         tokens, lengths = tokenize_with_spec(spec, matrix, adata.var_names)
-        key = time_key or spec.time_key
-        if key in adata.obs:
-            times = np.array([parse_time(v) for v in adata.obs[key].astype(str)], dtype=np.float32)
-        else:
-            times = np.full(adata.n_obs, spec.source_time, dtype=np.float32)
+        times = np.array([parse_time(v) for v in adata.obs[key].astype(str)], dtype=np.float32)
         self.net.eval()
         cells = []
         with torch.no_grad():
@@ -732,8 +756,10 @@ class TRACE:
         for name in needed:
             if not (run_dir / name).exists():
                 raise SctraceInputError(
-                    f"run directory {run_dir} is incomplete: {name} is missing (was fit interrupted? resume it with --resume)."
+                    f"run directory {run_dir} is incomplete: {name} is missing (was fit interrupted? resume it with "
+                    f"{option('resume', True)})."
                 )
+        _check_config_keys(run_dir)
         self = cls.__new__(cls)
         self.config = config
         self.corpus = Corpus.load(run_dir / CORPUS_DIR)
@@ -750,17 +776,25 @@ class TRACE:
                 encoder_config = json.loads((run_dir / ENCODER_FILE).read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise SctraceInputError(f"{run_dir / ENCODER_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
-        self.net = _build_net(self.corpus.spec, self.config, encoder_config)
+        mismatch = (f"model weights in {run_dir} do not match its config and corpus ({{}}); the run directory is "
+                    "corrupt or mixed from two runs, re-run `sctrace fit`.")
+        try:
+            self.net = _build_net(self.corpus.spec, self.config, encoder_config)
+        except SctraceInputError:
+            raise
+        except (ValueError, RuntimeError, TypeError, AssertionError) as err:
+            raise SctraceInputError(mismatch.format(f"the network cannot be built: {err}")) from err
         try:
             state = load_file(str(run_dir / WEIGHTS_FILE))
         except (SafetensorError, OSError) as err:
             raise SctraceInputError(f"model weights {run_dir / WEIGHTS_FILE} are corrupt ({err}); re-run `sctrace fit`.") from err
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.net.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of other shapes
+            wrong = [k for k, v in self.net.state_dict().items() if k in state and state[k].shape != v.shape]
+            raise SctraceInputError(mismatch.format(f"{len(wrong)} tensors of another shape, e.g. {wrong[:1]}")) from err
         if missing or unexpected:
-            raise SctraceInputError(
-                f"model weights in {run_dir} do not match its config ({len(missing)} missing, {len(unexpected)} unexpected "
-                "tensors); the run directory is corrupt or mixed from two runs."
-            )
+            raise SctraceInputError(mismatch.format(f"{len(missing)} missing, {len(unexpected)} unexpected tensors"))
         try:
             self.copula = GeneCopula.load(run_dir / COPULA_FILE) if (run_dir / COPULA_FILE).exists() else None
         except (SafetensorError, OSError, KeyError) as err:
@@ -768,6 +802,28 @@ class TRACE:
         self.net.eval()
         self.is_trained = True
         return self
+
+
+def _check_config_keys(run_dir: Path) -> None:
+    """A run's config.yaml must hold every key: a missing one would silently become another default."""
+    import yaml
+
+    try:
+        marker = json.loads((run_dir / RUN_MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        marker = {}
+    keys = set(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {})  # from_yaml has already parsed it
+    missing = [f.name for f in dataclasses.fields(TraceConfig) if f.name not in keys]
+    if not missing:
+        return
+    shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
+    if isinstance(marker.get("format"), int) and marker["format"] >= RUN_FORMAT:
+        raise SctraceInputError(
+            f"run directory {run_dir} is corrupt: its {CONFIG_FILE} lacks the key(s) {shown}, which fit wrote; restore "
+            "the file or re-run `sctrace fit`."
+        )
+    warnings.warn(f"{run_dir / CONFIG_FILE} predates the key(s) {shown}; they take the defaults that reproduce such "
+                  "older runs.", UserWarning, stacklevel=3)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -442,6 +443,7 @@ def prepare_corpus(
     )
     obs_names = _collect_names(timecourse.adata.obs_names, train_rows, directory, chunk_size)
     cell_times = timecourse.times[train_rows]
+    _check_time_points(cell_times, totals, train_times, len(hvg_idx))
     coordinates = None
     if pairing == "ot":
         coordinates = _pairing_coordinates(MatrixRows(matrix, train_rows, hvg_idx), timecourse.count_kind, seed, chunk_size)
@@ -473,6 +475,31 @@ def prepare_corpus(
     np.save(directory / "cell_times.npy", cell_times)
     np.save(directory / "pairs.npy", pairs)
     return Corpus.load(directory)
+
+
+# Fewer training cells than this at one time point: every pair reuses them, and so do generated library sizes.
+MIN_CELLS_PER_TIME = 3
+
+
+def _check_time_points(cell_times: np.ndarray, totals: np.ndarray, train_times: np.ndarray, n_genes: int) -> None:
+    """Refuse a training time point whose cells are all empty; warn about one with very few cells.
+
+    Either would train without a word and generate cells that stand for nothing (e.g. mostly all-zero cells).
+    """
+    for t in train_times:
+        at = np.isclose(cell_times, t)
+        n_cells = int(at.sum())
+        if n_cells and not np.any(totals[at] > 0):
+            raise SctraceInputError(
+                f"all {n_cells} cells at time {t:g} have no expression over the {n_genes} selected genes; check the "
+                "matrix at that time, or remove those cells."
+            )
+        if n_cells < MIN_CELLS_PER_TIME:
+            warnings.warn(
+                f"time {t:g} has only {n_cells} training cell(s) (fewer than {MIN_CELLS_PER_TIME}); every pair and every "
+                "library size drawn near it reuses them, so predictions there stand on almost nothing.",
+                UserWarning, stacklevel=4,
+            )
 
 
 def _tokenize_and_collect(

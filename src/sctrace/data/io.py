@@ -24,7 +24,7 @@ from anndata.abc import CSCDataset, CSRDataset
 
 from sctrace._errors import SctraceInputError, in_words, option, option_name
 
-__all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_holdout", "parse_time", "read_h5ad", "read_timecourse"]
+__all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_expression", "check_holdout", "parse_time", "read_h5ad", "read_timecourse"]
 
 COUNT_KINDS = ("counts", "lognorm")
 """What the expression matrix holds: raw integer ``counts``, or already log-normalised values (``lognorm``)."""
@@ -253,6 +253,21 @@ def read_timecourse(
     _check_gene_names(time_course.gene_names(), gene_key)
     _check_expression(time_course.expression(), layer, count_kind, list(adata.layers))
     return time_course
+
+
+def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str) -> None:
+    """The checks :func:`read_timecourse` runs on the matrix, for data read without a time course (``embed``)."""
+    if layer is not None and layer not in adata.layers:
+        raise SctraceInputError(
+            f"layer {layer!r} is not in adata.layers; pass {option_name('layer')} as one of "
+            f"{_format_names(list(adata.layers))} or {in_words('layer=None', 'leave out --layer')} to use X."
+        )
+    if layer is None and adata.X is None:
+        raise SctraceInputError(
+            f"adata.X is empty; pass {option_name('layer')} as one of {_format_names(list(adata.layers))} to use a "
+            "layer instead."
+        )
+    _check_expression(adata.X if layer is None else adata.layers[layer], layer, count_kind, list(adata.layers))
 
 
 def parse_time(value: str | float) -> float:
