@@ -241,3 +241,50 @@ def test_empty_or_tiny_time_points_are_named(sim_file, tmp_path, monkeypatch, ca
     code, _, err = run_main(monkeypatch, capsys, "prepare", tmp_path / "tiny.h5ad", "--holdout", HOLDOUT)
     assert code == 0
     assert f"warning: time {times[1]:g} has only 2 training cell(s) (fewer than 3)" in err
+
+
+# ---------------------------------------------------------------------------------------------- tracebacks
+def test_a_truncated_h5ad_is_one_sentence(sim_file, tiny_yaml, tmp_path, monkeypatch, capsys):
+    data = sim_file.read_bytes()
+    for fraction in (0.5, 0.9):
+        broken = tmp_path / f"cut{fraction}.h5ad"
+        broken.write_bytes(data[: int(len(data) * fraction)])
+        for args in (["prepare", broken, "--holdout", HOLDOUT], fit_args(broken, tmp_path / "r", tiny_yaml)):
+            assert_one_line_error(monkeypatch, capsys, args, "it is truncated or corrupt, so copy or write it again")
+    assert not (tmp_path / "r").exists()
+
+
+class _Crafted:
+    """Stands for any object a checkpoint could smuggle in through pickle."""
+
+
+def test_resume_from_a_damaged_or_crafted_checkpoint_is_refused(sim_file, tiny_yaml, tmp_path, monkeypatch, capsys):
+    import lightning as L
+    import torch
+
+    out = _fresh_run(sim_file, tiny_yaml, tmp_path)
+    last = out / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    args = fit_args(sim_file, out, tiny_yaml, "--resume", "--max-epochs", 2)
+
+    last.write_bytes(good[: len(good) // 2])
+    assert_one_line_error(monkeypatch, capsys, args, "cannot be read as a plain checkpoint")
+    torch.save({"state_dict": {}, "payload": _Crafted()}, last)
+    line = assert_one_line_error(monkeypatch, capsys, args, "cannot be read as a plain checkpoint")
+    assert "truncated, corrupt or not written by sctrace: start the fit again with --overwrite" in line
+    checkpoint = torch.load(__import__("io").BytesIO(good), weights_only=True)
+    checkpoint["state_dict"] = {k: v[..., :1] for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, last)
+    assert_one_line_error(monkeypatch, capsys, args, "does not hold the weights of this model")
+
+    last.write_bytes(good)
+    seen = {}
+    original = L.Trainer.fit
+
+    def spy(self, *a, weights_only=None, **kwargs):
+        seen.update(kwargs, weights_only=weights_only)
+        return original(self, *a, weights_only=weights_only, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", spy)
+    invoke(*args)
+    assert seen["ckpt_path"].endswith("last.ckpt") and seen.get("weights_only") is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -461,7 +462,12 @@ class TRACE:
                 deterministic=False,
                 log_every_n_steps=10,
             )
-            trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path)
+            fit_options = {}
+            if ckpt_path is not None:
+                _check_checkpoint(Path(ckpt_path), plan)
+                if "weights_only" in inspect.signature(trainer.fit).parameters:  # Lightning >= 2.5
+                    fit_options["weights_only"] = True  # never unpickle arbitrary objects, whatever torch's default
+            trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path, **fit_options)
         if trainer.interrupted:
             warnings.warn(f"training was interrupted; resume it with fit(resume=True) from {root / CHECKPOINT_DIR}.")
         best = checkpoint.best_model_path
@@ -802,6 +808,28 @@ class TRACE:
         self.net.eval()
         self.is_trained = True
         return self
+
+
+def _check_checkpoint(path: Path, plan: torch.nn.Module) -> None:
+    """Read a checkpoint to resume from safely (tensors and plain data only) and check it fits this model.
+
+    Lightning then reads it again; a truncated, crafted or foreign file is refused here in one sentence.
+    """
+    fix = f"start the fit again with {option('overwrite', True)}"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, blocked pickle global, ...: all mean the file cannot be used
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise SctraceInputError(
+            f"checkpoint {path} cannot be read as a plain checkpoint ({reason}); it is truncated, corrupt or not "
+            f"written by sctrace: {fix}."
+        ) from err
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    expected = plan.state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected) or any(
+        not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape for k, v in expected.items()
+    ):
+        raise SctraceInputError(f"checkpoint {path} does not hold the weights of this model: {fix}.")
 
 
 def _check_config_keys(run_dir: Path) -> None:

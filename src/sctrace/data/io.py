@@ -251,7 +251,10 @@ def read_timecourse(
         gene_key=gene_key,
     )
     _check_gene_names(time_course.gene_names(), gene_key)
-    _check_expression(time_course.expression(), layer, count_kind, list(adata.layers))
+    try:
+        _check_expression(time_course.expression(), layer, count_kind, list(adata.layers))
+    except OSError as err:  # a backed matrix whose file is damaged past the header
+        raise _unreadable(Path(adata.filename or "data"), "input file", err) from err
     return time_course
 
 
@@ -336,15 +339,26 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False, what: str = "inp
         raise SctraceInputError(f"{what} {str(path)!r} does not exist; check the path.")
     # An .h5ad is an HDF5 file with at least obs and var groups; checking first gives a clear message
     # instead of anndata's KeyError or h5py's "file signature not found".
-    is_anndata = path.is_file() and h5py.is_hdf5(path)
-    if is_anndata:
-        with h5py.File(path, "r") as handle:
-            is_anndata = "obs" in handle and "var" in handle
-    if not is_anndata:
-        raise SctraceInputError(
-            f"{what} {str(path)!r} is not an AnnData .h5ad file; save your data with adata.write_h5ad(path)."
-        )
-    return anndata.read_h5ad(path, backed="r" if backed else None)
+    try:
+        is_anndata = path.is_file() and h5py.is_hdf5(path)
+        if is_anndata:
+            with h5py.File(path, "r") as handle:
+                is_anndata = "obs" in handle and "var" in handle
+        if is_anndata:
+            return anndata.read_h5ad(path, backed="r" if backed else None)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:  # h5py/anndata on a damaged file
+        raise _unreadable(path, what, err) from err
+    raise SctraceInputError(
+        f"{what} {str(path)!r} is not an AnnData .h5ad file; save your data with adata.write_h5ad(path)."
+    )
+
+
+def _unreadable(path: Path, what: str, err: Exception) -> SctraceInputError:
+    """One sentence for an .h5ad that h5py or anndata cannot read (a truncated copy, a half-written file)."""
+    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return SctraceInputError(
+        f"{what} {str(path)!r} cannot be read ({reason}); it is truncated or corrupt, so copy or write it again."
+    )
 
 
 def _check_stratify_column(obs: pd.DataFrame, key: str) -> None:
