@@ -288,3 +288,28 @@ def test_resume_from_a_damaged_or_crafted_checkpoint_is_refused(sim_file, tiny_y
     monkeypatch.setattr(L.Trainer, "fit", spy)
     invoke(*args)
     assert seen["ckpt_path"].endswith("last.ckpt") and seen.get("weights_only") is True
+
+
+# ---------------------------------------------------------------------------------------------- temporary files
+def test_a_killed_fits_temporary_corpus_is_removed_by_the_next(sim_file, tmp_path, monkeypatch, tiny_fast_config):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from sctrace.estimator import TRACE
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = __import__("socket").gethostname()
+    orphan, alive = tmp_path / "sctrace_corpus_orphan", tmp_path / "sctrace_corpus_alive"
+    for folder, pid in ((orphan, dead.pid), (alive, os.getpid())):
+        folder.mkdir()
+        (folder / "owner.txt").write_text(f"{host} {pid}")
+        (folder / "tokens.npy").write_bytes(b"x")
+    model = TRACE(sim_file, "time", holdout=HOLDOUT, **{**tiny_fast_config, "n_top_genes": 80})
+    assert not orphan.exists() and alive.exists()
+    mine = [p for p in tmp_path.glob("sctrace_corpus_*") if p != alive]
+    assert len(mine) == 1 and (mine[0] / "owner.txt").read_text() == f"{host} {os.getpid()}"
+    del model

@@ -72,6 +72,42 @@ def _describe_difference(key: str, then, now) -> str:
     return f"{option_name(key)} differs ({then} then, {now} now)"
 
 
+SCRATCH_PREFIX = "sctrace_corpus_"
+SCRATCH_OWNER = "owner.txt"  # "host pid" of the process that uses a temporary corpus
+
+
+def scratch_corpus_dir() -> str:
+    """A temporary corpus folder that names its process; those of processes that died first are removed.
+
+    A fit killed with SIGKILL cannot clean up after itself, so the next one does.
+    """
+    import socket
+
+    remove_orphaned_corpora()
+    path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    Path(path, SCRATCH_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
+    return path
+
+
+def remove_orphaned_corpora() -> list[Path]:
+    """Delete the temporary corpora (in the system temp dir) whose process on this machine no longer runs."""
+    import socket
+
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(SCRATCH_PREFIX + "*"):
+        try:
+            host, pid = (path / SCRATCH_OWNER).read_text().split()
+            if host == socket.gethostname():
+                os.kill(int(pid), 0)  # raises ProcessLookupError once the process is gone
+            continue  # alive, or another machine's: not ours to judge
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (OSError, ValueError):
+            continue  # no owner file (an older sctrace, or being created) or no permission to signal: leave it
+    return removed
+
+
 def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
     """The pretrained encoder's gene medians for the data's genes: sentences must be ranked as it was trained."""
     from sctrace.model.pretrained import find_encoder_files, geneformer_medians_for, load_gene_medians, load_token_dictionary
@@ -329,7 +365,7 @@ class TRACE:
         )
         corpus_dir = None
         if on_disk:
-            corpus_dir = tempfile.mkdtemp(prefix="sctrace_corpus_")
+            corpus_dir = scratch_corpus_dir()
             weakref.finalize(self, shutil.rmtree, corpus_dir, ignore_errors=True)
         holdout_value = None if holdout is None else parse_time(holdout)
         gene_medians = None
