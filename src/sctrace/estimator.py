@@ -681,14 +681,20 @@ class TRACE:
         return out
 
     def _warn_if_far(self, time: float) -> None:
-        """Past the observed range by more than its span the model extrapolates where it never saw data: say so."""
+        """Say when the model is asked where it never saw data: before the source time, or far past the last.
+
+        Generation runs forward from the source cells, so any time before them has no meaning; past the last
+        observed time by more than the observed span, the prediction is extrapolated further than the data reach.
+        """
         observed = list(self.spec.time_values) + ([] if self.spec.holdout is None else [self.spec.holdout])
         first, last = min(observed), max(observed)
         span = last - first
-        if time < first - span or time > last + span:
+        if time < first or time > last + span:
+            where = (f"before the first (source) time {first:g}" if time < first
+                     else f"past the last by more than their span of {span:g}")
             warnings.warn(
-                f"time {time:g} is far outside the observed times {first:g} to {last:g} (more than their span of "
-                f"{span:g} beyond them); the generated cells are an extrapolation with no data near it.",
+                f"time {time:g} is far outside the observed times {first:g} to {last:g} ({where}); the generated "
+                "cells are an extrapolation with no data near it.",
                 UserWarning, stacklevel=3,
             )
 
