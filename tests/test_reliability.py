@@ -313,3 +313,19 @@ def test_a_killed_fits_temporary_corpus_is_removed_by_the_next(sim_file, tmp_pat
     mine = [p for p in tmp_path.glob("sctrace_corpus_*") if p != alive]
     assert len(mine) == 1 and (mine[0] / "owner.txt").read_text() == f"{host} {os.getpid()}"
     del model
+
+
+def test_more_messages_in_the_callers_words(sim_file, tiny_yaml, tmp_path, monkeypatch, capsys):
+    from sctrace._errors import SctraceInputError
+    from sctrace.estimator import TRACE
+    from sctrace.experiments import run_imputation
+
+    line = assert_one_line_error(monkeypatch, capsys,
+                                 ["fit", sim_file, "--out", tmp_path / "r", "--task", "extrapolate", "--config", tiny_yaml],
+                                 "needs a held-out time; pass --holdout VALUE.")
+    with pytest.raises(SctraceInputError, match="needs a held-out time; pass holdout=VALUE"):
+        TRACE(sim_file, "time", task="extrapolate")
+    assert_one_line_error(monkeypatch, capsys, ["impute", sim_file, "--out", tmp_path / "i", "--test-fraction", 2],
+                          "pass e.g. --test-fraction 0.2.")
+    with pytest.raises(SctraceInputError, match="pass e.g. test_fraction=0.2"):
+        run_imputation(sim_file, "time", out_dir=tmp_path / "i", test_fraction=2)

@@ -12,7 +12,7 @@ from contextvars import ContextVar, Token
 _CLI_COMMAND: ContextVar[str | None] = ContextVar("sctrace_cli_command", default=None)
 
 # Python arguments whose command-line option has another name.
-_CLI_NAMES = {"run_dir": "--out", "data": "DATA"}
+_CLI_NAMES = {"run_dir": "--out", "out_dir": "--out", "data": "DATA"}
 # Commands that take --count-kind; the others say what the data hold through --likelihood.
 _COUNT_KIND_COMMANDS = ("benchmark",)
 # Commands that take --likelihood; the others read data into a fitted run, whose likelihood is fixed.
@@ -54,7 +54,8 @@ def option(name: str, value: object) -> str:
     as the likelihood that reads such data on commands without ``--count-kind``.
     """
     if cli_command() is None:
-        return f"{name}={value!r}"
+        placeholder = isinstance(value, str) and value.isupper()  # e.g. VALUE, DIR: not a literal to quote
+        return f"{name}={value if placeholder else repr(value)}"
     if name == "count_kind" and cli_command() not in _COUNT_KIND_COMMANDS:
         flag = "--likelihood hurdle" if value == "lognorm" else "--likelihood zinb"
         return flag if cli_command() in _FIT_COMMANDS else f"a run fitted with {flag}"

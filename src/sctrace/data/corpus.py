@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, option
 from sctrace.data.io import MatrixRows, TimeCourse, check_holdout
 from sctrace.data.pairing import pair_cells
 from sctrace.data.preprocess import log_normalize, select_hvgs_streamed
@@ -50,7 +50,7 @@ def split_times(time_values: np.ndarray, task: str, holdout: float | None) -> tu
     if task == "none":
         return time_values, None
     if holdout is None:
-        raise SctraceInputError(f"task '{task}' needs a held-out time; pass holdout (CLI: --holdout VALUE).")
+        raise SctraceInputError(f"task '{task}' needs a held-out time; pass {option('holdout', 'VALUE')}.")
     if task == "interpolate":
         if not time_values[0] < holdout < time_values[-1]:
             raise SctraceInputError(
@@ -569,7 +569,7 @@ def _pair_training_cells(
     strata = None
     if pairing == "stratified":
         if not timecourse.stratify_keys:
-            raise SctraceInputError("stratified pairing needs at least one obs column; pass stratify (CLI: --stratify COL).")
+            raise SctraceInputError(f"stratified pairing needs at least one obs column; pass {option('stratify', 'COL')}.")
         strata = timecourse.adata.obs.iloc[train_rows][list(timecourse.stratify_keys)].reset_index(drop=True)
     n_source = int(np.isclose(cell_times, train_times[0]).sum())
     largest = max(int(np.isclose(cell_times, t).sum()) for t in train_times)
