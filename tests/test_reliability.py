@@ -329,3 +329,47 @@ def test_more_messages_in_the_callers_words(sim_file, tiny_yaml, tmp_path, monke
                           "pass e.g. --test-fraction 0.2.")
     with pytest.raises(SctraceInputError, match="pass e.g. test_fraction=0.2"):
         run_imputation(sim_file, "time", out_dir=tmp_path / "i", test_fraction=2)
+
+
+# ---------------------------------------------------------------------------------------------- resume after a kill
+_KILL_AT_STEP = """
+import os, signal, sys
+import sctrace.train as train
+step = train.TracePlan.training_step
+def killed(self, batch, batch_idx):
+    if self.global_step == {step}:  # in the middle of the second epoch
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, batch, batch_idx)
+train.TracePlan.training_step = killed
+from sctrace.cli import main
+sys.argv = ["sctrace", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_fit_killed_mid_epoch_resumes_to_the_weights_of_an_unbroken_fit(sim_file, tiny_yaml, tmp_path):
+    """The checkpoint carries the random streams (masking, dropout, shuffling), so the resumed fit replays the
+    killed epoch exactly; with one process only (several processes start fresh streams on resume)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    common = ["--max-epochs", 3, "--seed", 2]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _KILL_AT_STEP.replace("{step}", "4"),
+                          *map(str, fit_args(sim_file, killed, tiny_yaml, *common))],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    assert (killed / "checkpoints" / "last.ckpt").exists() and not (killed / "model.safetensors").exists()
+    invoke(*fit_args(sim_file, killed, tiny_yaml, *common, "--resume"))
+    unbroken = tmp_path / "unbroken"
+    invoke(*fit_args(sim_file, unbroken, tiny_yaml, *common))
+    resumed, reference = load_file(str(killed / "model.safetensors")), load_file(str(unbroken / "model.safetensors"))
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert (resumed[name] == reference[name]).all(), name
