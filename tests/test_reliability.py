@@ -373,3 +373,26 @@ def test_a_fit_killed_mid_epoch_resumes_to_the_weights_of_an_unbroken_fit(sim_fi
     assert resumed.keys() == reference.keys()
     for name in reference:
         assert (resumed[name] == reference[name]).all(), name
+
+
+@pytest.mark.slow
+def test_a_killed_overwrite_fit_leaves_the_old_run_usable(sim_file, tiny_yaml, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = _fresh_run(sim_file, tiny_yaml, tmp_path)
+    link = tmp_path / "latest"
+    link.symlink_to(out)
+    weights = (out / "model.safetensors").read_bytes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _KILL_AT_STEP.replace("{step}", "1"),
+                          *map(str, fit_args(sim_file, link, tiny_yaml, "--overwrite", "--max-epochs", 3))],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    assert (out / "model.safetensors").read_bytes() == weights
+    invoke("predict", link, "--time", HOLDOUT, "--out", tmp_path / "p.h5ad", "--n-cells", 3)
+    invoke(*fit_args(sim_file, link, tiny_yaml, "--overwrite", "--seed", 3))  # cleans the killed fit's staging folder
+    assert link.is_symlink() and (out / "model.safetensors").read_bytes() != weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "p.h5ad", "run"]

@@ -239,9 +239,11 @@ STAGING_SUFFIX = ".sctrace-staging"
 def staging_dir(run_dir: str | os.PathLike) -> Path:
     """Beside ``run_dir``: where a fit or save that replaces a run writes, so the old run stays whole until the end.
 
-    The name is fixed (not random) so that every process of a multi-process fit agrees on it.
+    The name is fixed (not random) so that every process of a multi-process fit agrees on it. A symbolic link
+    is followed, so the link keeps pointing at the run.
     """
     run_dir = Path(run_dir)
+    run_dir = run_dir.resolve() if run_dir.is_symlink() else run_dir
     return run_dir.parent / f".{run_dir.name}{STAGING_SUFFIX}"
 
 
@@ -285,6 +287,7 @@ def swap_in_run(staging: Path, run_dir: Path) -> None:
     """Replace ``run_dir`` by the finished ``staging`` folder; files in it that sctrace did not write are kept."""
     if staging == run_dir:
         return
+    run_dir = run_dir.resolve() if run_dir.is_symlink() else run_dir
     if _exchange(staging, run_dir):
         old = staging  # now holds the previous run
     else:
