@@ -9,6 +9,7 @@ simulations and models train one epoch.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -203,7 +204,7 @@ def test_embed_refuses_a_missing_time_column_and_unfit_values(run_dir, sim_file,
                                  "X holds non-integer values")
     assert "a run fitted with --likelihood hurdle: they look log-normalised" in line and "count_kind" not in line
     assert_one_line_error(monkeypatch, capsys, ["embed", run_dir, sim_file, "--out", out, "--layer", "raw"],
-                          "layer 'raw' is not in adata.layers; pass --layer as one of")
+                          "layer 'raw' is not in adata.layers, which is empty; leave out --layer")
     assert not out.exists()
 
 
@@ -259,6 +260,8 @@ class _Crafted:
 
 
 def test_resume_from_a_damaged_or_crafted_checkpoint_is_refused(sim_file, tiny_yaml, tmp_path, monkeypatch, capsys):
+    import io
+
     import lightning as L
     import torch
 
@@ -272,7 +275,7 @@ def test_resume_from_a_damaged_or_crafted_checkpoint_is_refused(sim_file, tiny_y
     torch.save({"state_dict": {}, "payload": _Crafted()}, last)
     line = assert_one_line_error(monkeypatch, capsys, args, "cannot be read as a plain checkpoint")
     assert "truncated, corrupt or not written by sctrace: start the fit again with --overwrite" in line
-    checkpoint = torch.load(__import__("io").BytesIO(good), weights_only=True)
+    checkpoint = torch.load(io.BytesIO(good), weights_only=True)
     checkpoint["state_dict"] = {k: v[..., :1] for k, v in checkpoint["state_dict"].items()}
     torch.save(checkpoint, last)
     assert_one_line_error(monkeypatch, capsys, args, "does not hold the weights of this model")
@@ -292,7 +295,7 @@ def test_resume_from_a_damaged_or_crafted_checkpoint_is_refused(sim_file, tiny_y
 
 # ---------------------------------------------------------------------------------------------- temporary files
 def test_a_killed_fits_temporary_corpus_is_removed_by_the_next(sim_file, tmp_path, monkeypatch, tiny_fast_config):
-    import os
+    import socket
     import subprocess
     import sys
     import tempfile
@@ -302,7 +305,7 @@ def test_a_killed_fits_temporary_corpus_is_removed_by_the_next(sim_file, tmp_pat
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = __import__("socket").gethostname()
+    host = socket.gethostname()
     orphan, alive = tmp_path / "sctrace_corpus_orphan", tmp_path / "sctrace_corpus_alive"
     for folder, pid in ((orphan, dead.pid), (alive, os.getpid())):
         folder.mkdir()
@@ -351,7 +354,6 @@ main()
 def test_a_fit_killed_mid_epoch_resumes_to_the_weights_of_an_unbroken_fit(sim_file, tiny_yaml, tmp_path):
     """The checkpoint carries the random streams (masking, dropout, shuffling), so the resumed fit replays the
     killed epoch exactly; with one process only (several processes start fresh streams on resume)."""
-    import os
     import signal
     import subprocess
     import sys
@@ -377,7 +379,6 @@ def test_a_fit_killed_mid_epoch_resumes_to_the_weights_of_an_unbroken_fit(sim_fi
 
 @pytest.mark.slow
 def test_a_killed_overwrite_fit_leaves_the_old_run_usable(sim_file, tiny_yaml, tmp_path):
-    import os
     import signal
     import subprocess
     import sys
@@ -396,3 +397,24 @@ def test_a_killed_overwrite_fit_leaves_the_old_run_usable(sim_file, tiny_yaml, t
     invoke(*fit_args(sim_file, link, tiny_yaml, "--overwrite", "--seed", 3))  # cleans the killed fit's staging folder
     assert link.is_symlink() and (out / "model.safetensors").read_bytes() != weights
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "p.h5ad", "run"]
+
+
+def test_unusable_outputs_and_trainer_options_are_one_sentence(sim_file, run_dir, tiny_yaml, tmp_path, monkeypatch,
+                                                                capsys):
+    (tmp_path / "folder").mkdir()
+    assert_one_line_error(monkeypatch, capsys, ["predict", run_dir, "--time", HOLDOUT, "--out", tmp_path / "folder",
+                                                "--overwrite"], "is a directory; give a file path such as")
+    (tmp_path / "locked").mkdir(mode=0o500)
+    if not os.access(tmp_path / "locked", os.W_OK):  # (root may write anyway)
+        assert_one_line_error(monkeypatch, capsys, ["predict", run_dir, "--time", HOLDOUT, "--out",
+                                                    tmp_path / "locked" / "p.h5ad"], "cannot write to")
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(monkeypatch, capsys, ["predict", run_dir, "--time", HOLDOUT, "--out",
+                                                tmp_path / "afile" / "p.h5ad"], "cannot write to")
+    assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, tmp_path / "afile", tiny_yaml),
+                          "is a file, not a run directory; choose another --out")
+    assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, tmp_path / "r", tiny_yaml, "--devices", "abc"),
+                          "Lightning cannot train with these options (")
+    assert not (tmp_path / "r").exists()  # a fit that failed before its first checkpoint leaves no run behind
+    assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, tmp_path / "r", tiny_yaml, "--layer", "raw"),
+                          "layer 'raw' is not in adata.layers, which is empty; leave out --layer to use X.")

@@ -198,8 +198,7 @@ def predict(
     from sctrace.estimator import TRACE
 
     _set_threads(threads)
-    if out.exists() and not overwrite:
-        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+    _check_out_file(out, overwrite)
     model = TRACE.load(run_dir)
     generated = model.predict(time, n_cells=n_cells, seed=seed, library_size=library_size, sampling=sampling)
     _write_h5ad(generated, out, overwrite)
@@ -220,8 +219,7 @@ def embed(
     from sctrace.estimator import TRACE
 
     _set_threads(threads)
-    if out.exists() and not overwrite:
-        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+    _check_out_file(out, overwrite)
     embedded = TRACE.load(run_dir).embed(data, time_key=time_key, layer=layer)
     _write_h5ad(embedded, out, overwrite)
     typer.echo(f"wrote embeddings of {embedded.n_obs} cells to {out}")
@@ -355,6 +353,14 @@ def plot(
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
+def _check_out_file(out: Path, overwrite: bool) -> None:
+    """Refuse an unusable --out before any work; _write_h5ad checks again when it writes."""
+    if out.is_dir():
+        raise SctraceInputError(f"--out {out} is a directory; give a file path such as {out / 'cells.h5ad'}.")
+    if out.exists() and not overwrite:
+        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+
+
 def _write_h5ad(adata, out: Path, overwrite: bool = False) -> None:
     """Write through a temporary file of its own, then create ``out`` in one step.
 
@@ -364,8 +370,13 @@ def _write_h5ad(adata, out: Path, overwrite: bool = False) -> None:
     import os
     import tempfile
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    if out.is_dir():
+        raise SctraceInputError(f"--out {out} is a directory; give a file path such as {out / 'cells.h5ad'}.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SctraceInputError(f"cannot write to {out.parent} ({err.strerror}); choose another --out.") from err
     os.close(handle)
     tmp = Path(name)
     try:

@@ -192,6 +192,8 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: b
     run_dir = Path(run_dir)
     if not is_rank_zero():  # rank 0 may already have created it for this very run
         return run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SctraceInputError(f"{run_dir} is a file, not a run directory; choose another {option_name('run_dir')}.")
     if resume:
         last = run_dir / CHECKPOINT_DIR / "last.ckpt"
         if not last.exists():
@@ -459,6 +461,7 @@ class TRACE:
         if max_steps is not None and max_steps < 1:
             raise SctraceInputError(f"max_steps must be at least 1, got {max_steps}; leave it out to train whole epochs.")
         scratch = None
+        new_dir = run_dir is not None and not Path(run_dir).exists()
         if run_dir is None:
             scratch = tempfile.TemporaryDirectory(prefix="sctrace_")
             root = Path(scratch.name)
@@ -484,29 +487,42 @@ class TRACE:
         # max_steps stops inside an epoch, before any validation, is not checked against a missing val_loss.
         stopping = EarlyStopping(monitor=monitor, patience=self.config.patience, check_on_train_epoch_end=not has_val)
         callbacks = [checkpoint, stopping]
-        with _quiet_lightning():
-            trainer = L.Trainer(
-                max_epochs=self.config.max_epochs,
-                max_steps=-1 if max_steps is None else max_steps,
-                accelerator=accelerator,
-                devices=devices,
-                num_nodes=num_nodes,
-                strategy=strategy,
-                precision=precision,
-                logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
-                callbacks=callbacks,
-                gradient_clip_val=self.config.gradient_clip,
-                enable_progress_bar=progress,
-                enable_model_summary=False,
-                deterministic=False,
-                log_every_n_steps=10,
-            )
-            fit_options = {}
-            if ckpt_path is not None:
-                _check_checkpoint(Path(ckpt_path), plan)
-                if "weights_only" in inspect.signature(trainer.fit).parameters:  # Lightning >= 2.5
-                    fit_options["weights_only"] = True  # never unpickle arbitrary objects, whatever torch's default
-            trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path, **fit_options)
+        try:
+            with _quiet_lightning():
+                try:
+                    trainer = L.Trainer(
+                        max_epochs=self.config.max_epochs,
+                        max_steps=-1 if max_steps is None else max_steps,
+                        accelerator=accelerator,
+                        devices=devices,
+                        num_nodes=num_nodes,
+                        strategy=strategy,
+                        precision=precision,
+                        logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
+                        callbacks=callbacks,
+                        gradient_clip_val=self.config.gradient_clip,
+                        enable_progress_bar=progress,
+                        enable_model_summary=False,
+                        deterministic=False,
+                        log_every_n_steps=10,
+                    )
+                except Exception as err:  # Lightning's refusal of an accelerator, device count, strategy, ...
+                    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise SctraceInputError(
+                        f"Lightning cannot train with these options ({reason}); check {option_name('accelerator')}, "
+                        f"{option_name('devices')}, {option_name('num_nodes')}, {option_name('strategy')} and "
+                        f"{option_name('precision')}."
+                    ) from err
+                fit_options = {}
+                if ckpt_path is not None:
+                    _check_checkpoint(Path(ckpt_path), plan)
+                    if "weights_only" in inspect.signature(trainer.fit).parameters:  # Lightning >= 2.5
+                        fit_options["weights_only"] = True  # never unpickle arbitrary objects, whatever torch's default
+                trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path, **fit_options)
+        except BaseException:
+            if run_dir is not None and is_rank_zero():
+                _discard_unfinished(root, Path(run_dir), created=new_dir)
+            raise
         if trainer.interrupted:
             warnings.warn(f"training was interrupted; resume it with fit(resume=True) from {root / CHECKPOINT_DIR}.")
         best = checkpoint.best_model_path
@@ -853,6 +869,19 @@ class TRACE:
         self.net.eval()
         self.is_trained = True
         return self
+
+
+def _discard_unfinished(root: Path, run_dir: Path, created: bool) -> None:
+    """After a fit failed: drop its staging folder, or a run directory it created that holds no checkpoint yet.
+
+    Either would only block the next fit; a run directory with a checkpoint stays, to be resumed.
+    """
+    if root != run_dir:
+        shutil.rmtree(root, ignore_errors=True)
+    elif created and not (root / CHECKPOINT_DIR / "last.ckpt").exists():
+        remove_entries(root, _OWN_ENTRIES)
+        with contextlib.suppress(OSError):
+            root.rmdir()
 
 
 def _check_checkpoint(path: Path, plan: torch.nn.Module) -> None:

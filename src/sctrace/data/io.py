@@ -230,10 +230,7 @@ def read_timecourse(
             f"{_format_names(list(adata.var.columns))} or gene_key=None to use var_names."
         )
     if layer is not None and layer not in adata.layers:
-        raise SctraceInputError(
-            f"layer {layer!r} is not in adata.layers; pass {option_name('layer')} as one of "
-            f"{_format_names(list(adata.layers))} or {in_words('layer=None', 'leave out --layer')} to use X."
-        )
+        raise _missing_layer(layer, list(adata.layers))
     if layer is None and adata.X is None:
         raise SctraceInputError(
             f"adata.X is empty; pass {option_name('layer')} as one of {_format_names(list(adata.layers))} to use a "
@@ -261,10 +258,7 @@ def read_timecourse(
 def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str) -> None:
     """The checks :func:`read_timecourse` runs on the matrix, for data read without a time course (``embed``)."""
     if layer is not None and layer not in adata.layers:
-        raise SctraceInputError(
-            f"layer {layer!r} is not in adata.layers; pass {option_name('layer')} as one of "
-            f"{_format_names(list(adata.layers))} or {in_words('layer=None', 'leave out --layer')} to use X."
-        )
+        raise _missing_layer(layer, list(adata.layers))
     if layer is None and adata.X is None:
         raise SctraceInputError(
             f"adata.X is empty; pass {option_name('layer')} as one of {_format_names(list(adata.layers))} to use a "
@@ -580,6 +574,16 @@ def _value_chunks(matrix) -> Iterator[np.ndarray]:
         return
     for start in range(0, stored.shape[0], _CHUNK_VALUES):
         yield np.asarray(stored[start : start + _CHUNK_VALUES])
+
+
+def _missing_layer(layer: str, layers: list[str]) -> SctraceInputError:
+    use_x = in_words("layer=None", "leave out --layer")
+    if not layers:
+        return SctraceInputError(f"layer {layer!r} is not in adata.layers, which is empty; {use_x} to use X.")
+    return SctraceInputError(
+        f"layer {layer!r} is not in adata.layers; pass {option_name('layer')} as one of {_format_names(layers)} "
+        f"or {use_x} to use X."
+    )
 
 
 def _time_map_words() -> str:
