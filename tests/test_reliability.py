@@ -418,3 +418,14 @@ def test_unusable_outputs_and_trainer_options_are_one_sentence(sim_file, run_dir
     assert not (tmp_path / "r").exists()  # a fit that failed before its first checkpoint leaves no run behind
     assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, tmp_path / "r", tiny_yaml, "--layer", "raw"),
                           "layer 'raw' is not in adata.layers, which is empty; leave out --layer to use X.")
+
+
+def test_an_inconsistent_corpus_is_corrupt(run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    spec = json.loads((broken / "corpus" / "corpus.json").read_text())
+    (broken / "corpus" / "corpus.json").write_text(json.dumps({**spec, "time_values": spec["time_values"][:1]}))
+    assert_one_line_error(monkeypatch, capsys, ["predict", broken, "--time", HOLDOUT, "--out", tmp_path / "p.h5ad"],
+                          "is inconsistent (time points in pairs.npy")

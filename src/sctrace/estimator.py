@@ -939,6 +939,7 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         warnings.filterwarnings("ignore", ".*treespec.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resume, staging
         try:
             yield
         finally:

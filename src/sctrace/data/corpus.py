@@ -378,6 +378,18 @@ class Corpus:
             counts = DiskCSR(directory, spec.n_genes) if has_counts else None
         except (OSError, ValueError) as err:
             raise SctraceInputError(f"tokenized corpus in {directory} is missing or corrupt ({err}); re-run `sctrace fit`.") from err
+        n_times, n_cells = len(spec.time_values), len(lengths)
+        sizes = {"time points in pairs.npy": (pairs.shape[1] if pairs.ndim == 2 else -1, n_times),
+                 "library quantile rows": (len(spec.library_quantiles), n_times),
+                 "mean lengths": (len(spec.mean_lengths), n_times), "gene medians": (len(spec.gene_medians), spec.n_genes),
+                 "token rows": (len(tokens), n_cells), "cell times": (len(cell_times), n_cells),
+                 "cell names": (len(obs_names), n_cells)}
+        wrong = [f"{what} {got} against {want}" for what, (got, want) in sizes.items() if got != want]
+        if wrong or (pairs.size and (pairs.min() < 0 or pairs.max() >= n_cells)):
+            raise SctraceInputError(
+                f"tokenized corpus in {directory} is inconsistent ({', '.join(wrong) or 'pairs point past the cells'}); "
+                "it is corrupt or mixed from two runs, re-run `sctrace fit`."
+            )
         return cls(spec, tokens, lengths, cell_times, pairs, counts, obs_names)
 
 
