@@ -429,3 +429,25 @@ def test_an_inconsistent_corpus_is_corrupt(run_dir, tmp_path, monkeypatch, capsy
     (broken / "corpus" / "corpus.json").write_text(json.dumps({**spec, "time_values": spec["time_values"][:1]}))
     assert_one_line_error(monkeypatch, capsys, ["predict", broken, "--time", HOLDOUT, "--out", tmp_path / "p.h5ad"],
                           "is inconsistent (time points in pairs.npy")
+
+
+@pytest.mark.slow
+def test_two_predicts_to_one_out_started_together(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "pred.h5ad"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sctrace.cli", "predict", str(run_dir), "--time", str(HOLDOUT), "--out", str(out),
+               "--n-cells", "5"]
+    runs = [subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env) for seed in (1, 2)]
+    results = [(run.wait(timeout=300), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert all("Traceback" not in err for _, _, err in results), results
+    assert codes == [0, 2], results  # exactly one writes; the other refuses, before or after its own work
+    loser = next(err for code, _, err in results if code == 2)
+    assert "already exists" in loser or "was written by another command" in loser
+    winner = next(seed for seed, (code, _, _) in zip((1, 2), results) if code == 0)
+    assert ad.read_h5ad(out).uns["sctrace"]["seed"] == winner
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.h5ad"]
