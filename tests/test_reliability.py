@@ -451,3 +451,18 @@ def test_two_predicts_to_one_out_started_together(run_dir, tmp_path):
     winner = next(seed for seed, (code, _, _) in zip((1, 2), results) if code == 0)
     assert ad.read_h5ad(out).uns["sctrace"]["seed"] == winner
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.h5ad"]
+
+
+def test_split_and_epoch_errors_in_the_callers_words(sim_file, tiny_yaml, tmp_path, monkeypatch, capsys):
+    from sctrace._errors import SctraceInputError
+    from sctrace.estimator import TRACE
+
+    times = sorted(ad.read_h5ad(sim_file).obs["time"].unique())
+    assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--holdout", times[-1]],
+                          "use --task extrapolate to hold out the last.")
+    with pytest.raises(SctraceInputError, match="use task='extrapolate' to hold out the last"):
+        TRACE(sim_file, "time", holdout=times[-1])
+    assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, tmp_path / "r", tiny_yaml, "--max-epochs", 0),
+                          "--max-epochs must be at least 1, got 0.")
+    with pytest.raises(SctraceInputError, match="pass the run_dir that fit.. or save.. wrote"):
+        TRACE.load(tmp_path / "none")

@@ -453,7 +453,7 @@ class TRACE:
         if max_epochs is not None:
             self.config = self.config.update({"max_epochs": max_epochs})
         if self.config.max_epochs < 1:
-            raise SctraceInputError(f"max_epochs must be at least 1, got {self.config.max_epochs}.")
+            raise SctraceInputError(f"{option_name('max_epochs')} must be at least 1, got {self.config.max_epochs}.")
         if precision not in PRECISIONS:
             raise SctraceInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
         if precision == "auto":
@@ -817,7 +817,10 @@ class TRACE:
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
-            raise SctraceInputError(f"run directory {run_dir} does not exist; pass the --out directory of `sctrace fit`.")
+            raise SctraceInputError(
+                f"run directory {run_dir} does not exist; pass "
+                + in_words("the run_dir that fit() or save() wrote.", "the --out directory of `sctrace fit`.")
+            )
         config = TraceConfig.from_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
         needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if config and config.encoder == "geneformer" else ())
         for name in needed:

@@ -55,7 +55,7 @@ def split_times(time_values: np.ndarray, task: str, holdout: float | None) -> tu
         if not time_values[0] < holdout < time_values[-1]:
             raise SctraceInputError(
                 f"interpolation needs a held-out time strictly between the first ({time_values[0]:g}) and the last "
-                f"({time_values[-1]:g}) time point, got {holdout:g}; use task 'extrapolate' to hold out the last."
+                f"({time_values[-1]:g}) time point, got {holdout:g}; use {option('task', 'extrapolate')} to hold out the last."
             )
         train = time_values[~np.isclose(time_values, holdout)]
     else:
