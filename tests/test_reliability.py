@@ -466,3 +466,6 @@ def test_split_and_epoch_errors_in_the_callers_words(sim_file, tiny_yaml, tmp_pa
                           "--max-epochs must be at least 1, got 0.")
     with pytest.raises(SctraceInputError, match="pass the run_dir that fit.. or save.. wrote"):
         TRACE.load(tmp_path / "none")
+    for bad in (0, -1):  # -1 used to select every gene without a word
+        assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--holdout", HOLDOUT, "--n-top-genes", bad],
+                              f"--n-top-genes must be a positive integer, got {bad}.")

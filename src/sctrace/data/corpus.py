@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctrace._errors import SctraceInputError, option
+from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.data.io import MatrixRows, TimeCourse, check_holdout
 from sctrace.data.pairing import pair_cells
 from sctrace.data.preprocess import log_normalize, select_hvgs_streamed
@@ -429,6 +429,8 @@ def prepare_corpus(
     chunk_size
         Cells read at a time.
     """
+    if int(n_top_genes) != n_top_genes or n_top_genes < 1:
+        raise SctraceInputError(f"{option_name('n_top_genes')} must be a positive integer, got {n_top_genes}.")
     if holdout is not None:
         holdout = check_holdout(timecourse, holdout)
     train_times, holdout = split_times(timecourse.time_values, task, holdout)
