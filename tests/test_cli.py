@@ -253,7 +253,7 @@ def test_fit_writes_a_run_with_the_yaml_config(run_dir, tiny_fast_config):
 def test_fit_refuses_an_existing_run_dir(run_dir, sim_file, tiny_yaml, monkeypatch, capsys):
     before = (run_dir / "model.safetensors").stat().st_mtime_ns
     args = ["fit", sim_file, "--holdout", HOLDOUT, "--out", run_dir, "--config", tiny_yaml, "--max-epochs", 1]
-    assert_one_line_error(monkeypatch, capsys, args, f"run directory {run_dir} already exists; pass overwrite=True")
+    assert_one_line_error(monkeypatch, capsys, args, f"run directory {run_dir} already exists; pass --overwrite or choose another --out")
     assert (run_dir / "model.safetensors").stat().st_mtime_ns == before
 
 
@@ -316,7 +316,7 @@ def test_embed_writes_cell_and_gene_embeddings(run_dir, sim_file, tiny_fast_conf
 def test_fit_encoder_flags_reach_the_config(sim_file, tmp_path, monkeypatch, capsys):
     base = ["fit", sim_file, "--holdout", HOLDOUT, "--out", tmp_path / "run", "--max-epochs", 1]
     assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "bert"], "'encoder' in overrides must be one of scratch, random, geneformer")
-    assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "geneformer"], "pass encoder_path (CLI: --encoder-path DIR)")
+    assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "geneformer"], "pass --encoder-path DIR")
     assert_one_line_error(monkeypatch, capsys, base + ["--encoder", "geneformer", "--encoder-path", tmp_path / "none"],
                           "does not exist")
     assert not (tmp_path / "run").exists()

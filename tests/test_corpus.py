@@ -26,7 +26,7 @@ def test_split_times_interpolate_and_extrapolate():
     "task, holdout, message",
     [
         ("interpolate", 0.0, "strictly between the first"),
-        ("interpolate", 6.0, "use task 'extrapolate'"),
+        ("interpolate", 6.0, "use task='extrapolate'"),
         ("extrapolate", 1.0, "leaves 1 training time point"),
         ("sideways", 1.0, "unknown task 'sideways'"),
         ("interpolate", None, "needs a held-out time"),

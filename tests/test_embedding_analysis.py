@@ -194,7 +194,7 @@ def test_bad_input_is_named(trained, simulated, tmp_path):
     gaps.obs.iloc[:3, gaps.obs.columns.get_loc("cell_type")] = np.nan
     with pytest.raises(SctraceInputError, match="3 cells have no value in obs.'cell_type'."):
         run(gaps)
-    with pytest.raises(SctraceInputError, match="no time column 'when'"):
+    with pytest.raises(SctraceInputError, match="time column 'when'"):
         run(small, time_key="when")
     with pytest.raises(SctraceInputError, match="no cells"):
         run(small[:0].copy())

@@ -147,7 +147,7 @@ def test_unparsable_labels_suggest_time_map():
     adata = _make_adata(times=np.repeat(["LPS_0h", "LPS_2h", "ctrl"], 4))
     with pytest.raises(
         SctraceInputError,
-        match=r"cannot read the time labels 'LPS_0h', 'LPS_2h', 'ctrl' .* time_map=.*--time-map label=value",
+        match=r"cannot read the time labels 'LPS_0h', 'LPS_2h', 'ctrl' .* time_map=\{'label': value\}\.$",
     ):
         read_timecourse(adata)
 

@@ -210,7 +210,9 @@ def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp
     lines = config.read_text().splitlines(keepends=True)
     assert any(line.startswith("count_sampling:") for line in lines)
     config.write_text("".join(line for line in lines if not line.startswith("count_sampling:")))
-    old_model = TRACE.load(old_run)
+    (old_run / "sctrace_run.json").write_text('{"written_by": "sctrace"}')  # as such runs marked themselves
+    with pytest.warns(UserWarning, match="predates the key.s. count_sampling"):
+        old_model = TRACE.load(old_run)
     assert old_model.config.count_sampling == "iid"
     np.testing.assert_array_equal(old_model.predict(holdout, n_cells=40, seed=2).X.toarray(), iid.X.toarray())
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, reset_cli_command, set_cli_command
 from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
 from sctrace.config import LOGNORM_LIKELIHOODS
@@ -21,6 +21,13 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="TRACE: predict single-cell expression at time points nobody measured.",
 )
+
+@app.callback()
+def _interface(ctx: typer.Context) -> None:
+    """Errors raised while a command runs name their fix as this command's options (sctrace._errors.option)."""
+    token = set_cli_command(ctx.invoked_subcommand)
+    ctx.call_on_close(lambda: reset_cli_command(token))
+
 
 def _parse_time_map(pairs: list[str] | None) -> dict[str, float] | None:
     if not pairs:
@@ -191,11 +198,10 @@ def predict(
     from sctrace.estimator import TRACE
 
     _set_threads(threads)
-    if out.exists() and not overwrite:
-        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+    _check_out_file(out, overwrite)
     model = TRACE.load(run_dir)
     generated = model.predict(time, n_cells=n_cells, seed=seed, library_size=library_size, sampling=sampling)
-    _write_h5ad(generated, out)
+    _write_h5ad(generated, out, overwrite)
     typer.echo(f"wrote {generated.n_obs} generated cells at time {generated.uns['sctrace']['time']:g} to {out}")
 
 
@@ -213,10 +219,9 @@ def embed(
     from sctrace.estimator import TRACE
 
     _set_threads(threads)
-    if out.exists() and not overwrite:
-        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+    _check_out_file(out, overwrite)
     embedded = TRACE.load(run_dir).embed(data, time_key=time_key, layer=layer)
-    _write_h5ad(embedded, out)
+    _write_h5ad(embedded, out, overwrite)
     typer.echo(f"wrote embeddings of {embedded.n_obs} cells to {out}")
 
 
@@ -391,12 +396,52 @@ def plot(
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
-def _write_h5ad(adata, out: Path) -> None:
-    """Write through a temporary file so an interrupted write never leaves a truncated result."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(out)
+def _check_out_file(out: Path, overwrite: bool) -> None:
+    """Refuse an unusable --out before any work; _write_h5ad checks again when it writes."""
+    if out.is_dir():
+        raise SctraceInputError(f"--out {out} is a directory; give a file path such as {out / 'cells.h5ad'}.")
+    if out.exists() and not overwrite:
+        raise SctraceInputError(f"{out} already exists; pass --overwrite or choose another --out.")
+
+
+def _write_h5ad(adata, out: Path, overwrite: bool = False) -> None:
+    """Write through a temporary file of its own, then create ``out`` in one step.
+
+    An interrupted write never leaves a truncated result, two commands writing the same ``out`` never share a
+    temporary file, and without ``overwrite`` a file that appeared at ``out`` meanwhile is never replaced.
+    """
+    import os
+    import tempfile
+
+    if out.is_dir():
+        raise SctraceInputError(f"--out {out} is a directory; give a file path such as {out / 'cells.h5ad'}.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SctraceInputError(f"cannot write to {out.parent} ({err.strerror}); choose another --out.") from err
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        adata.write_h5ad(tmp)
+        if overwrite:
+            tmp.replace(out)
+            return
+        try:
+            try:
+                os.link(tmp, out)  # fails if out exists: exclusive creation, unlike a rename
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: claim the name exclusively, then fill it
+                with open(out, "xb"):
+                    pass
+                tmp.replace(out)
+        except FileExistsError:
+            raise SctraceInputError(
+                f"{out} was written by another command while this one ran; pass --overwrite or choose another --out."
+            ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @app.command("impute")
@@ -468,7 +513,15 @@ def _register_analyze() -> None:
 _register_analyze()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning:`` line, as errors are one ``error:`` line."""
+    typer.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except SctraceInputError as err:

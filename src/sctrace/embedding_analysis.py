@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, option, option_name
 from sctrace._threads import Threads, set_threads
 
 if TYPE_CHECKING:
@@ -138,8 +138,8 @@ def decoder_embeddings(model: TRACE, adata: ad.AnnData, time_key: str | None = N
     key = time_key or spec.time_key
     if key not in adata.obs:
         raise SctraceInputError(
-            f"obs has no time column '{key}'; the decoder embeds each cell at its own time, so pass time_key= the "
-            "column holding it (CLI: --time-key)."
+            f"obs has no time column '{key}'; the decoder embeds each cell at its own time, so pass "
+            f"{option_name('time_key')} as the column holding it."
         )
     matrix = adata.layers[layer] if layer is not None else adata.X
     tokens, lengths = tokenize_with_spec(spec, matrix, adata.var_names)
@@ -317,7 +317,7 @@ def analyze_embeddings(
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise SctraceInputError(
-            f"{existing[0]} already exists; pass overwrite=True (CLI: --overwrite) or another out_dir."
+            f"{existing[0]} already exists; pass {option('overwrite', True)} or another {option_name('out_dir')}."
         )
 
     if not isinstance(adata, ad.AnnData):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import inspect
 import json
 import logging
 import math
@@ -20,10 +23,10 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, in_words, option, option_name
 from sctrace.config import CHOICES, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
-from sctrace.data.io import TimeCourse, parse_time, read_h5ad, read_timecourse
+from sctrace.data.io import TimeCourse, check_expression, parse_time, read_h5ad, read_timecourse
 from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
 from sctrace.model.copula import GeneCopula, reorder_levels
@@ -39,8 +42,73 @@ LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
 # With a step budget (config min_steps), validation and early stopping come about this often.
 VALIDATE_EVERY_STEPS = 50
+# Runs of format 2 or later write every config key, so a key missing from their config.yaml means a corrupt run;
+# older runs lack the keys added since and load with the defaults that reproduce them.
+RUN_FORMAT = 2
 COPULA_FILE = "copula.safetensors"  # the training cells' gene-gene normal-score factors (sampling "copula")
-_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
+INPUTS_FILE = "fit_inputs.json"  # the data's fingerprint and the split a resumed fit must share with the run
+_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, INPUTS_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR,
+                RUN_MARKER)
+# Config keys a resumed fit may change: they decide how long it trains, not what it trains on.
+_RESUMABLE_KEYS = ("max_epochs", "patience")
+
+
+def fit_inputs(timecourse: TimeCourse, spec: CorpusSpec, seed: int) -> dict:
+    """The data's fingerprint (size, hashes of gene names and cell times) and the options that shape the split."""
+    genes = hashlib.sha256("\n".join(timecourse.gene_names()).encode()).hexdigest()
+    times = hashlib.sha256(np.ascontiguousarray(timecourse.times, dtype=np.float64).tobytes()).hexdigest()
+    return {
+        "n_obs": int(timecourse.adata.n_obs), "n_vars": int(timecourse.adata.n_vars), "gene_names_sha256": genes,
+        "times_sha256": times, "time_key": timecourse.time_key, "layer": timecourse.layer,
+        "count_kind": timecourse.count_kind, "stratify": list(timecourse.stratify_keys), "task": spec.task,
+        "holdout": spec.holdout, "seed": int(seed),
+    }
+
+
+def _describe_difference(key: str, then, now) -> str:
+    """One clause of a refused resume: what differs, in the caller's words."""
+    data_words = {"n_obs": "number of cells", "n_vars": "number of genes", "gene_names_sha256": "gene names",
+                  "times_sha256": "cells' time values", "count_kind": "kind of values (counts or log-normalised)"}
+    if key in data_words:
+        shown = "" if key.endswith("sha256") else f" ({then} then, {now} now)"
+        return f"the data's {data_words[key]} differ{shown}"
+    return f"{option_name(key)} differs ({then} then, {now} now)"
+
+
+SCRATCH_PREFIX = "sctrace_corpus_"
+SCRATCH_OWNER = "owner.txt"  # "host pid" of the process that uses a temporary corpus
+
+
+def scratch_corpus_dir() -> str:
+    """A temporary corpus folder that names its process; those of processes that died first are removed.
+
+    A fit killed with SIGKILL cannot clean up after itself, so the next one does.
+    """
+    import socket
+
+    remove_orphaned_corpora()
+    path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    Path(path, SCRATCH_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
+    return path
+
+
+def remove_orphaned_corpora() -> list[Path]:
+    """Delete the temporary corpora (in the system temp dir) whose process on this machine no longer runs."""
+    import socket
+
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(SCRATCH_PREFIX + "*"):
+        try:
+            host, pid = (path / SCRATCH_OWNER).read_text().split()
+            if host == socket.gethostname():
+                os.kill(int(pid), 0)  # raises ProcessLookupError once the process is gone
+            continue  # alive, or another machine's: not ours to judge
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (OSError, ValueError):
+            continue  # no owner file (an older sctrace, or being created) or no permission to signal: leave it
+    return removed
 
 
 def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
@@ -53,7 +121,7 @@ def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Serie
 
 def _encoder_dir(config: TraceConfig) -> Path:
     if not config.encoder_path:
-        raise SctraceInputError("encoder 'geneformer' needs its directory; pass encoder_path (CLI: --encoder-path DIR).")
+        raise SctraceInputError(f"encoder 'geneformer' needs its directory; pass {option('encoder_path', 'DIR')}.")
     path = Path(config.encoder_path)
     if not path.is_dir():
         raise SctraceInputError(f"pretrained encoder directory {path} does not exist; pass the folder holding its config.json.")
@@ -130,17 +198,23 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: b
     run_dir = Path(run_dir)
     if not is_rank_zero():  # rank 0 may already have created it for this very run
         return run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SctraceInputError(f"{run_dir} is a file, not a run directory; choose another {option_name('run_dir')}.")
     if resume:
         last = run_dir / CHECKPOINT_DIR / "last.ckpt"
         if not last.exists():
-            raise SctraceInputError(f"nothing to resume: {last} does not exist; run fit without --resume first.")
+            raise SctraceInputError(f"nothing to resume: {last} does not exist; fit without {option('resume', True)} first.")
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise SctraceInputError(f"run directory {run_dir} already exists; pass overwrite=True (CLI: --overwrite) or another --out.")
+            raise SctraceInputError(
+                f"run directory {run_dir} already exists; pass {option('overwrite', True)} or choose another "
+                f"{option_name('run_dir')}."
+            )
         if not (run_dir / RUN_MARKER).exists():
             raise SctraceInputError(
-                f"run directory {run_dir} holds files that sctrace did not write; refusing to overwrite it, choose another --out."
+                f"run directory {run_dir} holds files that sctrace did not write; refusing to overwrite it, choose "
+                f"another {option_name('run_dir')}."
             )
     return run_dir
 
@@ -163,8 +237,77 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume:
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         remove_entries(run_dir, _OWN_ENTRIES)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace"}))
+    (run_dir / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace", "format": RUN_FORMAT}))
     return run_dir
+
+
+STAGING_SUFFIX = ".sctrace-staging"
+
+
+def staging_dir(run_dir: str | os.PathLike) -> Path:
+    """Beside ``run_dir``: where a fit or save that replaces a run writes, so the old run stays whole until the end.
+
+    The name is fixed (not random) so that every process of a multi-process fit agrees on it. A symbolic link
+    is followed, so the link keeps pointing at the run.
+    """
+    run_dir = Path(run_dir)
+    run_dir = run_dir.resolve() if run_dir.is_symlink() else run_dir
+    return run_dir.parent / f".{run_dir.name}{STAGING_SUFFIX}"
+
+
+def stage_run_dir(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """The directory to write a run into: ``run_dir`` itself, or a staging folder when it replaces a finished run.
+
+    A kill while the new run is written then leaves the old one usable; :func:`swap_in_run` replaces it at the end.
+    """
+    run_dir = Path(run_dir)
+    replaces = overwrite and not resume and run_dir.is_dir() and any(run_dir.iterdir())
+    if not replaces:
+        return prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    check_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    staging = staging_dir(run_dir)
+    if not is_rank_zero():
+        return staging
+    if staging.exists():
+        if not (staging / RUN_MARKER).exists():
+            raise SctraceInputError(
+                f"{staging} holds files that sctrace did not write; remove it, or choose another {option_name('run_dir')}."
+            )
+        shutil.rmtree(staging)  # left by a fit that was killed before it finished
+    staging.mkdir(parents=True)
+    (staging / RUN_MARKER).write_text(json.dumps({"written_by": "sctrace", "format": RUN_FORMAT}))
+    return staging
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def swap_in_run(staging: Path, run_dir: Path) -> None:
+    """Replace ``run_dir`` by the finished ``staging`` folder; files in it that sctrace did not write are kept."""
+    if staging == run_dir:
+        return
+    run_dir = run_dir.resolve() if run_dir.is_symlink() else run_dir
+    if _exchange(staging, run_dir):
+        old = staging  # now holds the previous run
+    else:
+        old = run_dir.parent / f".{run_dir.name}.sctrace-old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(run_dir, old)
+        os.replace(staging, run_dir)
+    for entry in old.iterdir():
+        if entry.name not in _OWN_ENTRIES:
+            os.replace(entry, run_dir / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # Lightning precisions fit accepts; "auto" picks bf16 autocast on a GPU and fp32 on CPU.
@@ -216,13 +359,13 @@ class TRACE:
         count_kind = count_kind or ("lognorm" if self.config.likelihood in LOGNORM_LIKELIHOODS else "counts")
         if count_kind == "lognorm" and self.config.likelihood not in LOGNORM_LIKELIHOODS:
             raise SctraceInputError(
-                "the data hold log-normalised values, not counts; use likelihood='hurdle' or 'gaussian' "
-                "(CLI: --likelihood hurdle)."
+                "the data hold log-normalised values, not counts; use "
+                + in_words("likelihood='hurdle' or 'gaussian'.", "--likelihood hurdle or gaussian.")
             )
         if count_kind == "counts" and self.config.likelihood in LOGNORM_LIKELIHOODS:
             raise SctraceInputError(
                 f"likelihood '{self.config.likelihood}' models log-normalised values, and these data hold raw counts; "
-                "use zinb or nb, or pass count_kind='lognorm' (CLI: --count-kind lognorm) for log-normalised data."
+                "use zinb or nb, or pass " + in_words("count_kind='lognorm'", "log-normalised data") + " with this likelihood."
             )
         self.seed = seed
         # Data on disk stay there: the matrix is read a block of cells at a time and the corpus is written to a
@@ -233,7 +376,7 @@ class TRACE:
         )
         corpus_dir = None
         if on_disk:
-            corpus_dir = tempfile.mkdtemp(prefix="sctrace_corpus_")
+            corpus_dir = scratch_corpus_dir()
             weakref.finalize(self, shutil.rmtree, corpus_dir, ignore_errors=True)
         holdout_value = None if holdout is None else parse_time(holdout)
         gene_medians = None
@@ -250,6 +393,7 @@ class TRACE:
             gene_medians=gene_medians,
             directory=corpus_dir,
         )
+        self.inputs: dict | None = fit_inputs(self.timecourse, self.corpus.spec, seed)
         torch.manual_seed(seed)
         self.net = _build_net(self.corpus.spec, self.config)
         if self.net.count_decoder.quantile_marginal:
@@ -322,7 +466,7 @@ class TRACE:
         if max_epochs is not None:
             self.config = self.config.update({"max_epochs": max_epochs})
         if self.config.max_epochs < 1:
-            raise SctraceInputError(f"max_epochs must be at least 1, got {self.config.max_epochs}.")
+            raise SctraceInputError(f"{option_name('max_epochs')} must be at least 1, got {self.config.max_epochs}.")
         if precision not in PRECISIONS:
             raise SctraceInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
         if precision == "auto":
@@ -330,12 +474,15 @@ class TRACE:
         if max_steps is not None and max_steps < 1:
             raise SctraceInputError(f"max_steps must be at least 1, got {max_steps}; leave it out to train whole epochs.")
         scratch = None
+        new_dir = run_dir is not None and not Path(run_dir).exists()
         if run_dir is None:
             scratch = tempfile.TemporaryDirectory(prefix="sctrace_")
             root = Path(scratch.name)
         else:
-            root = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+            root = stage_run_dir(run_dir, overwrite=overwrite, resume=resume)
             if is_rank_zero():
+                if resume:
+                    self._check_resume(root)
                 self._write_description(root)
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
@@ -360,26 +507,44 @@ class TRACE:
         # max_steps stops inside an epoch, before any validation, is not checked against a missing val_loss.
         stopping = EarlyStopping(monitor=monitor, patience=self.config.patience, check_on_train_epoch_end=not has_val)
         callbacks = [checkpoint, stopping]
-        with _quiet_lightning():
-            trainer = L.Trainer(
-                max_epochs=max_epochs,
-                max_steps=-1 if max_steps is None else max_steps,
-                min_steps=self.config.min_steps or None,
-                check_val_every_n_epoch=val_every,
-                accelerator=accelerator,
-                devices=devices,
-                num_nodes=num_nodes,
-                strategy=strategy,
-                precision=precision,
-                logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
-                callbacks=callbacks,
-                gradient_clip_val=self.config.gradient_clip,
-                enable_progress_bar=progress,
-                enable_model_summary=False,
-                deterministic=False,
-                log_every_n_steps=10,
-            )
-            trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            with _quiet_lightning():
+                try:
+                    trainer = L.Trainer(
+                        max_epochs=max_epochs,
+                        max_steps=-1 if max_steps is None else max_steps,
+                        min_steps=self.config.min_steps or None,
+                        check_val_every_n_epoch=val_every,
+                        accelerator=accelerator,
+                        devices=devices,
+                        num_nodes=num_nodes,
+                        strategy=strategy,
+                        precision=precision,
+                        logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
+                        callbacks=callbacks,
+                        gradient_clip_val=self.config.gradient_clip,
+                        enable_progress_bar=progress,
+                        enable_model_summary=False,
+                        deterministic=False,
+                        log_every_n_steps=10,
+                    )
+                except Exception as err:  # Lightning's refusal of an accelerator, device count, strategy, ...
+                    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise SctraceInputError(
+                        f"Lightning cannot train with these options ({reason}); check {option_name('accelerator')}, "
+                        f"{option_name('devices')}, {option_name('num_nodes')}, {option_name('strategy')} and "
+                        f"{option_name('precision')}."
+                    ) from err
+                fit_options = {}
+                if ckpt_path is not None:
+                    _check_checkpoint(Path(ckpt_path), plan)
+                    if "weights_only" in inspect.signature(trainer.fit).parameters:  # Lightning >= 2.5
+                        fit_options["weights_only"] = True  # never unpickle arbitrary objects, whatever torch's default
+                trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path, **fit_options)
+        except BaseException:
+            if run_dir is not None and is_rank_zero():
+                _discard_unfinished(root, Path(run_dir), created=new_dir)
+            raise
         if trainer.interrupted:
             warnings.warn(f"training was interrupted; resume it with fit(resume=True) from {root / CHECKPOINT_DIR}.")
         best = checkpoint.best_model_path
@@ -395,7 +560,38 @@ class TRACE:
             scratch.cleanup()
         elif trainer.is_global_zero:
             self._write_weights(root)
+            swap_in_run(root, Path(run_dir))
         return self
+
+    def _check_resume(self, run_dir: Path) -> None:
+        """Refuse to continue a run on other data, split or config: its new epochs would train on what it held out."""
+        differences = []
+        saved_inputs = run_dir / INPUTS_FILE
+        if saved_inputs.exists():
+            try:
+                saved = json.loads(saved_inputs.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise SctraceInputError(f"{saved_inputs} is corrupt ({err}); start the fit again with "
+                                        f"{option('overwrite', True)}.") from err
+            differences += [_describe_difference(k, saved[k], v) for k, v in self.inputs.items() if k in saved and saved[k] != v]
+        else:  # a run fitted before the fingerprint was saved: its corpus still records the split
+            spec = CorpusSpec.from_json(run_dir / CORPUS_DIR / "corpus.json")
+            for key in ("time_key", "task", "holdout"):
+                if getattr(spec, key) != self.inputs[key]:
+                    differences.append(_describe_difference(key, getattr(spec, key), self.inputs[key]))
+            warnings.warn(f"{run_dir} does not record the data it was fitted on ({INPUTS_FILE}); resuming without "
+                          "checking that these are the same data.", UserWarning, stacklevel=3)
+        if (run_dir / CONFIG_FILE).exists():
+            then, now = dataclasses.asdict(TraceConfig.from_yaml(run_dir / CONFIG_FILE)), dataclasses.asdict(self.config)
+            changed = [k for k in now if k not in _RESUMABLE_KEYS and then[k] != now[k]]
+            if changed:
+                shown = ", ".join(f"{k} ({then[k]!r} then, {now[k]!r} now)" for k in changed[:5])
+                differences.append(f"config key(s) {shown} differ")
+        if differences:
+            raise SctraceInputError(
+                f"cannot resume {run_dir}: {'; '.join(differences)}; resume with the data and options it was fitted "
+                f"with, or start a new fit with {option('overwrite', True)} or another {option_name('run_dir')}."
+            )
 
     # ------------------------------------------------------------------ generation
     def _require_trained(self, verb: str) -> None:
@@ -449,6 +645,11 @@ class TRACE:
         self._require_trained("predict")
         time = parse_time(time)
         spec, corpus = self.spec, self.corpus
+        if source is None and n_cells is not None and n_cells < 1:
+            raise SctraceInputError(
+                f"{option_name('n_cells')} must be at least 1, got {n_cells}; leave it out for one cell per source cell."
+            )
+        self._warn_if_far(time)
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
         if source is not None:
@@ -475,7 +676,7 @@ class TRACE:
         elif sampling == "copula":
             if self.copula is None:
                 raise SctraceInputError("this run has no gene copula (copula.safetensors; runs fitted before sampling "
-                                        "'copula' existed lack it); re-fit it, or pass sampling='stratified'.")
+                                        f"'copula' existed lack it); re-fit it, or pass {option('sampling', 'stratified')}.")
             copula = self.copula
             strata = StratifiedLevels(n_cells, spec.n_genes, rng,
                                       transform=lambda levels, r: reorder_levels(levels, copula.normals(time, len(levels), r)))
@@ -521,6 +722,24 @@ class TRACE:
         }
         return out
 
+    def _warn_if_far(self, time: float) -> None:
+        """Say when the model is asked where it never saw data: before the source time, or far past the last.
+
+        Generation runs forward from the source cells, so any time before them has no meaning; past the last
+        observed time by more than the observed span, the prediction is extrapolated further than the data reach.
+        """
+        observed = list(self.spec.time_values) + ([] if self.spec.holdout is None else [self.spec.holdout])
+        first, last = min(observed), max(observed)
+        span = last - first
+        if time < first or time > last + span:
+            where = (f"before the first (source) time {first:g}" if time < first
+                     else f"past the last by more than their span of {span:g}")
+            warnings.warn(
+                f"time {time:g} is far outside the observed times {first:g} to {last:g} ({where}); the generated "
+                "cells are an extrapolation with no data near it.",
+                UserWarning, stacklevel=3,
+            )
+
     def _library_sizes(self, library_size, time: float, n_cells: int, rng: np.random.Generator) -> np.ndarray:
         """Each generated cell's depth: the neighbouring observed times' by default, or the caller's."""
         if library_size is None:
@@ -528,7 +747,7 @@ class TRACE:
         if self.config.likelihood in LOGNORM_LIKELIHOODS:
             raise SctraceInputError(
                 f"library_size applies to count likelihoods; this model ({self.config.likelihood}) generates "
-                "log-normalised values. Leave library_size out."
+                f"log-normalised values; leave out {option_name('library_size')}."
             )
         try:
             values = np.atleast_1d(np.asarray(library_size, dtype=float)).ravel()
@@ -547,20 +766,24 @@ class TRACE:
         """Cell embeddings (``obsm['X_sctrace']``) and gene embeddings (``varm['sctrace_genes']``) for any AnnData.
 
         A cell's embedding is the encoder's [CLS] state of the cell at its own time (``time_key``, default the
-        model's) or, where the AnnData has no such column, at the source time. Gene rows of genes the model does
+        model's), which the AnnData must hold: embedding every cell at one time would silently mislabel them.
+        The values get the checks ``fit`` ran (raw counts for a counts model). Gene rows of genes the model does
         not know are NaN.
         """
         self._require_trained("embed")
         if not isinstance(adata, ad.AnnData):
             adata = read_h5ad(adata)
         spec = self.spec
+        key = time_key or spec.time_key
+        if key not in adata.obs:
+            raise SctraceInputError(
+                f"time column {key!r} is not in adata.obs; pass {option_name('time_key')} as one of the obs columns "
+                f"{', '.join(repr(str(c)) for c in adata.obs.columns[:10]) or '(none)'}, or add each cell's time."
+            )
+        check_expression(adata, layer, spec.count_kind)
         matrix = adata.layers[layer] if layer is not None else adata.X
         tokens, lengths = tokenize_with_spec(spec, matrix, adata.var_names)
-        key = time_key or spec.time_key
-        if key in adata.obs:
-            times = np.array([parse_time(v) for v in adata.obs[key].astype(str)], dtype=np.float32)
-        else:
-            times = np.full(adata.n_obs, spec.source_time, dtype=np.float32)
+        times = np.array([parse_time(v) for v in adata.obs[key].astype(str)], dtype=np.float32)
         self.net.eval()
         cells = []
         with torch.no_grad():
@@ -582,6 +805,8 @@ class TRACE:
         """Everything but the weights: corpus, config and, with a pretrained encoder, its architecture."""
         self.corpus.save(run_dir / CORPUS_DIR)
         self.config.to_yaml(run_dir / CONFIG_FILE)
+        if self.inputs is not None:
+            (run_dir / INPUTS_FILE).write_text(json.dumps(self.inputs, indent=1))
         if self.copula is not None:
             tmp = run_dir / (COPULA_FILE + ".tmp")
             self.copula.save(tmp)
@@ -601,10 +826,11 @@ class TRACE:
     def save(self, run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write weights (safetensors), config (YAML) and the tokenized corpus; enough to predict later."""
         self._require_trained("save")
-        root = prepare_run_dir(run_dir, overwrite=overwrite)
+        root = stage_run_dir(run_dir, overwrite=overwrite)
         self._write_description(root)
         self._write_weights(root)
-        return root
+        swap_in_run(root, Path(run_dir))
+        return Path(run_dir)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> TRACE:
@@ -614,37 +840,54 @@ class TRACE:
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
-            raise SctraceInputError(f"run directory {run_dir} does not exist; pass the --out directory of `sctrace fit`.")
+            raise SctraceInputError(
+                f"run directory {run_dir} does not exist; pass "
+                + in_words("the run_dir that fit() or save() wrote.", "the --out directory of `sctrace fit`.")
+            )
         config = TraceConfig.from_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
         needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if config and config.encoder == "geneformer" else ())
         for name in needed:
             if not (run_dir / name).exists():
                 raise SctraceInputError(
-                    f"run directory {run_dir} is incomplete: {name} is missing (was fit interrupted? resume it with --resume)."
+                    f"run directory {run_dir} is incomplete: {name} is missing (was fit interrupted? resume it with "
+                    f"{option('resume', True)})."
                 )
+        _check_config_keys(run_dir)
         self = cls.__new__(cls)
         self.config = config
         self.corpus = Corpus.load(run_dir / CORPUS_DIR)
         self.timecourse = None
         self.seed = 0
         self.history = None
+        try:
+            self.inputs = json.loads((run_dir / INPUTS_FILE).read_text()) if (run_dir / INPUTS_FILE).exists() else None
+        except (OSError, json.JSONDecodeError):
+            self.inputs = None  # only a later resume reads it, and refuses it there
         encoder_config = None
         if self.config.encoder == "geneformer":
             try:
                 encoder_config = json.loads((run_dir / ENCODER_FILE).read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise SctraceInputError(f"{run_dir / ENCODER_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
-        self.net = _build_net(self.corpus.spec, self.config, encoder_config)
+        mismatch = (f"model weights in {run_dir} do not match its config and corpus ({{}}); the run directory is "
+                    "corrupt or mixed from two runs, re-run `sctrace fit`.")
+        try:
+            self.net = _build_net(self.corpus.spec, self.config, encoder_config)
+        except SctraceInputError:
+            raise
+        except (ValueError, RuntimeError, TypeError, AssertionError) as err:
+            raise SctraceInputError(mismatch.format(f"the network cannot be built: {err}")) from err
         try:
             state = load_file(str(run_dir / WEIGHTS_FILE))
         except (SafetensorError, OSError) as err:
             raise SctraceInputError(f"model weights {run_dir / WEIGHTS_FILE} are corrupt ({err}); re-run `sctrace fit`.") from err
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.net.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of other shapes
+            wrong = [k for k, v in self.net.state_dict().items() if k in state and state[k].shape != v.shape]
+            raise SctraceInputError(mismatch.format(f"{len(wrong)} tensors of another shape, e.g. {wrong[:1]}")) from err
         if missing or unexpected:
-            raise SctraceInputError(
-                f"model weights in {run_dir} do not match its config ({len(missing)} missing, {len(unexpected)} unexpected "
-                "tensors); the run directory is corrupt or mixed from two runs."
-            )
+            raise SctraceInputError(mismatch.format(f"{len(missing)} missing, {len(unexpected)} unexpected tensors"))
         try:
             self.copula = GeneCopula.load(run_dir / COPULA_FILE) if (run_dir / COPULA_FILE).exists() else None
         except (SafetensorError, OSError, KeyError) as err:
@@ -652,6 +895,63 @@ class TRACE:
         self.net.eval()
         self.is_trained = True
         return self
+
+
+def _discard_unfinished(root: Path, run_dir: Path, created: bool) -> None:
+    """After a fit failed: drop its staging folder, or a run directory it created that holds no checkpoint yet.
+
+    Either would only block the next fit; a run directory with a checkpoint stays, to be resumed.
+    """
+    if root != run_dir:
+        shutil.rmtree(root, ignore_errors=True)
+    elif created and not (root / CHECKPOINT_DIR / "last.ckpt").exists():
+        remove_entries(root, _OWN_ENTRIES)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+
+def _check_checkpoint(path: Path, plan: torch.nn.Module) -> None:
+    """Read a checkpoint to resume from safely (tensors and plain data only) and check it fits this model.
+
+    Lightning then reads it again; a truncated, crafted or foreign file is refused here in one sentence.
+    """
+    fix = f"start the fit again with {option('overwrite', True)}"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, blocked pickle global, ...: all mean the file cannot be used
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise SctraceInputError(
+            f"checkpoint {path} cannot be read as a plain checkpoint ({reason}); it is truncated, corrupt or not "
+            f"written by sctrace: {fix}."
+        ) from err
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    expected = plan.state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected) or any(
+        not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape for k, v in expected.items()
+    ):
+        raise SctraceInputError(f"checkpoint {path} does not hold the weights of this model: {fix}.")
+
+
+def _check_config_keys(run_dir: Path) -> None:
+    """A run's config.yaml must hold every key: a missing one would silently become another default."""
+    import yaml
+
+    try:
+        marker = json.loads((run_dir / RUN_MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        marker = {}
+    keys = set(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {})  # from_yaml has already parsed it
+    missing = [f.name for f in dataclasses.fields(TraceConfig) if f.name not in keys]
+    if not missing:
+        return
+    shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
+    if isinstance(marker.get("format"), int) and marker["format"] >= RUN_FORMAT:
+        raise SctraceInputError(
+            f"run directory {run_dir} is corrupt: its {CONFIG_FILE} lacks the key(s) {shown}, which fit wrote; restore "
+            "the file or re-run `sctrace fit`."
+        )
+    warnings.warn(f"{run_dir / CONFIG_FILE} predates the key(s) {shown}; they take the defaults that reproduce such "
+                  "older runs.", UserWarning, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -665,6 +965,7 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         warnings.filterwarnings("ignore", ".*treespec.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resume, staging
         try:
             yield
         finally:

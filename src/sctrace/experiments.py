@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, in_words, option
 from sctrace.baselines import INTERPOLATION_ONLY, _draw_cells, identity_baseline
 from sctrace.benchmark import (
     TABLE_METRICS,
@@ -106,7 +106,7 @@ def split_cells(times: np.ndarray, strata: np.ndarray | None = None, test_fracti
     """
     if not 0.0 < test_fraction < 1.0:
         raise SctraceInputError(f"the test fraction must be between 0 and 1 (exclusive), got {test_fraction:g}; "
-                                "pass e.g. 0.2 (CLI: --test-fraction 0.2).")
+                                f"pass e.g. {option('test_fraction', 0.2)}.")
     times = np.asarray(times, dtype=np.float64)
     codes = np.zeros(times.size, dtype=np.int64) if strata is None else pd.factorize(np.asarray(strata).astype(str))[0]
     rng = np.random.default_rng(seed)
@@ -531,7 +531,7 @@ def run_extrapolation_distance(
         raise SctraceInputError(
             f"the number of training time points must be at least 2 (a source and a target) and less than the "
             f"{time_values.size} observed, so that a later one is left to predict; got {k} "
-            f"(CLI: --train-steps 2..{time_values.size - 1})."
+            f"({in_words('k', '--train-steps')} 2..{time_values.size - 1})."
         )
     skipped = {}
     for method in INTERPOLATION_ONLY:

@@ -60,6 +60,30 @@ class TracePlan(L.LightningModule):
         losses["loss"] = losses["token_loss"] + self.config.count_loss_weight * losses["count_loss"]
         return losses
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the random streams too, so a resumed fit continues them instead of restarting them from the seed."""
+        streams = {"torch": torch.get_rng_state()}
+        if self._generator is not None:
+            streams["masking"] = self._generator.get_state()
+        if self.device.type == "cuda":
+            streams["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["sctrace_rng"] = streams
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_rng = checkpoint.get("sctrace_rng")
+
+    def on_train_start(self) -> None:
+        streams = getattr(self, "_restored_rng", None)
+        if not streams or self.trainer.world_size > 1:  # rank 0's streams would make every rank draw alike
+            return
+        torch.set_rng_state(streams["torch"])
+        if "cuda" in streams and self.device.type == "cuda":
+            torch.cuda.set_rng_state(streams["cuda"], self.device)
+        if "masking" in streams:
+            self._generator = torch.Generator(device=self.device)
+            self._generator.set_state(streams["masking"])
+        self._restored_rng = None
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)

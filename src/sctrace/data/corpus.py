@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.data.io import MatrixRows, TimeCourse, check_holdout
 from sctrace.data.pairing import pair_cells
 from sctrace.data.preprocess import log_normalize, select_hvgs_streamed
@@ -49,12 +50,12 @@ def split_times(time_values: np.ndarray, task: str, holdout: float | None) -> tu
     if task == "none":
         return time_values, None
     if holdout is None:
-        raise SctraceInputError(f"task '{task}' needs a held-out time; pass holdout (CLI: --holdout VALUE).")
+        raise SctraceInputError(f"task '{task}' needs a held-out time; pass {option('holdout', 'VALUE')}.")
     if task == "interpolate":
         if not time_values[0] < holdout < time_values[-1]:
             raise SctraceInputError(
                 f"interpolation needs a held-out time strictly between the first ({time_values[0]:g}) and the last "
-                f"({time_values[-1]:g}) time point, got {holdout:g}; use task 'extrapolate' to hold out the last."
+                f"({time_values[-1]:g}) time point, got {holdout:g}; use {option('task', 'extrapolate')} to hold out the last."
             )
         train = time_values[~np.isclose(time_values, holdout)]
     else:
@@ -377,6 +378,18 @@ class Corpus:
             counts = DiskCSR(directory, spec.n_genes) if has_counts else None
         except (OSError, ValueError) as err:
             raise SctraceInputError(f"tokenized corpus in {directory} is missing or corrupt ({err}); re-run `sctrace fit`.") from err
+        n_times, n_cells = len(spec.time_values), len(lengths)
+        sizes = {"time points in pairs.npy": (pairs.shape[1] if pairs.ndim == 2 else -1, n_times),
+                 "library quantile rows": (len(spec.library_quantiles), n_times),
+                 "mean lengths": (len(spec.mean_lengths), n_times), "gene medians": (len(spec.gene_medians), spec.n_genes),
+                 "token rows": (len(tokens), n_cells), "cell times": (len(cell_times), n_cells),
+                 "cell names": (len(obs_names), n_cells)}
+        wrong = [f"{what} {got} against {want}" for what, (got, want) in sizes.items() if got != want]
+        if wrong or (pairs.size and (pairs.min() < 0 or pairs.max() >= n_cells)):
+            raise SctraceInputError(
+                f"tokenized corpus in {directory} is inconsistent ({', '.join(wrong) or 'pairs point past the cells'}); "
+                "it is corrupt or mixed from two runs, re-run `sctrace fit`."
+            )
         return cls(spec, tokens, lengths, cell_times, pairs, counts, obs_names)
 
 
@@ -416,6 +429,8 @@ def prepare_corpus(
     chunk_size
         Cells read at a time.
     """
+    if int(n_top_genes) != n_top_genes or n_top_genes < 1:
+        raise SctraceInputError(f"{option_name('n_top_genes')} must be a positive integer, got {n_top_genes}.")
     if holdout is not None:
         holdout = check_holdout(timecourse, holdout)
     train_times, holdout = split_times(timecourse.time_values, task, holdout)
@@ -442,6 +457,7 @@ def prepare_corpus(
     )
     obs_names = _collect_names(timecourse.adata.obs_names, train_rows, directory, chunk_size)
     cell_times = timecourse.times[train_rows]
+    _check_time_points(cell_times, totals, train_times, len(hvg_idx))
     coordinates = None
     if pairing == "ot":
         coordinates = _pairing_coordinates(MatrixRows(matrix, train_rows, hvg_idx), timecourse.count_kind, seed, chunk_size)
@@ -473,6 +489,31 @@ def prepare_corpus(
     np.save(directory / "cell_times.npy", cell_times)
     np.save(directory / "pairs.npy", pairs)
     return Corpus.load(directory)
+
+
+# Fewer training cells than this at one time point: every pair reuses them, and so do generated library sizes.
+MIN_CELLS_PER_TIME = 3
+
+
+def _check_time_points(cell_times: np.ndarray, totals: np.ndarray, train_times: np.ndarray, n_genes: int) -> None:
+    """Refuse a training time point whose cells are all empty; warn about one with very few cells.
+
+    Either would train without a word and generate cells that stand for nothing (e.g. mostly all-zero cells).
+    """
+    for t in train_times:
+        at = np.isclose(cell_times, t)
+        n_cells = int(at.sum())
+        if n_cells and not np.any(totals[at] > 0):
+            raise SctraceInputError(
+                f"all {n_cells} cells at time {t:g} have no expression over the {n_genes} selected genes; check the "
+                "matrix at that time, or remove those cells."
+            )
+        if n_cells < MIN_CELLS_PER_TIME:
+            warnings.warn(
+                f"time {t:g} has only {n_cells} training cell(s) (fewer than {MIN_CELLS_PER_TIME}); every pair and every "
+                "library size drawn near it reuses them, so predictions there stand on almost nothing.",
+                UserWarning, stacklevel=4,
+            )
 
 
 def _tokenize_and_collect(
@@ -542,7 +583,7 @@ def _pair_training_cells(
     strata = None
     if pairing == "stratified":
         if not timecourse.stratify_keys:
-            raise SctraceInputError("stratified pairing needs at least one obs column; pass stratify (CLI: --stratify COL).")
+            raise SctraceInputError(f"stratified pairing needs at least one obs column; pass {option('stratify', 'COL')}.")
         strata = timecourse.adata.obs.iloc[train_rows][list(timecourse.stratify_keys)].reset_index(drop=True)
     n_source = int(np.isclose(cell_times, train_times[0]).sum())
     largest = max(int(np.isclose(cell_times, t).sum()) for t in train_times)

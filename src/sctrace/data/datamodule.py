@@ -138,6 +138,15 @@ class TraceDataModule(L.LightningDataModule):
         self.train_rows, self.val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         self.collate = PairCollator(corpus)
         self.seed = seed
+        self._shuffle: torch.Generator | None = None
+        self._restored_shuffle: torch.Tensor | None = None
+
+    def state_dict(self) -> dict:
+        """The shuffle generator's state, saved in checkpoints: a resumed fit draws the epochs' orders it would have."""
+        return {} if self._shuffle is None else {"shuffle_generator": self._shuffle.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored_shuffle = state_dict.get("shuffle_generator")
 
     def train_dataloader(self) -> DataLoader:
         if self.group_by_length:
@@ -145,6 +154,9 @@ class TraceDataModule(L.LightningDataModule):
             sampler = LengthGroupedSampler(row_widths(self.corpus, self.train_rows), self.batch_size * world_size, self.seed)
             return DataLoader(PairRows(self.train_rows), batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate)
         generator = torch.Generator().manual_seed(self.seed)
+        if self._restored_shuffle is not None:
+            generator.set_state(self._restored_shuffle)
+        self._shuffle = generator
         return DataLoader(
             PairRows(self.train_rows), batch_size=self.batch_size, shuffle=True, collate_fn=self.collate, generator=generator
         )

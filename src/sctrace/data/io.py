@@ -22,10 +22,10 @@ import pandas as pd
 import scipy.sparse
 from anndata.abc import CSCDataset, CSRDataset
 
-from sctrace._errors import SctraceInputError
+from sctrace._errors import SctraceInputError, in_words, option, option_name
 
-__all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_holdout", "detect_count_kind", "parse_time", "read_h5ad",
-           "read_timecourse"]
+__all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_expression", "check_holdout", "detect_count_kind", "parse_time",
+           "read_h5ad", "read_timecourse"]
 
 COUNT_KINDS = ("counts", "lognorm")
 """What the expression matrix holds: raw integer ``counts``, or already log-normalised values (``lognorm``)."""
@@ -220,7 +220,7 @@ def read_timecourse(
     obs_columns = list(adata.obs.columns)
     if time_key not in adata.obs.columns:
         raise SctraceInputError(
-            f"time column {time_key!r} is not in adata.obs; pass time_key as one of the obs columns "
+            f"time column {time_key!r} is not in adata.obs; pass {option_name('time_key')} as one of the obs columns "
             f"{_format_names(obs_columns)}."
         )
     for key in stratify:
@@ -231,13 +231,11 @@ def read_timecourse(
             f"{_format_names(list(adata.var.columns))} or gene_key=None to use var_names."
         )
     if layer is not None and layer not in adata.layers:
-        raise SctraceInputError(
-            f"layer {layer!r} is not in adata.layers; pass layer as one of {_format_names(list(adata.layers))} "
-            "or layer=None to use X."
-        )
+        raise _missing_layer(layer, list(adata.layers))
     if layer is None and adata.X is None:
         raise SctraceInputError(
-            f"adata.X is empty; pass layer as one of {_format_names(list(adata.layers))} to use a layer instead."
+            f"adata.X is empty; pass {option_name('layer')} as one of {_format_names(list(adata.layers))} to use a "
+            "layer instead."
         )
 
     times = _times_from_column(adata.obs[time_key], time_key, time_map)
@@ -251,8 +249,23 @@ def read_timecourse(
         gene_key=gene_key,
     )
     _check_gene_names(time_course.gene_names(), gene_key)
-    _check_expression(time_course.expression(), layer, count_kind, list(adata.layers))
+    try:
+        _check_expression(time_course.expression(), layer, count_kind, list(adata.layers))
+    except OSError as err:  # a backed matrix whose file is damaged past the header
+        raise _unreadable(Path(adata.filename or "data"), "input file", err) from err
     return time_course
+
+
+def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str) -> None:
+    """The checks :func:`read_timecourse` runs on the matrix, for data read without a time course (``embed``)."""
+    if layer is not None and layer not in adata.layers:
+        raise _missing_layer(layer, list(adata.layers))
+    if layer is None and adata.X is None:
+        raise SctraceInputError(
+            f"adata.X is empty; pass {option_name('layer')} as one of {_format_names(list(adata.layers))} to use a "
+            "layer instead."
+        )
+    _check_expression(adata.X if layer is None else adata.layers[layer], layer, count_kind, list(adata.layers))
 
 
 def parse_time(value: str | float) -> float:
@@ -321,22 +334,33 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False, what: str = "inp
         raise SctraceInputError(f"{what} {str(path)!r} does not exist; check the path.")
     # An .h5ad is an HDF5 file with at least obs and var groups; checking first gives a clear message
     # instead of anndata's KeyError or h5py's "file signature not found".
-    is_anndata = path.is_file() and h5py.is_hdf5(path)
-    if is_anndata:
-        with h5py.File(path, "r") as handle:
-            is_anndata = "obs" in handle and "var" in handle
-    if not is_anndata:
-        raise SctraceInputError(
-            f"{what} {str(path)!r} is not an AnnData .h5ad file; save your data with adata.write_h5ad(path)."
-        )
-    return anndata.read_h5ad(path, backed="r" if backed else None)
+    try:
+        is_anndata = path.is_file() and h5py.is_hdf5(path)
+        if is_anndata:
+            with h5py.File(path, "r") as handle:
+                is_anndata = "obs" in handle and "var" in handle
+        if is_anndata:
+            return anndata.read_h5ad(path, backed="r" if backed else None)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:  # h5py/anndata on a damaged file
+        raise _unreadable(path, what, err) from err
+    raise SctraceInputError(
+        f"{what} {str(path)!r} is not an AnnData .h5ad file; save your data with adata.write_h5ad(path)."
+    )
+
+
+def _unreadable(path: Path, what: str, err: Exception) -> SctraceInputError:
+    """One sentence for an .h5ad that h5py or anndata cannot read (a truncated copy, a half-written file)."""
+    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return SctraceInputError(
+        f"{what} {str(path)!r} cannot be read ({reason}); it is truncated or corrupt, so copy or write it again."
+    )
 
 
 def _check_stratify_column(obs: pd.DataFrame, key: str) -> None:
     """A stratification column must exist and give every cell a value."""
     if key not in obs.columns:
         raise SctraceInputError(
-            f"stratify column {key!r} is not in adata.obs; choose stratify columns from "
+            f"stratify column {key!r} is not in adata.obs; choose {option_name('stratify')} columns from "
             f"{_format_names(list(obs.columns))}."
         )
     n_missing = int(obs[key].isna().sum())
@@ -381,7 +405,7 @@ def _times_from_column(column: pd.Series, time_key: str, time_map: Mapping[str, 
     if time_values.size < 2:
         raise SctraceInputError(
             f"obs column {time_key!r} holds {time_values.size} time point(s) ({_format_times(time_values)}), but "
-            "a time course needs at least 2; check time_key."
+            f"a time course needs at least 2; check {option_name('time_key')}."
         )
     return times
 
@@ -407,7 +431,7 @@ def _label_times(labels: list, time_key: str, time_map: Mapping[str, float] | No
         if missing:
             raise SctraceInputError(
                 f"time_map has no value for the time labels {_format_names(missing)} of obs column {time_key!r}; "
-                "add them to time_map (CLI: --time-map label=value)."
+                f"add them to {in_words('time_map', '--time-map label=value')}."
             )
         return np.asarray(times, dtype=np.float64)
 
@@ -420,13 +444,13 @@ def _label_times(labels: list, time_key: str, time_map: Mapping[str, float] | No
     if unparsable:
         raise SctraceInputError(
             f"cannot read the time labels {_format_names(unparsable)} of obs column {time_key!r} as numbers; give "
-            "their real time values with time_map={'label': value} (CLI: --time-map label=value)."
+            f"their real time values with {_time_map_words()}."
         )
     units = sorted({unit for _, unit in parsed if unit is not None})
     if len(units) > 1:
         raise SctraceInputError(
             f"the time labels of obs column {time_key!r} mix units ({', '.join(units)}) and parse_time does not "
-            "convert units; give their real time values with time_map={'label': value} (CLI: --time-map label=value)."
+            f"convert units; give their real time values with {_time_map_words()}."
         )
     return np.asarray([number for number, _ in parsed], dtype=np.float64)
 
@@ -504,25 +528,28 @@ def _check_expression(matrix, layer: str | None, count_kind: str, layers: list[s
     if n_negative:
         raise SctraceInputError(
             f"{where} holds {n_negative} negative values, but expression must be non-negative (raw counts or "
-            "log-normalised values, not scaled or centred data); pass a layer with raw counts, e.g. layer='counts'."
+            f"log-normalised values, not scaled or centred data); pass a layer with raw counts, e.g. {option('layer', 'counts')}."
         )
     if count_kind == "counts" and n_noninteger:
+        looks = f": they look log-normalised (max {max_value:g})" if max_value <= _LOGNORM_MAX_PLAUSIBLE else ""
+        lognorm_fix = in_words("count_kind='lognorm' (likelihood 'hurdle')", option("count_kind", "lognorm"))
         raise SctraceInputError(
             f"{where} holds non-integer values ({n_noninteger} of them), but raw counts are required; pass "
-            "layer='counts' if raw counts are in a layer (available layers: "
-            f"{_format_names(layers) if layers else 'none'}), or count_kind='lognorm' (likelihood 'hurdle') "
-            "if only normalised values exist."
+            f"{option('layer', 'counts')} if raw counts are in a layer (available layers: "
+            f"{_format_names(layers) if layers else 'none'}), or {lognorm_fix}{looks}."
         )
     if count_kind == "lognorm" and max_value > _LOGNORM_MAX:
+        read_as = in_words("count_kind='lognorm', or a likelihood of log-normalised values",
+                           "a --likelihood of log-normalised values")
+        counts_fix = in_words("likelihood 'zinb' or 'nb' (count_kind='counts')", "--likelihood zinb or nb")
         raise SctraceInputError(
             f"{where} holds values up to {max_value:g}, far above any log-normalised expression, but is read as "
-            "log-normalised (count_kind='lognorm', or a likelihood of log-normalised values); for raw counts use "
-            "likelihood 'zinb' or 'nb' (count_kind='counts'), or log-normalise the matrix first."
+            f"log-normalised ({read_as}); for raw counts use {counts_fix}, or log-normalise the matrix first."
         )
     if count_kind == "lognorm" and n_noninteger == 0 and max_value > _LOGNORM_MAX_PLAUSIBLE:
         warnings.warn(
             f"{where} holds only integers (max {max_value:g}), which looks like raw counts rather than "
-            "log-normalised values; pass count_kind='counts' if these are raw counts.",
+            f"log-normalised values; pass {option('count_kind', 'counts')} if these are raw counts.",
             UserWarning,
             stacklevel=3,
         )
@@ -548,6 +575,20 @@ def _value_chunks(matrix) -> Iterator[np.ndarray]:
         return
     for start in range(0, stored.shape[0], _CHUNK_VALUES):
         yield np.asarray(stored[start : start + _CHUNK_VALUES])
+
+
+def _missing_layer(layer: str, layers: list[str]) -> SctraceInputError:
+    use_x = in_words("layer=None", "leave out --layer")
+    if not layers:
+        return SctraceInputError(f"layer {layer!r} is not in adata.layers, which is empty; {use_x} to use X.")
+    return SctraceInputError(
+        f"layer {layer!r} is not in adata.layers; pass {option_name('layer')} as one of {_format_names(layers)} "
+        f"or {use_x} to use X."
+    )
+
+
+def _time_map_words() -> str:
+    return in_words("time_map={'label': value}", "--time-map label=value")
 
 
 def _format_names(names: Sequence) -> str:
