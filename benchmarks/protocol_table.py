@@ -1,7 +1,7 @@
 """One table from the protocol runs of several data sets: `python benchmarks/protocol_table.py ROOT [ROOT_B]`.
 
-`--update FILE` writes the tables into FILE between the lines `<!-- protocol:start -->` and
-`<!-- protocol:end -->` (BENCHMARKS.md), so the recorded tables are always the ones the result files give.
+`--update FILE NAME ROOT [ROOT_B]` writes the tables into FILE between the lines `<!-- NAME:start -->` and
+`<!-- NAME:end -->` (BENCHMARKS.md), so the recorded tables are always the ones the result files give.
 
 ROOT holds one folder per data set, each written by `sctrace protocol` (benchmarks/protocol_devsets.sh makes
 them). Prints, per data set, sctrace's EMD and Pearson-delta on every split beside the other methods', the snap
@@ -29,16 +29,16 @@ def fmt(value, digits=3) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 2 and argv[1] == "--update":
-        target = Path(argv[2])
+    if len(argv) > 4 and argv[1] == "--update":
+        target, name = Path(argv[2]), argv[3]
         import contextlib
         import io
 
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            main([argv[0], *argv[3:]])
+            main([argv[0], *argv[4:]])
         text = target.read_text()
-        start, end = "<!-- protocol:start -->", "<!-- protocol:end -->"
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         if start not in text or end not in text:
             raise SystemExit(f"{target} has no {start} ... {end} block to fill")
         head, rest = text.split(start, 1)

@@ -103,6 +103,11 @@ def test_finished_splits_are_kept_and_rerun_refits_only_what_is_asked(protocol_r
     run_protocol(four_times, "time", out_dir=out, methods=METHODS, times=[2.5], rerun=["identity"],
                  sctrace_overrides=tiny_fast_config, echo=lambda line: None)
     assert calls == [(2.5, ("identity",))]
+    # --no-run: a summary of what is there, nothing fitted, even for methods never run.
+    summary_only = run_protocol(four_times, "time", out_dir=out, methods=[*METHODS, "linear"], run=False,
+                                echo=lambda line: None)
+    assert calls == [(2.5, ("identity",))]
+    assert {row["method"] for row in summary_only["rows"]} == set(METHODS)
 
 
 def test_detect_count_kind():

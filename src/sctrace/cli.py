@@ -337,6 +337,7 @@ def protocol(
     max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs (default: the preset's).")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
     mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
+    run: Annotated[bool, typer.Option(help="--no-run: fit nothing, summarise the splits already finished in --out.")] = True,
     threads: Threads = 1,
 ) -> None:
     """Leave one time out: every interior time interpolated, the last extrapolated, every method; one summary."""
@@ -357,7 +358,7 @@ def protocol(
         seeds=numbers(seeds, "seeds", int), times=numbers(times, "times", parse_time),
         rerun=_parse_list(rerun, "rerun") if rerun else (), count_kind=count_kind, layer=layer, preset=preset,
         config=config, max_epochs=max_epochs, otcfm_steps=otcfm_steps, mioflow_epochs=mioflow_epochs, threads=threads,
-        echo=typer.echo,
+        run=run, echo=typer.echo,
     )
     typer.echo(f"wrote {out / 'protocol.md'} and {out / 'protocol.json'}")
 

@@ -121,6 +121,7 @@ def run_protocol(
     mioflow_epochs: int | None = None,
     sctrace_overrides: dict | None = None,
     threads: int = 1,
+    run: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Run every split of the protocol for ``methods`` and write ``OUT/protocol.json`` and ``OUT/protocol.md``.
@@ -148,6 +149,8 @@ def run_protocol(
         sctrace config keys applied last (as :func:`sctrace.benchmark.run_benchmark` takes them).
     threads
         torch/BLAS threads of each method's process.
+    run
+        False: fit nothing, summarise the splits already finished in ``out_dir`` (e.g. while a run goes on).
     """
     if profile not in PROFILES:
         raise SctraceInputError(f"unknown protocol profile '{profile}'; choose one of {', '.join(PROFILES)}.")
@@ -174,6 +177,8 @@ def run_protocol(
             if method in INTERPOLATION_ONLY and task == "extrapolate":
                 continue
             folder = out_dir / "splits" / _split_name(task, time) / method
+            if not run:
+                continue
             if (folder / "results.json").exists() and method not in rerun:
                 echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
                 continue
