@@ -1,6 +1,6 @@
 """One table from the protocol runs of several data sets: `python benchmarks/protocol_table.py ROOT [ROOT_B]`.
 
-`--update FILE NAME ROOT [ROOT_B]` writes the tables into FILE between the lines `<!-- NAME:start -->` and
+`--wins ROOT` prints only the win counts over all sets (README's table). `--update FILE NAME ROOT [ROOT_B]` writes the tables into FILE between the lines `<!-- NAME:start -->` and
 `<!-- NAME:end -->` (BENCHMARKS.md), so the recorded tables are always the ones the result files give.
 
 ROOT holds one folder per data set, each written by `sctrace protocol` (benchmarks/protocol_devsets.sh makes
@@ -46,6 +46,9 @@ def main(argv: list[str]) -> None:
         target.write_text(head + start + "\n" + buffer.getvalue() + end + tail)
         print(f"updated {target}")
         return
+    wins_only = len(argv) > 1 and argv[1] == "--wins"
+    if wins_only:
+        argv = [argv[0], *argv[2:]]
     first = load(Path(argv[1]))
     second = load(Path(argv[2])) if len(argv) > 2 else {}
     all_rows = []
@@ -53,6 +56,9 @@ def main(argv: list[str]) -> None:
         rows = [r for r in summary["rows"] if not r.get("failed")]
         if name in second:
             rows += [{**r, "method": "sctrace (B)"} for r in second[name]["rows"] if r["method"] == "sctrace" and not r.get("failed")]
+        all_rows += [{**r, "split": f"{name}:{r['split']}"} for r in rows]
+        if wins_only:
+            continue
         methods = list(dict.fromkeys(r["method"] for r in rows))
         print(f"\n### {name} ({summary['count_kind']}; seeds {', '.join(map(str, summary['seeds']))})\n")
         print("| split | " + " | ".join(f"{m} EMD / PD" for m in methods) + " |")
@@ -69,8 +75,11 @@ def main(argv: list[str]) -> None:
                 mark = "" if snap is None or snap["snapped_seeds"] == 0 else " (s)"
                 cells.append(f"{fmt(r['emd'])} / {fmt(r['pearson_delta'])}{mark}")
             print(f"| {split} | " + " | ".join(cells) + " |")
-        all_rows += [{**r, "split": f"{name}:{r['split']}"} for r in rows]
-    print("\n(s): the prediction's mean lies nearer a training time's mean than the truth's (snap check).\n")
+    if wins_only:
+        sets = ", ".join(f"{n} ({len(first[n]['splits'])} splits)" for n in first)
+        print(f"Sets: {sets}.")
+    else:
+        print("\n(s): the prediction's mean lies nearer a training time's mean than the truth's (snap check).\n")
     for model in ("sctrace", "sctrace (B)") if second else ("sctrace",):
         wins = win_table([r for r in all_rows if r["method"] != ("sctrace (B)" if model == "sctrace" else "sctrace")], model)
         print(f"\n{model} wins over all splits:\n\n| method | EMD | Pearson-delta |\n|---|---|---|")
