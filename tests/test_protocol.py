@@ -58,6 +58,8 @@ def test_a_row_per_split_and_method(protocol_run):
         # Distances to the truth and to every training time (for extrapolation: every earlier time).
         expected = {"interpolate-1": {"0", "2.5", "4"}, "interpolate-2.5": {"0", "1", "4"}, "extrapolate-4": {"0", "1", "2.5"}}
         assert set(row["snap"]["to_times"]) == expected[row["split"]]
+        if row["method"] == "sctrace":  # training speed from the run's log: steps and steps per second
+            assert row["steps"] >= 1 and row["steps_per_s"] > 0
     table = (out / "protocol.md").read_text()
     assert "| interpolate-2.5 | sctrace |" in table and "Pearson-delta wins" in table
 

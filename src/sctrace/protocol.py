@@ -244,6 +244,7 @@ def summarise_protocol(out_dir: str | os.PathLike, timecourse, splits: Sequence[
             if not entry.get("failed"):
                 row.update({k: entry["mean"].get(k) for k in (*SUMMARY_METRICS, "wall_s", "fit_s")})
                 row["sd"] = {k: entry["sd"].get(k) for k in SUMMARY_METRICS}
+                row.update(_training_speed(path.parent, method, entry["runs"]))
                 if means is None:
                     means = _time_means(timecourse, results["genes"], [*results["train_times"], time])
                 snaps = []
@@ -260,6 +261,29 @@ def summarise_protocol(out_dir: str | os.PathLike, timecourse, splits: Sequence[
                     row["snap"]["nearest_train_time"] = min(row["snap"]["to_times"], key=row["snap"]["to_times"].get)
             rows.append(row)
     return {"rows": rows, "wins": win_table(rows), "splits": [_split_name(t, s) for t, s in splits]}
+
+
+def _training_speed(folder: Path, method: str, runs: Sequence[dict]) -> dict:
+    """sctrace's optimiser steps per fit and steps per second of fitting, from each run's Lightning log.
+
+    Why: a fit's wall time mixes data preparation, training and generation; steps per second says whether the
+    training loop itself is slow, and the steps how much training a small data set got.
+    """
+    if method != "sctrace":
+        return {}
+    steps, rates = [], []
+    for run in runs:
+        logs = sorted((folder / "runs" / f"sctrace_seed{run['seed']}").glob("logs/**/metrics.csv"))
+        if not logs:
+            continue
+        import pandas as pd
+
+        last = pd.concat([pd.read_csv(log) for log in logs])["step"].max()
+        if np.isfinite(last):
+            steps.append(int(last) + 1)
+            if run.get("fit_s"):
+                rates.append((int(last) + 1) / run["fit_s"])
+    return {"steps": float(np.mean(steps)) if steps else None, "steps_per_s": float(np.mean(rates)) if rates else None}
 
 
 def win_table(rows: Sequence[dict], model: str = "sctrace") -> dict[str, dict]:
@@ -308,11 +332,13 @@ def protocol_markdown(summary: dict) -> str:
             lines.append(f"| {row['split']} | {row['method']} | failed: {row['failed']} | | | | | |")
             continue
         snap = row.get("snap")
+        speed = "" if row.get("steps") is None else f" ({row['steps']:.0f} steps, {row['steps_per_s'] or 0:.1f}/s)"
         snap_text = "-" if snap is None else (
             f"{'yes' if snap['to_times'][snap['nearest_train_time']] < snap['to_truth'] else 'no'} "
             f"(truth {snap['to_truth']:.2f}; t={snap['nearest_train_time']} {snap['to_times'][snap['nearest_train_time']]:.2f})")
         lines.append(f"| {row['split']} | {row['method']} | {_fmt(row.get('emd'))} | {_fmt(row.get('mmd'))} | "
-                     f"{_fmt(row.get('pearson_delta'))} | {_fmt(row.get('gene_corr'))} | {_fmt(row.get('wall_s'), 1)} | "
+                     f"{_fmt(row.get('pearson_delta'))} | {_fmt(row.get('gene_corr'))} | {_fmt(row.get('wall_s'), 1)}"
+                     f"{speed} | "
                      f"{snap_text} |")
     lines += ["", "Splits on which sctrace beats each method (lower EMD; higher Pearson-delta):", "",
               "| method | EMD wins | Pearson-delta wins |", "|---|---|---|"]
