@@ -469,3 +469,9 @@ def test_split_and_epoch_errors_in_the_callers_words(sim_file, tiny_yaml, tmp_pa
     for bad in (0, -1):  # -1 used to select every gene without a word
         assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--holdout", HOLDOUT, "--n-top-genes", bad],
                               f"--n-top-genes must be a positive integer, got {bad}.")
+
+
+def test_threads_below_one_is_refused_naming_the_option(tmp_path):
+    result = CliRunner().invoke(cli.app, ["predict", str(tmp_path), "--time", "1", "--out", str(tmp_path / "p.h5ad"),
+                                      "--threads", "0"])
+    assert result.exit_code == 2 and "--threads" in result.output

@@ -8,8 +8,8 @@ import typer
 
 Threads = Annotated[
     int,
-    typer.Option(help="torch/BLAS threads; 1 is the safe default on a shared machine (small layers slow down badly "
-                 "when threads compete for cores)."),
+    typer.Option(min=1, help="torch/BLAS threads; 1 is the safe default on a shared machine (small layers slow down "
+                 "badly when threads compete for cores)."),
 ]
 
 
