@@ -40,10 +40,10 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError
 from sctrace._threads import set_threads as _set_threads
 from sctrace.baselines import INTERPOLATION_ONLY
-from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, load_config
+from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import split_times
 from sctrace.data.io import check_holdout, read_timecourse
-from sctrace.data.preprocess import log_normalize, select_hvgs
+from sctrace.data.preprocess import chosen_gene_columns, log_normalize, read_gene_choice, select_hvgs
 from sctrace.evaluate import METRIC_LABELS, lognorm_over_genes, rouge_scores, run_spec, scoring_cells
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "benchmark_split", "plot_benchmark",
@@ -296,16 +296,19 @@ def _write_training_file(timecourse, train_rows: np.ndarray, path: Path) -> None
     train.write_h5ad(path)
 
 
-def training_hvgs(timecourse, train_rows: np.ndarray, n_top_genes: int) -> list[str]:
-    """The HVGs of the training cells, chosen as :func:`sctrace.data.corpus.prepare_corpus` chooses them."""
+def training_hvgs(timecourse, train_rows: np.ndarray, n_top_genes: int, genes: str = "hvg") -> list[str]:
+    """The modelled genes of the training cells (HVGs by default), chosen as
+    :func:`sctrace.data.corpus.prepare_corpus` chooses them (``genes``: hvg | all | a gene file)."""
     gene_names = timecourse.gene_names()
     train_lognorm = log_normalize(sp.csr_matrix(timecourse.expression()[train_rows]), timecourse.count_kind)
-    return gene_names[select_hvgs(train_lognorm, gene_names, n_top_genes)].tolist()
+    columns = chosen_gene_columns(gene_names, read_gene_choice(genes),
+                                  lambda n: select_hvgs(train_lognorm, gene_names, n), n_top_genes)
+    return gene_names[columns].tolist()
 
 
 def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str,
-                     overrides: dict | None) -> tuple[dict, int]:
-    """Config overrides for TRACE (checked now, before any work) and the number of HVGs they give."""
+                     overrides: dict | None) -> tuple[dict, TraceConfig]:
+    """Config overrides for TRACE (checked now, before any work) and the config they give (its genes)."""
     overrides = {**(overrides or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
     loaded = load_config(preset, config, **overrides)
     # Log-normalised data need a likelihood of log-normalised values; one the caller, the preset or --config
@@ -318,7 +321,7 @@ def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str
             f"likelihood '{loaded.likelihood}' does not fit --count-kind {count_kind}: raw counts take zinb or nb, "
             f"log-normalised values ({', '.join(LOGNORM_LIKELIHOODS)})."
         )
-    return overrides, loaded.n_top_genes
+    return overrides, loaded
 
 
 def run_benchmark(
@@ -407,13 +410,13 @@ def run_benchmark(
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
     holdout = check_holdout(timecourse, holdout)
     train_times, _ = split_times(timecourse.time_values, task, holdout)
-    overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, sctrace_overrides)
+    overrides, loaded = sctrace_options(preset, config, max_epochs, count_kind, sctrace_overrides)
     for variant in variants:
         load_config(preset, config, **overrides, **variant.fit_overrides)
 
     matrix, gene_names = timecourse.expression(), timecourse.gene_names()
     train_rows = np.flatnonzero(np.isin(timecourse.times, train_times))
-    genes = training_hvgs(timecourse, train_rows, n_top_genes)
+    genes = training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
     cells = scoring_cells(matrix, timecourse.times, gene_names, genes, holdout, count_kind, observed_times=train_times)
     n_real = cells.real.shape[0]
     work = out_dir / "work"

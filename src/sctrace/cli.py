@@ -76,6 +76,8 @@ def prepare(
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     n_top_genes: Annotated[Optional[int], typer.Option(help="Highly variable genes (default: the preset's).")] = None,
     max_len: Annotated[Optional[int], typer.Option(help="Gene tokens per cell (default: the preset's).")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled: hvg (the preset's number of most variable) | all "
+                     "(every expressed gene) | FILE (one gene name per line). Default: the preset's.")] = None,
     likelihood: Annotated[Optional[str], typer.Option(help="As for fit: hurdle or gaussian reads log-normalised data.")] = None,
     preset: Annotated[str, typer.Option(help="Preset whose data settings to use, as fit would.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
@@ -91,6 +93,7 @@ def prepare(
     from sctrace.data.corpus import prepare_corpus
     from sctrace.data.io import parse_time, read_timecourse
     from sctrace.data.pairing import check_pairing
+    from sctrace.data.preprocess import read_gene_choice
     from sctrace.model.counts import LIKELIHOODS
     from sctrace.report import corpus_summary
 
@@ -112,6 +115,7 @@ def prepare(
     corpus = prepare_corpus(
         timecourse, task=task, holdout=None if holdout is None else parse_time(holdout),
         n_top_genes=settings.n_top_genes if n_top_genes is None else n_top_genes,
+        genes=read_gene_choice(genes or settings.genes),
         max_len=settings.max_len if max_len is None else max_len, pairing=pairing, seed=seed,
     )
     typer.echo(corpus_summary(timecourse, corpus, pairing))
@@ -140,6 +144,8 @@ def fit(
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     likelihood: Annotated[Optional[str], typer.Option(
         help="zinb | nb (raw counts) | hurdle | gaussian (log-normalised data; hurdle models its exact zeros).")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled: hvg (the preset's number of most variable) | all "
+                     "(every expressed gene) | FILE (one gene name per line). Default: the preset's.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous sctrace run in --out.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from --out/checkpoints/last.ckpt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -165,6 +171,7 @@ def fit(
         stratify=stratify or (), count_kind=count_kind, preset=preset, config=config, seed=seed,
         **({"likelihood": likelihood} if likelihood else {}),
         **({"pairing": pairing} if pairing else {}),
+        **({"genes": genes} if genes else {}),
         **({"encoder": encoder} if encoder else {}),
         **({"encoder_path": str(encoder_path)} if encoder_path else {}),
         **({"encoder_mode": encoder_mode} if encoder_mode else {}),
@@ -292,6 +299,8 @@ def benchmark(
         help="With --ablate encoder: a local Geneformer-format model, adding the pretrained rows (frozen, fine-tuned).")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
     mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled and scored: hvg | all | FILE (one gene name per "
+                     "line). Default: the preset's.")] = None,
     plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
     layout: Annotated[str, typer.Option(help="umap | pca for the embedding map (UMAP compiles ~30 s first).")] = "umap",
     overwrite: Annotated[bool, typer.Option(help="Replace earlier results in --out.")] = False,
@@ -310,7 +319,8 @@ def benchmark(
         seeds=seed_values, preset=preset, config=config, max_epochs=max_epochs, count_kind=count_kind, layer=layer,
         ablate=ablate, encoder_path=encoder_path, otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
         mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs}, threads=threads,
-        sctrace_overrides={k: v for k, v in (("pairing", pairing), ("likelihood", likelihood)) if v is not None},
+        sctrace_overrides={k: v for k, v in (("pairing", pairing), ("likelihood", likelihood), ("genes", genes))
+                           if v is not None},
         overwrite=overwrite, plots=plots, embedding_layout=layout, echo=typer.echo,
     )
     failed = [name for name, entry in results["methods"].items() if entry.get("failed")]
@@ -337,6 +347,8 @@ def protocol(
     max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs (default: the preset's).")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
     mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled and scored: hvg | all | FILE (one gene name per "
+                     "line). Default: the preset's.")] = None,
     run: Annotated[bool, typer.Option(help="--no-run: fit nothing, summarise the splits already finished in --out.")] = True,
     threads: Threads = 1,
 ) -> None:
@@ -358,7 +370,7 @@ def protocol(
         seeds=numbers(seeds, "seeds", int), times=numbers(times, "times", parse_time),
         rerun=_parse_list(rerun, "rerun") if rerun else (), count_kind=count_kind, layer=layer, preset=preset,
         config=config, max_epochs=max_epochs, otcfm_steps=otcfm_steps, mioflow_epochs=mioflow_epochs, threads=threads,
-        run=run, echo=typer.echo,
+        sctrace_overrides={"genes": genes} if genes else None, run=run, echo=typer.echo,
     )
     typer.echo(f"wrote {out / 'protocol.md'} and {out / 'protocol.json'}")
 

@@ -47,6 +47,9 @@ class TraceConfig:
 
     # data
     n_top_genes: int = 2000
+    # Which genes are modelled: "hvg" (the n_top_genes most variable; every expressed gene when there are fewer),
+    # "all" (every gene expressed in a training cell) or the path of a file listing gene names, one per line.
+    genes: str = "hvg"
     max_len: int = 128
     pairing: str = "random"
     # model

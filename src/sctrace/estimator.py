@@ -30,6 +30,7 @@ from sctrace.data.io import TimeCourse, check_expression, parse_time, read_h5ad,
 from sctrace.data.pairing import check_pairing
 from sctrace.generate import maskgit_generate
 from sctrace.model.copula import GeneCopula, reorder_levels
+from sctrace.data.preprocess import read_gene_choice
 from sctrace.model.counts import StratifiedLevels, values_to_normal
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
@@ -387,6 +388,7 @@ class TRACE:
             task=task,
             holdout=holdout_value,
             n_top_genes=self.config.n_top_genes,
+            genes=read_gene_choice(self.config.genes),
             max_len=self.config.max_len,
             pairing=self.config.pairing,
             seed=seed,
@@ -719,6 +721,7 @@ class TRACE:
         out.uns["sctrace"] = {
             "time": time, "length": length, "temperature": temperature, "n_iter": n_iter, "seed": seed,
             "likelihood": self.config.likelihood, "count_kind": spec.count_kind, "sampling": sampling,
+            "genes": self.config.genes,  # which genes were modelled: hvg, all, or the gene file given at fit
         }
         return out
 

@@ -272,7 +272,7 @@ def run_imputation(
     if n_cells is not None and n_cells < 2:
         raise SctraceInputError(f"n_cells must be at least 2 to score a time point, got {n_cells}.")
     out_dir = check_run_dir(out_dir, overwrite=overwrite)
-    overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, overrides)
+    overrides, loaded = sctrace_options(preset, config, max_epochs, count_kind, overrides)
     _set_threads(threads, torch_too=True)
 
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
@@ -298,7 +298,7 @@ def run_imputation(
                   "split": np.where(held_out, "held_out", "train")}).to_csv(out_dir / "split.csv", index=False)
     work = out_dir / "work"
     _write_training_file(timecourse, train_rows, work / TRAIN_FILE)
-    genes = training_hvgs(timecourse, train_rows, n_top_genes)
+    genes = training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
     lognorm = lognorm_over_genes(matrix, gene_names, genes, count_kind)
     source_time = float(time_values[0])
     source_rows = test_rows[times[test_rows] == source_time]
@@ -522,7 +522,7 @@ def run_extrapolation_distance(
     otcfm_resolved = _peer_settings("otcfm", otcfm_settings, methods)
     mioflow_resolved = _peer_settings("mioflow", mioflow_settings, methods)
     out_dir = check_run_dir(out_dir, overwrite=overwrite)
-    overrides, n_top_genes = sctrace_options(preset, config, max_epochs, count_kind, overrides)
+    overrides, loaded = sctrace_options(preset, config, max_epochs, count_kind, overrides)
     _set_threads(threads, torch_too=True)
 
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
@@ -559,7 +559,7 @@ def run_extrapolation_distance(
     train_rows = np.flatnonzero(np.isin(times, train_times))
     work = out_dir / "work"
     _write_training_file(timecourse, train_rows, work / TRAIN_FILE)
-    genes = training_hvgs(timecourse, train_rows, n_top_genes)
+    genes = training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
     train_lognorm = lognorm_over_genes(matrix[train_rows], gene_names, genes, count_kind)
     scoring = {float(t): scoring_cells(matrix, times, gene_names, genes, float(t), count_kind,
                                        observed_times=train_times) for t in targets}

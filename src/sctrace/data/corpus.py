@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.data.io import MatrixRows, TimeCourse, check_holdout
 from sctrace.data.pairing import pair_cells
-from sctrace.data.preprocess import log_normalize, select_hvgs_streamed
+from sctrace.data.preprocess import chosen_gene_columns, log_normalize, select_hvgs_streamed
 from sctrace.data.tokenize import N_SPECIAL, nonzero_gene_medians, rank_value_tokenize, save_tokenized
 
 TASKS = ("interpolate", "extrapolate", "none")
@@ -399,6 +399,7 @@ def prepare_corpus(
     task: str = "interpolate",
     holdout: float | None = None,
     n_top_genes: int = 2000,
+    genes: str | list[str] = "hvg",
     max_len: int = 256,
     pairing: str = "random",
     seed: int = 0,
@@ -416,6 +417,9 @@ def prepare_corpus(
 
     Parameters
     ----------
+    genes
+        Which genes are modelled: ``"hvg"`` (the ``n_top_genes`` most variable), ``"all"`` (every gene expressed
+        in a training cell) or a list of names (:func:`sctrace.data.preprocess.chosen_gene_columns`).
     gene_medians
         Optional user table of non-zero medians indexed by gene name (e.g. Geneformer's); genes absent from
         it fall back to the medians computed on the training cells.
@@ -436,9 +440,12 @@ def prepare_corpus(
     train_times, holdout = split_times(timecourse.time_values, task, holdout)
     train_rows = np.flatnonzero(np.isin(timecourse.times, train_times))
     matrix = timecourse.expression()
+    gene_choice = genes
     genes = np.asarray(timecourse.gene_names()).astype(str)
 
-    hvg_idx = select_hvgs_streamed(MatrixRows(matrix, train_rows), n_top_genes, timecourse.count_kind, chunk_size)
+    hvg_idx = chosen_gene_columns(
+        genes, gene_choice,
+        lambda n: select_hvgs_streamed(MatrixRows(matrix, train_rows), n, timecourse.count_kind, chunk_size), n_top_genes)
     if len(hvg_idx) == 0:
         raise SctraceInputError("no gene is expressed in the training cells; check that X (or the layer) holds expression.")
     # Rank-value encoding needs non-negative "normalised counts"; log-normalised inputs are mapped back by expm1.

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
+
+from sctrace._errors import SctraceInputError, option_name
 
 TARGET_SUM = 1e4
 
@@ -127,3 +133,46 @@ def _seurat_top_genes(mean: np.ndarray, var: np.ndarray, n_top_genes: int, n_bin
         return np.zeros(mean.size, dtype=bool)
     cutoff = ranked[min(n_top_genes, ranked.size) - 1]
     return np.nan_to_num(normalised, nan=-np.inf) >= cutoff
+
+
+def read_gene_choice(genes: str) -> str | list[str]:
+    """The ``genes`` setting as prepare_corpus takes it: ``"hvg"``, ``"all"``, or the names listed in a file.
+
+    A file holds one gene name per line (blank lines and lines starting with ``#`` are skipped).
+    """
+    if genes in ("hvg", "all"):
+        return genes
+    path = Path(genes)
+    if not path.is_file():
+        raise SctraceInputError(f"{option_name('genes')} takes hvg, all or a file of gene names, one per line; "
+                                f"{genes!r} is none of them.")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not names:
+        raise SctraceInputError(f"the gene file {genes} lists no gene; put one gene name per line.")
+    return list(dict.fromkeys(names))
+
+
+def chosen_gene_columns(gene_names, choice: str | list[str], select: Callable[[int], np.ndarray],
+                        n_top_genes: int) -> np.ndarray:
+    """Column indices of the modelled genes, increasing: one rule for the model and the benchmark harness.
+
+    ``select(n)``: the HVG selection of the training cells for ``n`` genes (:func:`select_hvgs` or
+    :func:`select_hvgs_streamed`), which returns every expressed gene when ``n`` is at least their number.
+    ``"hvg"``: the ``n_top_genes`` most variable; ``"all"``: every gene expressed in a training cell; a list: its
+    expressed genes (a gene never seen in a training cell has no rank to take and is left out, with a warning).
+    """
+    gene_names = np.asarray(gene_names).astype(str)
+    if isinstance(choice, str):
+        return select(n_top_genes if choice == "hvg" else len(gene_names))
+    listed = np.isin(gene_names, choice)
+    missing = sorted(set(choice) - set(gene_names[listed]))
+    if missing:
+        raise SctraceInputError(f"{len(missing)} gene(s) of the gene list are not in the data (e.g. "
+                                f"{', '.join(missing[:5])}); list genes of var_names only.")
+    expressed = np.zeros(len(gene_names), dtype=bool)
+    expressed[select(len(gene_names))] = True
+    unexpressed = listed & ~expressed
+    if unexpressed.any():
+        warnings.warn(f"{int(unexpressed.sum())} listed gene(s) are never expressed in a training cell and are left "
+                      f"out (e.g. {', '.join(gene_names[unexpressed][:5])}).", UserWarning, stacklevel=3)
+    return np.flatnonzero(listed & expressed)
