@@ -232,17 +232,21 @@ def test_otcfm_reaches_a_held_out_time_at_its_real_fraction():
 
 @needs_torchcfm
 def test_otcfm_is_seeded_and_leaves_global_random_state_alone():
-    from sctrace.peers.otcfm import OTCFMSettings, otcfm_predict
+    from sctrace.methods import fit_method
 
     expr, times, _ = _drifting_cells([0.0, 1.0, 2.0], n_per_time=40)
-    settings = OTCFMSettings(n_steps=5, hidden=16, n_layers=1, batch_size=16)
+    settings = {"n_steps": 5, "hidden": 16, "n_layers": 1, "batch_size": 16}
+
+    def otcfm_predict(target, n_cells=10, seed=3):
+        return fit_method("otcfm", expr, times, seed, settings)(target, n_cells)
+
     numpy_state = np.random.get_state()[1].copy()
-    first = otcfm_predict(expr, times, 1.5, n_cells=10, seed=3, settings=settings)
+    first = otcfm_predict(1.5)
     assert np.array_equal(np.random.get_state()[1], numpy_state)
-    np.testing.assert_array_equal(first, otcfm_predict(expr, times, 1.5, n_cells=10, seed=3, settings=settings))
+    np.testing.assert_array_equal(first, otcfm_predict(1.5))
     assert (first >= 0).all()
     with pytest.raises(SctraceInputError, match="before the first observed time"):
-        otcfm_predict(expr, times, -1.0, settings=settings)
+        otcfm_predict(-1.0)
 
 
 def test_otcfm_without_torchcfm_names_the_install_command(monkeypatch):

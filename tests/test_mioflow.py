@@ -79,27 +79,31 @@ def test_an_observed_target_returns_its_own_cells(fitted):
 
 
 def test_seeded_and_leaves_global_torch_state_alone(mioflow_package):
-    from sctrace.peers.mioflow import MIOFlowSettings, mioflow_predict
+    from sctrace.methods import fit_method
 
     expr, times = _moving_blob((0.0, 1.0, 2.0), n_per_time=40)
-    settings = MIOFlowSettings(n_pcs=4, hidden=16, n_epochs=3, sample_size=16)
+    settings = {"n_pcs": 4, "hidden": 16, "n_epochs": 3, "sample_size": 16}
+
+    def mioflow_predict(target, n_cells, seed):
+        return fit_method("mioflow", expr, times, seed, settings)(target, n_cells)
+
     torch_state = torch.random.get_rng_state()
-    first = mioflow_predict(expr, times, 1.5, n_cells=10, seed=3, settings=settings)
+    first = mioflow_predict(1.5, 10, seed=3)
     assert torch.equal(torch.random.get_rng_state(), torch_state)
-    np.testing.assert_array_equal(first, mioflow_predict(expr, times, 1.5, n_cells=10, seed=3, settings=settings))
-    assert not np.array_equal(first, mioflow_predict(expr, times, 1.5, n_cells=10, seed=4, settings=settings))
+    np.testing.assert_array_equal(first, mioflow_predict(1.5, 10, seed=3))
+    assert not np.array_equal(first, mioflow_predict(1.5, 10, seed=4))
     assert first.shape == (10, N_GENES) and (first >= 0).all()
 
 
 def test_bad_input_is_refused(mioflow_package):
-    from sctrace.peers.mioflow import MIOFlowSettings, fit_mioflow, mioflow_predict
+    from sctrace.peers.mioflow import MIOFlowSettings, fit_mioflow, predict_mioflow
 
     expr, times = _moving_blob((0.0, 1.0), n_per_time=10)
     settings = MIOFlowSettings(n_pcs=2, hidden=8, n_epochs=1, sample_size=8)
     with pytest.raises(SctraceInputError, match="at least two observed time points"):
         fit_mioflow(expr[:10], times[:10], settings)
     with pytest.raises(SctraceInputError, match="before the first observed time"):
-        mioflow_predict(expr, times, -0.5, settings=settings)
+        predict_mioflow(fit_mioflow(expr, times, settings), -0.5)
     with pytest.raises(SctraceInputError, match="one time per cell"):
         fit_mioflow(expr, times[:-1], settings)
 

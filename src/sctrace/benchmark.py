@@ -143,7 +143,9 @@ def _run_job(job: dict) -> list[dict]:
     Writes each variant's (n_cells, n_genes) log-normalised prediction (for sctrace also its counts and token
     sentences) to an ``.npz`` and returns one record per variant with timings and memory.
     """
-    _set_threads(job["threads"], torch_too=job["method"] in ("sctrace", "otcfm", "mioflow"))
+    from sctrace.methods import METHOD_REGISTRY
+
+    _set_threads(job["threads"], torch_too=job["method"] == "sctrace" or METHOD_REGISTRY[job["method"]].uses_torch)
     train = ad.read_h5ad(job["train_path"])
     times = train.obs[job["time_key"]].to_numpy(dtype=np.float64)
     start_mb = peak_rss_mb()
@@ -172,26 +174,11 @@ def _run_job(job: dict) -> list[dict]:
                       "tokens": generated.obsm["sctrace_tokens"]}
             outputs.append((variant["label"], time.perf_counter() - predict_started, arrays))
     else:
+        from sctrace.methods import fit_method
+
         expression = lognorm_over_genes(train.X, train.var_names, job["genes"], job["count_kind"])
-        if method == "identity":
-            from sctrace.baselines import identity_baseline as predict_method
-        elif method == "mixture":
-            from sctrace.baselines import mixture_baseline as predict_method
-        elif method == "linear":
-            from sctrace.baselines import linear_baseline as predict_method
-        elif method == "mioflow":
-            from sctrace.peers.mioflow import MIOFlowSettings, mioflow_predict
-
-            def predict_method(expr, cell_times, target_time, n_cells, seed):
-                return mioflow_predict(expr, cell_times, target_time, n_cells=n_cells, seed=seed,
-                                       settings=MIOFlowSettings(**job["mioflow"]))
-        else:
-            from sctrace.peers.otcfm import OTCFMSettings, otcfm_predict
-
-            def predict_method(expr, cell_times, target_time, n_cells, seed):
-                return otcfm_predict(expr, cell_times, target_time, n_cells=n_cells, seed=seed,
-                                     settings=OTCFMSettings(**job["otcfm"]))
-        cells = predict_method(expression, times, target, n_cells=n_cells, seed=seed)
+        predict = fit_method(method, expression, times, seed, job.get(method) or {})
+        cells = predict(target, n_cells)
         fit_seconds = 0.0  # the baselines and the peer fit and predict in one call, timed as prediction
         outputs.append((job["variants"][0]["label"], time.perf_counter() - started, {"expression": cells}))
     records = []

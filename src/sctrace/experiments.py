@@ -36,7 +36,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError, in_words, option
-from sctrace.baselines import INTERPOLATION_ONLY, _draw_cells, identity_baseline
+from sctrace.baselines import INTERPOLATION_ONLY, _draw_cells
+from sctrace.methods import METHOD_REGISTRY
 from sctrace.benchmark import (
     TABLE_METRICS,
     TRAIN_FILE,
@@ -647,23 +648,14 @@ def _extrapolation_predictor(method: str, seed: int, fit_sctrace: Callable, run_
             expression = lognorm_over_genes(generated.X, generated.var_names, model.spec.genes,
                                             model.spec.count_kind).toarray()
             return expression, np.asarray(generated.obsm["sctrace_tokens"])
-    elif method == "identity":
-        def predict(target: float, n_cells: int):
-            return identity_baseline(train_lognorm, train_times, target, n_cells=n_cells, seed=seed), None
-    elif method == "otcfm":
-        from sctrace.peers.otcfm import OTCFMSettings, fit_otcfm, predict_otcfm
+    elif method in METHOD_REGISTRY and not METHOD_REGISTRY[method].interpolation_only:
+        from sctrace.methods import fit_method
 
-        flow = fit_otcfm(train_lognorm, train_times, OTCFMSettings(**otcfm_settings), seed=seed)
+        settings = {"otcfm": otcfm_settings, "mioflow": mioflow_settings}.get(method) or {}
+        fitted = fit_method(method, train_lognorm, train_times, seed, settings)
 
         def predict(target: float, n_cells: int):
-            return predict_otcfm(flow, target, n_cells=n_cells, seed=seed), None
-    elif method == "mioflow":
-        from sctrace.peers.mioflow import MIOFlowSettings, fit_mioflow, predict_mioflow
-
-        ode = fit_mioflow(train_lognorm, train_times, MIOFlowSettings(**mioflow_settings), seed=seed)
-
-        def predict(target: float, n_cells: int):
-            return predict_mioflow(ode, target, n_cells=n_cells, seed=seed), None
+            return fitted(target, n_cells), None
     else:
         raise SctraceInputError(f"extrapolation by distance does not run {method!r}; use sctrace, identity, otcfm "
                                 "or mioflow.")

@@ -39,7 +39,7 @@ import torch
 from sctrace._errors import SctraceInputError
 from sctrace.peers._pca_space import PCASpace, scaled_pca
 
-__all__ = ["INSTALL_HINT", "MIOFlowModel", "MIOFlowSettings", "fit_mioflow", "mioflow_available", "mioflow_predict",
+__all__ = ["INSTALL_HINT", "MIOFlowModel", "MIOFlowSettings", "fit_mioflow", "mioflow_available",
            "predict_mioflow"]
 
 INSTALL_HINT = "pip install mioflow==0.1.14"
@@ -207,25 +207,3 @@ def predict_mioflow(model: MIOFlowModel, target_time: float, n_cells: int | None
         with torch.no_grad():
             moved = odeint(model.ode_func, moved, torch.tensor([u_start, u_end], dtype=torch.float32))[-1]
     return model.to_genes(moved.numpy())
-
-
-def mioflow_predict(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, seed: int = 0,
-                    settings: MIOFlowSettings | None = None) -> np.ndarray:
-    """Fit on the training cells and predict ``target_time`` in one call (the baselines' signature).
-
-    Parameters
-    ----------
-    expr, times
-        (n, n_genes) log-normalised training cells and their (n,) real times.
-    target_time, n_cells, seed
-        As in :func:`predict_mioflow`; ``seed`` also seeds training.
-    settings
-        Hyper-parameters; default :class:`MIOFlowSettings`.
-
-    Returns
-    -------
-    np.ndarray
-        (n_out, n_genes) float32 cells.
-    """
-    model = fit_mioflow(expr, times, settings, seed=seed)
-    return predict_mioflow(model, target_time, n_cells=n_cells, seed=seed)

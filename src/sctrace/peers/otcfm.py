@@ -34,7 +34,7 @@ from torch import nn
 from sctrace._errors import SctraceInputError
 from sctrace.peers._pca_space import PCASpace, scaled_pca
 
-__all__ = ["INSTALL_HINT", "OTCFMModel", "OTCFMSettings", "fit_otcfm", "otcfm_available", "otcfm_predict",
+__all__ = ["INSTALL_HINT", "OTCFMModel", "OTCFMSettings", "fit_otcfm", "otcfm_available",
            "predict_otcfm"]
 
 INSTALL_HINT = "pip install --no-deps torchcfm==1.0.7"
@@ -224,25 +224,3 @@ def predict_otcfm(model: OTCFMModel, target_time: float, n_cells: int | None = N
     moved = _integrate(model.field, torch.from_numpy(cells), model.rescale_time(model.time_values[start]),
                        model.rescale_time(target_time), model.settings.ode_step)
     return model.to_genes(moved.numpy())
-
-
-def otcfm_predict(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, seed: int = 0,
-                  settings: OTCFMSettings | None = None) -> np.ndarray:
-    """Fit on the training cells and predict ``target_time`` in one call (the baselines' signature).
-
-    Parameters
-    ----------
-    expr, times
-        (n, n_genes) log-normalised training cells and their (n,) real times.
-    target_time, n_cells, seed
-        As in :func:`predict_otcfm`; ``seed`` also seeds training.
-    settings
-        Hyper-parameters; default :class:`OTCFMSettings`.
-
-    Returns
-    -------
-    np.ndarray
-        (n_out, n_genes) float32 cells.
-    """
-    model = fit_otcfm(expr, times, settings, seed=seed)
-    return predict_otcfm(model, target_time, n_cells=n_cells, seed=seed)
