@@ -34,7 +34,13 @@ import argparse
 import sys
 
 import numpy as np
-from _heldout_fit import add_heldout_arguments, count_state_of_sentences, data_missing, fit_heldout, heldout_arrays
+from _heldout_fit import (
+    add_heldout_arguments,
+    count_state_of_sentences,
+    data_missing,
+    fit_heldout,
+    heldout_arrays,
+)
 
 
 def hurdle_draw(fit_to: np.ndarray, n_cells: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,7 +7,12 @@ import scipy.sparse as sp
 
 import sctrace.baselines as baselines
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import baseline_names, identity_baseline, linear_baseline, mixture_baseline
+from sctrace.baselines import (
+    baseline_names,
+    identity_baseline,
+    linear_baseline,
+    mixture_baseline,
+)
 
 
 def _time_course(sizes=(30, 30), times=(0.0, 1.0), n_genes=8, seed=0):

@@ -10,7 +10,13 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.baselines import identity_baseline
-from sctrace.benchmark import ablation_variants, peak_rss_mb, run_benchmark, sctrace_options, summarise_runs
+from sctrace.benchmark import (
+    ablation_variants,
+    peak_rss_mb,
+    run_benchmark,
+    sctrace_options,
+    summarise_runs,
+)
 from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, load_config
 from sctrace.evaluate import evaluate_prediction, lognorm_over_genes, scoring_cells
 from sctrace.metrics import score

@@ -7,7 +7,13 @@ import pytest
 import scipy.sparse as sp
 
 from sctrace import SctraceInputError
-from sctrace.data.corpus import Corpus, prepare_corpus, split_times, subset_genes, tokenize_with_spec
+from sctrace.data.corpus import (
+    Corpus,
+    prepare_corpus,
+    split_times,
+    subset_genes,
+    tokenize_with_spec,
+)
 from sctrace.data.io import read_timecourse
 from sctrace.data.tokenize import N_SPECIAL
 

@@ -7,13 +7,13 @@ from sctrace._errors import SctraceInputError
 from sctrace.model.counts import (
     LIKELIHOODS,
     CountDecoder,
+    StratifiedLevels,
     _standard_gamma,
     gaussian_log_prob,
     log_hurdle_gaussian,
     log_nb_positive,
     log_zinb_positive,
     normal_to_values,
-    StratifiedLevels,
     stratified_uniforms,
     values_to_normal,
 )

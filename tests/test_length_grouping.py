@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from sctrace.data.corpus import prepare_corpus
-from sctrace.data.datamodule import LengthGroupedSampler, PairCollator, TraceDataModule, padding_fraction, row_widths
+from sctrace.data.datamodule import (
+    LengthGroupedSampler,
+    PairCollator,
+    TraceDataModule,
+    padding_fraction,
+    row_widths,
+)
 from sctrace.data.io import read_timecourse
 from sctrace.data.tokenize import PAD_ID
 

@@ -96,8 +96,9 @@ def test_generation_takes_exactly_n_iter_decoder_passes_plus_the_cls_pass(monkey
 def test_generation_is_seeded():
     net = _random_net()
     source = add_cls(torch.randint(N_SPECIAL, 43, (4, 10), generator=torch.Generator().manual_seed(0)))
-    run = lambda s: maskgit_generate(net, source, 0.0, [], 1.0, torch.full((4,), 12), n_iter=4,
-                                     generator=torch.Generator().manual_seed(s))[0]
+    def run(s):
+        return maskgit_generate(net, source, 0.0, [], 1.0, torch.full((4,), 12), n_iter=4,
+                                         generator=torch.Generator().manual_seed(s))[0]
     assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
 
 
@@ -106,7 +107,8 @@ def test_tiny_model_overfits_a_handful_of_cells():
     torch.manual_seed(0)
     vocab, n_genes, length = 63, 60, 12
     gen = torch.Generator().manual_seed(0)
-    perm = lambda: torch.randperm(n_genes, generator=gen)[:length] + N_SPECIAL
+    def perm():
+        return torch.randperm(n_genes, generator=gen)[:length] + N_SPECIAL
     sentences = torch.stack([torch.stack([add_cls(perm()[None])[0] for _ in range(3)]) for _ in range(4)])
     times = torch.tensor([0.0, 1.0, 2.0])
     counts = torch.rand(4, 3, n_genes, generator=gen).mul(5).floor()

@@ -11,8 +11,8 @@ import warnings
 import anndata as ad
 import numpy as np
 import pytest
-
 from conftest import real_dataset
+
 from sctrace import SctraceInputError
 from sctrace.data.corpus import prepare_corpus
 from sctrace.data.io import parse_time, read_timecourse

@@ -17,10 +17,10 @@ import anndata as ad
 import numpy as np
 import pytest
 import yaml
+from test_cli import assert_one_line_error, invoke, run_main
 from typer.testing import CliRunner
 
 from sctrace import cli
-from test_cli import assert_one_line_error, invoke, run_main
 
 N_CELLS, N_GENES, HOLDOUT = 240, 120, 4.0
 
@@ -323,7 +323,7 @@ def test_more_messages_in_the_callers_words(sim_file, tiny_yaml, tmp_path, monke
     from sctrace.estimator import TRACE
     from sctrace.experiments import run_imputation
 
-    line = assert_one_line_error(monkeypatch, capsys,
+    assert_one_line_error(monkeypatch, capsys,
                                  ["fit", sim_file, "--out", tmp_path / "r", "--task", "extrapolate", "--config", tiny_yaml],
                                  "needs a held-out time; pass --holdout VALUE.")
     with pytest.raises(SctraceInputError, match="needs a held-out time; pass holdout=VALUE"):

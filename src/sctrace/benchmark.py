@@ -40,11 +40,28 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError
 from sctrace._threads import set_threads as _set_threads
 from sctrace.baselines import INTERPOLATION_ONLY
-from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
+from sctrace.config import (
+    DEFAULT_LOGNORM_LIKELIHOOD,
+    DEFAULT_PRESET,
+    LOGNORM_LIKELIHOODS,
+    TraceConfig,
+    load_config,
+)
 from sctrace.data.corpus import split_times
 from sctrace.data.io import check_holdout, read_timecourse
-from sctrace.data.preprocess import chosen_gene_columns, log_normalize, read_gene_choice, select_hvgs
-from sctrace.evaluate import METRIC_LABELS, lognorm_over_genes, rouge_scores, run_spec, scoring_cells
+from sctrace.data.preprocess import (
+    chosen_gene_columns,
+    log_normalize,
+    read_gene_choice,
+    select_hvgs,
+)
+from sctrace.evaluate import (
+    METRIC_LABELS,
+    lognorm_over_genes,
+    rouge_scores,
+    run_spec,
+    scoring_cells,
+)
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "benchmark_split", "plot_benchmark",
            "run_benchmark", "summarise_runs"]
@@ -600,7 +617,12 @@ def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | No
 
 def _benchmark_plots(plot_dir: Path, results: dict, records: list[dict], cells, timecourse, genes, layout: str) -> list[Path]:
     """Plots of the first seed's predictions (see :func:`sctrace.plots.prediction_plots`)."""
-    from sctrace.plots import EmbeddingView, cell_type_labels, nearest_labels, prediction_plots
+    from sctrace.plots import (
+        EmbeddingView,
+        cell_type_labels,
+        nearest_labels,
+        prediction_plots,
+    )
 
     first_seed = results["seeds"][0]
     predictions, sctrace_record = {}, None

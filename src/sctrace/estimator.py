@@ -24,13 +24,25 @@ import scipy.sparse as sp
 import torch
 
 from sctrace._errors import SctraceInputError, in_words, option, option_name
-from sctrace.config import CHOICES, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
+from sctrace.config import (
+    CHOICES,
+    DEFAULT_PRESET,
+    LOGNORM_LIKELIHOODS,
+    TraceConfig,
+    load_config,
+)
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
-from sctrace.data.io import TimeCourse, check_expression, parse_time, read_h5ad, read_timecourse
+from sctrace.data.io import (
+    TimeCourse,
+    check_expression,
+    parse_time,
+    read_h5ad,
+    read_timecourse,
+)
 from sctrace.data.pairing import check_pairing
+from sctrace.data.preprocess import read_gene_choice
 from sctrace.generate import maskgit_generate
 from sctrace.model.copula import GeneCopula, reorder_levels
-from sctrace.data.preprocess import read_gene_choice
 from sctrace.model.counts import StratifiedLevels, values_to_normal
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
@@ -114,7 +126,12 @@ def remove_orphaned_corpora() -> list[Path]:
 
 def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
     """The pretrained encoder's gene medians for the data's genes: sentences must be ranked as it was trained."""
-    from sctrace.model.pretrained import find_encoder_files, geneformer_medians_for, load_gene_medians, load_token_dictionary
+    from sctrace.model.pretrained import (
+        find_encoder_files,
+        geneformer_medians_for,
+        load_gene_medians,
+        load_token_dictionary,
+    )
 
     files = find_encoder_files(_encoder_dir(config))
     return geneformer_medians_for(gene_names, load_gene_medians(files.gene_medians), load_token_dictionary(files.token_dictionary))

@@ -37,7 +37,6 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError, in_words, option
 from sctrace.baselines import INTERPOLATION_ONLY, _draw_cells
-from sctrace.methods import METHOD_REGISTRY
 from sctrace.benchmark import (
     TABLE_METRICS,
     TRAIN_FILE,
@@ -54,7 +53,15 @@ from sctrace.benchmark import (
 from sctrace.config import DEFAULT_PRESET
 from sctrace.data.io import _check_stratify_column, read_timecourse
 from sctrace.estimator import check_run_dir, prepare_run_dir, remove_entries
-from sctrace.evaluate import LOWER_IS_BETTER, METRIC_LABELS, lognorm_over_genes, rouge_scores, scoring_cells, write_json
+from sctrace.evaluate import (
+    LOWER_IS_BETTER,
+    METRIC_LABELS,
+    lognorm_over_genes,
+    rouge_scores,
+    scoring_cells,
+    write_json,
+)
+from sctrace.methods import METHOD_REGISTRY
 from sctrace.metrics import e_distance, fit_pca, score
 
 __all__ = [

@@ -125,7 +125,7 @@ class TracePlan(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(1_000_003 + batch_idx)
         n_times = batch["sentences"].shape[1]
         per_target = [self._losses(batch, k, generator) for k in range(1, n_times)]
-        mean = {key: torch.stack([l[key] for l in per_target]).mean() for key in per_target[0]}
+        mean = {key: torch.stack([losses[key] for losses in per_target]).mean() for key in per_target[0]}
         self.log_dict({f"val_{k}": v for k, v in mean.items() if k != "loss"}, batch_size=len(batch["sentences"]), sync_dist=True)
         self.log("val_loss", mean["loss"], prog_bar=True, batch_size=len(batch["sentences"]), sync_dist=True)
 

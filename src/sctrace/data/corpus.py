@@ -27,8 +27,17 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.data.io import MatrixRows, TimeCourse, check_holdout
 from sctrace.data.pairing import pair_cells
-from sctrace.data.preprocess import chosen_gene_columns, log_normalize, select_hvgs_streamed
-from sctrace.data.tokenize import N_SPECIAL, nonzero_gene_medians, rank_value_tokenize, save_tokenized
+from sctrace.data.preprocess import (
+    chosen_gene_columns,
+    log_normalize,
+    select_hvgs_streamed,
+)
+from sctrace.data.tokenize import (
+    N_SPECIAL,
+    nonzero_gene_medians,
+    rank_value_tokenize,
+    save_tokenized,
+)
 
 TASKS = ("interpolate", "extrapolate", "none")
 N_QUANTILES = 201  # resolution of the stored library-size distribution per time point

@@ -136,7 +136,9 @@ def fit_otcfm(expr, times: np.ndarray, settings: OTCFMSettings | None = None, se
     OTCFMModel
     """
     try:
-        from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
+        from torchcfm.conditional_flow_matching import (
+            ExactOptimalTransportConditionalFlowMatcher,
+        )
     except ImportError as err:
         raise SctraceInputError(f"the OT-CFM peer needs torchcfm, which is not installed; run `{INSTALL_HINT}`.") from err
     settings = settings or OTCFMSettings()
