@@ -5,7 +5,6 @@ dispersion ``theta`` (variance ``mu + mu^2 / theta``), and the zero-inflation pr
 logit ``pi_logits``. The ZINB negative log-likelihood is eq. (3) of the paper's Appendix A.2.
 """
 
-import math
 import warnings
 from collections.abc import Callable
 
@@ -13,9 +12,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import Distribution
 
 from sctrace._errors import SctraceInputError
 from sctrace.config import CHOICES, LOGNORM_LIKELIHOODS
+from sctrace.model.distributions import (  # noqa: F401  (re-exported: callers import the functions from here)
+    Gaussian,
+    Hurdle,
+    NegativeBinomial,
+    ZeroInflatedNegativeBinomial,
+    _standard_gamma,
+    gaussian_log_prob,
+    log_hurdle_gaussian,
+    log_nb_positive,
+    log_zinb_positive,
+    normal_to_values,
+    values_to_normal,
+)
 
 LIKELIHOODS = CHOICES["likelihood"]
 ZINB_MEANS = ("nb", "scale")
@@ -25,166 +38,9 @@ HURDLE_MARGINALS = CHOICES["hurdle_marginal"]
 N_MARGINAL_QUANTILES = 256
 # Cells the quantiles are computed from (a seeded sample when the corpus holds more).
 MARGINAL_CELLS = 10_000
-# Probability levels behind the quantile marginal's expected value (midpoint rule).
-_MEAN_LEVELS = 64
 # Largest log factor by which zinb_mean="scale" raises the NB mean (pi = 1 - e^-20): keeps mu finite where the
 # dropout logit runs away.
 _MAX_LOG_INFLATION = 20.0
-
-
-def log_nb_positive(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Elementwise log-probability of counts under NB(mean ``mu``, inverse dispersion ``theta``).
-
-    ``log NB(x) = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)
-    + theta * log(theta / (theta + mu)) + x * log(mu / (theta + mu))``.
-
-    Parameters
-    ----------
-    x
-        (...) non-negative counts (float).
-    mu
-        (...) positive means, broadcastable with ``x``.
-    theta
-        (...) positive inverse dispersions, broadcastable with ``x``.
-    eps
-        Added inside the logarithms so ``mu = 0`` stays finite.
-
-    Returns
-    -------
-    (...) log-likelihood of each entry.
-    """
-    log_theta_mu = torch.log(theta + mu + eps)
-    return (
-        torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1.0)
-        + theta * (torch.log(theta + eps) - log_theta_mu)
-        + x * (torch.log(mu + eps) - log_theta_mu)
-    )
-
-
-def log_zinb_positive(
-    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi_logits: torch.Tensor, eps: float = 1e-8
-) -> torch.Tensor:
-    """Elementwise log-probability of counts under a zero-inflated NB (eq. 3 of the paper, with a sign flip).
-
-    With ``pi = sigmoid(pi_logits)``: ``P(0) = pi + (1 - pi) NB(0)`` and ``P(x > 0) = (1 - pi) NB(x)``.
-    Written in terms of logits so no probability is formed: ``log(1 - pi) = -softplus(pi_logits)`` and
-    ``log P(0) = logaddexp(pi_logits, log NB(0)) - softplus(pi_logits)``, finite for logits of any size.
-
-    Parameters
-    ----------
-    x
-        (...) non-negative counts (float).
-    mu, theta
-        (...) NB mean and inverse dispersion, as in :func:`log_nb_positive`.
-    pi_logits
-        (...) logit of the zero-inflation (dropout) probability.
-    eps
-        Added inside the logarithms so ``mu = 0`` stays finite.
-
-    Returns
-    -------
-    (...) log-likelihood of each entry.
-    """
-    log_one_minus_pi = -F.softplus(pi_logits)
-    log_nb_zero = theta * (torch.log(theta + eps) - torch.log(theta + mu + eps))
-    log_prob_zero = torch.logaddexp(pi_logits, log_nb_zero) + log_one_minus_pi
-    log_prob_positive = log_one_minus_pi + log_nb_positive(x, mu, theta, eps=eps)
-    return torch.where(x < eps, log_prob_zero, log_prob_positive)
-
-
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """Elementwise log-density of ``x`` under ``Normal(mean, exp(log_var))``.
-
-    Parameters
-    ----------
-    x, mean, log_var
-        (...) broadcastable tensors.
-
-    Returns
-    -------
-    (...) log-density of each entry.
-    """
-    return -0.5 * (math.log(2.0 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var))
-
-
-def log_hurdle_gaussian(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, zero_logits: torch.Tensor,
-                        on_values: torch.Tensor | None = None) -> torch.Tensor:
-    """Elementwise log-likelihood of log-normalised expression under a hurdle model (MAST's, Finak et al. 2015).
-
-    A gene is off with probability ``sigmoid(zero_logits)``; when on, its value is ``Normal(mean, exp(log_var))``.
-    Why: log-normalised data hold exact zeros next to a continuous positive part, and one Gaussian spreads its
-    mass across both (on Shalek LPS a per-gene Gaussian fitted to the real cells themselves scores a per-gene
-    EMD of 0.38 against them, a per-gene hurdle 0.26). Zeros and positives are told apart exactly (``x == 0``).
-
-    Parameters
-    ----------
-    x, mean, log_var
-        (...) broadcastable tensors, as in :func:`gaussian_log_prob`.
-    zero_logits
-        (...) logit of the probability that the gene is off (value exactly 0).
-    on_values
-        What the Gaussian scores where the gene is on; default ``x`` itself (the quantile marginal passes the
-        normal scores of ``x``, :class:`CountDecoder`).
-
-    Returns
-    -------
-    (...) log-likelihood of each entry.
-    """
-    on_values = x if on_values is None else on_values
-    # log sigmoid(z) = -softplus(-z), log (1 - sigmoid(z)) = -softplus(z): finite for logits of any size.
-    on = -F.softplus(zero_logits) + gaussian_log_prob(on_values, mean, log_var)
-    return torch.where(x == 0, -F.softplus(-zero_logits), on)
-
-
-def values_to_normal(x: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
-    """Map positive values to standard-normal scores through each gene's quantile table.
-
-    The empirical CDF is interpolated linearly between quantiles, and a run of equal quantiles (a value many
-    cells share) maps to the middle of its run, as scikit-learn's ``QuantileTransformer`` does; probabilities
-    are kept half a quantile step away from 0 and 1 so the scores stay finite. Written here rather than called
-    from scikit-learn because the training loss needs it in torch on every batch.
-
-    Parameters
-    ----------
-    x
-        (batch, n_genes) values; only the positive entries are meaningful.
-    quantiles
-        (n_quantiles, n_genes) each gene's quantiles of its positive values, non-decreasing down each column.
-
-    Returns
-    -------
-    (batch, n_genes) normal scores.
-    """
-    n_quantiles = quantiles.shape[0]
-    table = quantiles.T.contiguous()  # (n_genes, n_quantiles): searchsorted wants the sorted axis last
-    values = torch.minimum(torch.maximum(x.T, table[:, :1]), table[:, -1:]).contiguous()
-
-    def position(right: bool) -> torch.Tensor:
-        # right=True finds the last quantile equal to a value, right=False the first; their mean is the middle.
-        index = torch.searchsorted(table, values, right=right).clamp(1, n_quantiles - 1)
-        low, high = table.gather(1, index - 1), table.gather(1, index)
-        width = high - low
-        fraction = ((values - low) / width.clamp_min(torch.finfo(width.dtype).tiny)).clamp(0.0, 1.0)
-        fraction = torch.where(width > 0, fraction, torch.full_like(fraction, 1.0 if right else 0.0))
-        return index - 1 + fraction
-
-    probability = 0.5 * (position(True) + position(False)) / (n_quantiles - 1)
-    step = 0.5 / n_quantiles
-    return torch.special.ndtri(probability.clamp(step, 1.0 - step)).T
-
-
-def normal_to_values(z: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`values_to_normal`: normal scores (..., n_genes) back to values on each gene's quantiles."""
-    n_quantiles = quantiles.shape[0]
-    position = torch.special.ndtr(z) * (n_quantiles - 1)
-    index = position.floor().clamp(0, n_quantiles - 2)
-    fraction = position - index
-    index = index.long()
-    genes = torch.arange(quantiles.shape[1], device=z.device).expand_as(index)
-    low, high = quantiles[index, genes], quantiles[index + 1, genes]
-    return low + fraction * (high - low)
 
 
 def stratified_uniforms(n_cells: int, n_genes: int, rng: np.random.Generator) -> np.ndarray:
@@ -244,45 +100,6 @@ class StratifiedLevels:
         for index in [k for k in self._drawn if k < first]:
             del self._drawn[index]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-
-def _standard_gamma(shape: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw Gamma(shape, rate 1) elementwise with an explicit generator (torch's own sampler takes none).
-
-    Marsaglia & Tsang (2000) rejection sampling, vectorised over the entries still rejected; shapes below 1
-    are drawn at ``shape + 1`` and scaled by ``U^(1/shape)`` (the same paper's boost). Acceptance is above
-    95 %, so the loop runs a handful of times.
-
-    Parameters
-    ----------
-    shape
-        (...) positive shape parameters.
-    generator
-        Random generator on ``shape.device``; the global one when None.
-
-    Returns
-    -------
-    (...) gamma draws, same dtype and device as ``shape``.
-    """
-    flat_shape = shape.reshape(-1)
-    boosted = flat_shape < 1.0
-    d = torch.where(boosted, flat_shape + 1.0, flat_shape) - 1.0 / 3.0
-    c = 1.0 / torch.sqrt(9.0 * d)
-    draws = torch.empty_like(flat_shape)
-    pending = torch.arange(flat_shape.numel(), device=shape.device)
-    options = {"generator": generator, "device": shape.device, "dtype": shape.dtype}
-    while pending.numel() > 0:
-        d_p, c_p = d[pending], c[pending]
-        normal = torch.randn(pending.numel(), **options)
-        uniform = torch.rand(pending.numel(), **options)
-        v = (1.0 + c_p * normal) ** 3
-        log_v = torch.log(v.clamp(min=torch.finfo(v.dtype).tiny))
-        accept = (v > 0) & (torch.log(uniform) < 0.5 * normal**2 + d_p - d_p * v + d_p * log_v)
-        draws[pending[accept]] = (d_p * v)[accept]
-        pending = pending[~accept]
-    boost_uniform = torch.rand(flat_shape.numel(), **options)
-    draws = torch.where(boosted, draws * boost_uniform ** (1.0 / flat_shape), draws)
-    return draws.reshape(shape.shape)
 
 
 class CountDecoder(nn.Module):
@@ -478,20 +295,23 @@ class CountDecoder(nn.Module):
                 params["mu"] = params["mu"] * torch.exp(inflation)
         return params
 
+    def distribution(self, params: dict[str, torch.Tensor]) -> Distribution:
+        """The cells' distributions (:mod:`sctrace.model.distributions`) for the parameters of :meth:`forward`."""
+        if self.likelihood == "zinb":
+            return ZeroInflatedNegativeBinomial(params["mu"], params["theta"], params["pi_logits"])
+        if self.likelihood == "nb":
+            return NegativeBinomial(params["mu"], params["theta"])
+        if self.likelihood == "hurdle":
+            quantiles = None
+            if self.quantile_marginal:
+                self._check_marginals()
+                quantiles = self.marginal_quantiles
+            return Hurdle(params["mean"], params["log_var"], params["zero_logits"], quantiles)
+        return Gaussian(params["mean"], params["log_var"])
+
     def log_prob(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) elementwise log-likelihood of ``x`` (counts, or log-normalised for ``gaussian``/``hurdle``)."""
-        if self.likelihood == "zinb":
-            return log_zinb_positive(x, params["mu"], params["theta"], params["pi_logits"])
-        if self.likelihood == "nb":
-            return log_nb_positive(x, params["mu"], params["theta"])
-        if self.likelihood == "hurdle":
-            scores = None
-            if self.quantile_marginal:
-                # On the normal scores; their Jacobian does not depend on the parameters and is left out.
-                self._check_marginals()
-                scores = values_to_normal(x, self.marginal_quantiles)
-            return log_hurdle_gaussian(x, params["mean"], params["log_var"], params["zero_logits"], on_values=scores)
-        return gaussian_log_prob(x, params["mean"], params["log_var"])
+        return self.distribution(params).log_prob(x)
 
     def _check_marginals(self) -> None:
         if not bool(self.marginals_fitted):
@@ -537,25 +357,7 @@ class CountDecoder(nn.Module):
         """
         if uniforms is not None:
             return self.quantile(params, uniforms)
-        if self.likelihood in LOGNORM_LIKELIHOODS:
-            mean = params["mean"]
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            values = mean + torch.exp(0.5 * params["log_var"]) * noise
-            if self.quantile_marginal:
-                self._check_marginals()
-                values = normal_to_values(values, self.marginal_quantiles)
-            values = values.clamp(min=0.0)
-            if self.likelihood == "hurdle":
-                zero = torch.bernoulli(torch.sigmoid(params["zero_logits"]), generator=generator).bool()
-                values = values.masked_fill(zero, 0.0)
-            return values
-        mu, theta = params["mu"], params["theta"]
-        rate = _standard_gamma(theta, generator) * mu / theta
-        counts = torch.poisson(rate, generator=generator)
-        if self.likelihood == "zinb":
-            dropped = torch.bernoulli(torch.sigmoid(params["pi_logits"]), generator=generator).bool()
-            counts = counts.masked_fill(dropped, 0.0)
-        return counts
+        return self.distribution(params).sample(generator=generator)
 
     @torch.no_grad()
     def quantile(self, params: dict[str, torch.Tensor], levels: torch.Tensor) -> torch.Tensor:
@@ -565,43 +367,9 @@ class CountDecoder(nn.Module):
         the value is 0, above it the rest of the level is spent on the positive part. The NB quantile is
         scipy's (``nbinom.ppf``, on CPU); the Gaussian's is ``ndtri``, through the quantile tables where fitted.
         """
-        levels = levels.to(dtype=torch.float64)
-        zero_logits = params.get("zero_logits" if self.likelihood == "hurdle" else "pi_logits")
-        reference = params["mean" if self.likelihood in LOGNORM_LIKELIHOODS else "mu"]
-        zero = torch.zeros_like(reference, dtype=torch.float64) if zero_logits is None else torch.sigmoid(zero_logits.double())
-        tiny = 1e-12
-        # The level's share of the positive part, kept off 0 and 1 so neither quantile function returns an end point.
-        rest = ((levels - zero) / (1.0 - zero).clamp_min(tiny)).clamp(tiny, 1.0 - tiny)
-        if self.likelihood in LOGNORM_LIKELIHOODS:
-            values = params["mean"].double() + torch.exp(0.5 * params["log_var"].double()) * torch.special.ndtri(rest)
-            if self.quantile_marginal:
-                self._check_marginals()
-                values = normal_to_values(values, self.marginal_quantiles.double())
-            return values.clamp(min=0.0).masked_fill(levels < zero, 0.0).to(reference.dtype)
-        from scipy.stats import nbinom
-
-        theta = params["theta"].double().cpu().numpy()
-        counts = nbinom.ppf(rest.cpu().numpy(), theta, theta / (theta + params["mu"].double().cpu().numpy()))
-        counts = torch.as_tensor(counts, device=reference.device).masked_fill(levels < zero, 0.0)
-        return counts.to(reference.dtype)
+        return self.distribution(params).icdf(levels)
 
     def mean(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """(batch, n_genes) expected value: ``(1 - pi) mu`` for ``zinb``, ``mu`` for ``nb``, ``mean`` for
         ``gaussian`` (the unclipped Gaussian mean, not the mean of the clipped :meth:`sample`)."""
-        if self.likelihood == "zinb":
-            return torch.sigmoid(-params["pi_logits"]) * params["mu"]
-        if self.likelihood == "nb":
-            return params["mu"]
-        if self.likelihood == "hurdle":
-            on_mean = params["mean"]
-            if self.quantile_marginal:
-                # E[value | on] by the midpoint rule over the normal score's probability: the values are a
-                # monotone, partly step-like function of the score, where Gauss-Hermite nodes miss the steps.
-                self._check_marginals()
-                levels = (torch.arange(_MEAN_LEVELS, dtype=on_mean.dtype, device=on_mean.device) + 0.5) / _MEAN_LEVELS
-                sd = torch.exp(0.5 * params["log_var"])
-                # One level at a time: memory stays that of one (batch, n_genes) draw.
-                on_mean = sum(normal_to_values(on_mean + sd * score, self.marginal_quantiles)
-                              for score in torch.special.ndtri(levels)) / _MEAN_LEVELS
-            return torch.sigmoid(-params["zero_logits"]) * on_mean
-        return params["mean"]
+        return self.distribution(params).mean
