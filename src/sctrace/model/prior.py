@@ -5,9 +5,9 @@ that reads only them returns that neighbour's profile (the prediction "snaps" to
 project). Here the count head's outputs are offsets from a prior that moves with time by construction: for a
 decoded time ``t`` it is the population of the two nearest observed training times around ``t`` mixed in proportion
 to the distance to each (the nearest one past the ends), as the ``mixture`` floor mixes their cells, put in the
-head's own parameter space. Mixing the populations, not their logits, matters: a gene that switches on between two
-times has a mean share that rises linearly across the gap, while the interpolated log share stays near the off
-level until the last moment (Klein day 4: Pearson-delta 0.54 with log shares interpolated, BENCHMARKS.md). In training the target's own time is
+head's own parameter space. The populations are mixed, not their logits: a gene that switches on between two
+times has a mean share that rises linearly across the gap, while an interpolated log share would stay near the
+off level until the last moment. In training the target's own time is
 left out of the prior, so the target is decoded from its neighbours exactly as an unseen time is at generation,
 and the network learns what the neighbours' interpolation misses (the residual), not a lookup of trained times.
 
