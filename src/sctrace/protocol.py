@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.benchmark import INTERPOLATION_ONLY, METHODS, _file_label, run_benchmark
-from sctrace.data.io import detect_count_kind, read_timecourse
+from sctrace.data.io import detect_count_kind, read_h5ad, read_timecourse
 from sctrace.evaluate import lognorm_over_genes
 
 __all__ = ["PROFILES", "Profile", "protocol_markdown", "protocol_splits", "run_protocol", "summarise_protocol"]
@@ -86,11 +86,15 @@ def _prepared_data(data, time_key: str, layer: str | None, count_kind: str, work
     Why log1p and not depth normalisation: FPKM and TPM are already scaled per cell; log1p is how such values are
     read by the field's tools (Monocle's log(FPKM + 1)). The transformed copy lives in the protocol's work folder.
     """
-    source = data if isinstance(data, ad.AnnData) else ad.read_h5ad(data)
+    # Read backed for the detection (the values are scanned a block at a time), whole only to write log1p.
+    source = data if isinstance(data, ad.AnnData) else read_h5ad(data, backed=layer is None)
     matrix = source.X if layer is None else source.layers[layer]
     kind = detect_count_kind(matrix) if count_kind == "auto" else count_kind
     if kind != "values":
         return data, kind, kind
+    if source.isbacked:
+        source = source.to_memory()
+        matrix = source.X
     path = work / "log1p_values.h5ad"
     if not path.exists():
         logged = ad.AnnData(sp.csr_matrix(matrix, dtype=np.float32).log1p(), obs=source.obs.copy(), var=source.var.copy())

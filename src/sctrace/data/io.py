@@ -230,13 +230,7 @@ def read_timecourse(
             f"gene column {gene_key!r} is not in adata.var; pass gene_key as one of the var columns "
             f"{_format_names(list(adata.var.columns))} or gene_key=None to use var_names."
         )
-    if layer is not None and layer not in adata.layers:
-        raise _missing_layer(layer, list(adata.layers))
-    if layer is None and adata.X is None:
-        raise SctraceInputError(
-            f"adata.X is empty; pass {option_name('layer')} as one of {_format_names(list(adata.layers))} to use a "
-            "layer instead."
-        )
+    _check_matrix_present(adata, layer)
 
     times = _times_from_column(adata.obs[time_key], time_key, time_map)
     time_course = TimeCourse(
@@ -256,8 +250,8 @@ def read_timecourse(
     return time_course
 
 
-def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str) -> None:
-    """The checks :func:`read_timecourse` runs on the matrix, for data read without a time course (``embed``)."""
+def _check_matrix_present(adata: anndata.AnnData, layer: str | None) -> None:
+    """The layer asked for exists, or X is not empty."""
     if layer is not None and layer not in adata.layers:
         raise _missing_layer(layer, list(adata.layers))
     if layer is None and adata.X is None:
@@ -265,6 +259,11 @@ def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str)
             f"adata.X is empty; pass {option_name('layer')} as one of {_format_names(list(adata.layers))} to use a "
             "layer instead."
         )
+
+
+def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str) -> None:
+    """The checks :func:`read_timecourse` runs on the matrix, for data read without a time course (``embed``)."""
+    _check_matrix_present(adata, layer)
     _check_expression(adata.X if layer is None else adata.layers[layer], layer, count_kind, list(adata.layers))
 
 
