@@ -54,7 +54,7 @@ def test_every_method_is_scored_with_every_metric(benchmark_run):
         entry = saved["methods"][name]
         assert "failed" not in entry
         (run,) = entry["runs"]
-        for key in ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "gene_corr"):
+        for key in ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "gene_corr", "c2st_auc"):
             assert np.isfinite(run[key]), (name, key)
             assert entry["mean"][key] == run[key]
             assert entry["sd"][key] is None or np.isnan(entry["sd"][key])  # one seed: no spread
@@ -69,14 +69,15 @@ def test_results_table_has_one_row_per_method(benchmark_run):
     out, _, _, methods = benchmark_run
     table = (out / "results.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| method"))
-    labels = ["MMD", "EMD", "E-distance", "PearsonR", "R²", "Pearson-delta", "gene-gene r", "ROUGE-1 F1", "wall s", "peak MB"]
+    labels = ["MMD", "EMD", "E-distance", "PearsonR", "R²", "Pearson-delta", "gene-gene r", "C2ST AUC", "ROUGE-1 F1",
+              "wall s", "peak MB"]
     assert header == "| method | " + " | ".join(labels) + " |"
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert sorted(row.split(" | ")[0][2:] for row in rows) == sorted(methods)
     sctrace_row = next(row for row in rows if row.startswith("| sctrace"))
     identity_row = next(row for row in rows if row.startswith("| identity"))
-    assert sctrace_row.split(" | ")[8] != "-" and identity_row.split(" | ")[8] == "-"  # ROUGE only for sctrace
-    assert identity_row.split(" | ")[7] != "-"  # gene-gene r for every method
+    assert sctrace_row.split(" | ")[9] != "-" and identity_row.split(" | ")[9] == "-"  # ROUGE only for sctrace
+    assert identity_row.split(" | ")[7] != "-" and identity_row.split(" | ")[8] != "-"  # gene-gene r, C2ST: every method
 
 
 def test_plots_are_drawn_again_from_the_saved_predictions(benchmark_run, tmp_path):

@@ -11,6 +11,7 @@ import scipy.stats
 from sctrace._errors import SctraceInputError
 from sctrace.metrics import (
     MMD_GAMMAS,
+    classifier_auc,
     e_distance,
     emd,
     emd_per_gene,
@@ -240,8 +241,9 @@ def test_sparse_input_equals_dense_input():
 def test_score_keys_and_values():
     x, y = _cells(20, seed=23), _cells(25, seed=24)
     result = score(x, y)
-    assert list(result) == ["mmd", "emd", "e_distance", "pearson", "r2", "gene_corr"]
+    assert list(result) == ["mmd", "emd", "e_distance", "pearson", "r2", "gene_corr", "c2st_auc"]
     assert result["gene_corr"] == pytest.approx(gene_correlation(x, y))
+    assert result["c2st_auc"] == pytest.approx(classifier_auc(x, y))
     assert result["emd"] == pytest.approx(emd(x, y))
     assert result["mmd"] == pytest.approx(mmd_rbf(x, y))
     assert "pearson_delta" in score(x, y, reference=_cells(10, seed=25))
@@ -337,3 +339,15 @@ def test_rouge_empty_sides_score_zero_and_bad_input_raises():
         rouge_l([], [])
     with pytest.raises(SctraceInputError, match="integer"):
         rouge1(np.ones((2, 3)), np.ones((2, 3)))
+
+
+def test_classifier_two_sample_auc():
+    """0.5 for two draws of one population; higher for a shift or for a population with too little spread."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 40))
+    assert classifier_auc(rng.normal(size=(300, 40)), real) == pytest.approx(0.5, abs=0.06)
+    assert classifier_auc(real + 1.0, real) > 0.95
+    assert classifier_auc(0.3 * rng.normal(size=(300, 40)), real) > 0.6  # an average of cells is told apart
+    assert classifier_auc(real[:50], real, seed=1) == classifier_auc(real[:50], real, seed=1)
+    with pytest.raises(SctraceInputError, match="at least 5 generated"):
+        classifier_auc(real[:3], real)

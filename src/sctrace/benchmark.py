@@ -70,7 +70,7 @@ METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
 # MIOFlow is asked for by name: it is the slowest peer and an extra install (`sctrace[peers]`).
 DEFAULT_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm")
 # Metrics in the results table, in order; ROUGE only exists for sctrace (the others produce no sentences).
-TABLE_METRICS = ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "gene_corr", "rouge1_f1")
+TABLE_METRICS = ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "gene_corr", "c2st_auc", "rouge1_f1")
 TRAIN_FILE = "train.h5ad"
 
 
@@ -265,7 +265,8 @@ def results_markdown(results: dict) -> str:
         "",
         "MMD, EMD, E-distance: lower is better; PearsonR, R², Pearson-delta, gene-gene r, ROUGE-1 F1: higher is "
         "better. gene-gene r: how alike the gene-gene correlations of generated and real cells are (100 most "
-        "variable real genes), which no other column sees. "
+        "variable real genes), which no other column sees. C2ST AUC: how well a kNN classifier on the real cells' "
+        "PCA tells generated from real cells (cross-validated; 0.5: not at all, the best). "
         "Values are mean ± sample sd over seeds, computed on log-normalised expression over the HVGs.",
         f"wall s: fitting and predicting one seed. peak MB: {results['memory_measure']}.",
     ]

@@ -51,10 +51,11 @@ METRIC_LABELS: dict[str, str] = {
     "r2": "R²",
     "pearson_delta": "Pearson-delta",
     "gene_corr": "gene-gene r",
+    "c2st_auc": "C2ST AUC",
     "rouge1_f1": "ROUGE-1 F1",
     "rougeL_f1": "ROUGE-L F1",
 }
-LOWER_IS_BETTER = ("mmd", "emd", "e_distance")
+LOWER_IS_BETTER = ("mmd", "emd", "e_distance", "c2st_auc")
 
 
 def genes_in_order(gene_names: Sequence[str], genes: Sequence[str], what: str = "the data") -> np.ndarray:

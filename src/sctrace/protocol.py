@@ -38,7 +38,7 @@ from sctrace.evaluate import lognorm_over_genes
 __all__ = ["PROFILES", "Profile", "protocol_markdown", "protocol_splits", "run_protocol", "summarise_protocol"]
 
 # What the protocol's summary reports, in order (lower is better for the first two).
-SUMMARY_METRICS = ("emd", "mmd", "pearson_delta", "gene_corr")
+SUMMARY_METRICS = ("emd", "mmd", "pearson_delta", "gene_corr", "c2st_auc")
 DEFAULT_PROTOCOL_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
 
 
@@ -329,11 +329,11 @@ def protocol_markdown(summary: dict) -> str:
              f"Profile {summary.get('profile', '-')}, seeds {', '.join(map(str, summary.get('seeds', [])))}; data read "
              f"as {summary.get('count_kind', '-')}. Every interior time held out as interpolation, the last as "
              "extrapolation; each method scored by the same code on the same held-out cells (mean over seeds).", "",
-             "| split | method | EMD | MMD | Pearson-delta | gene-gene r | wall s | mean nearer a training time? |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| split | method | EMD | MMD | Pearson-delta | gene-gene r | C2ST AUC | wall s | mean nearer a training time? |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         if row.get("failed"):
-            lines.append(f"| {row['split']} | {row['method']} | failed: {row['failed']} | | | | | |")
+            lines.append(f"| {row['split']} | {row['method']} | failed: {row['failed']} | | | | | | |")
             continue
         snap = row.get("snap")
         speed = "" if row.get("steps") is None else f" ({row['steps']:.0f} steps, {row['steps_per_s'] or 0:.1f}/s)"
@@ -341,7 +341,8 @@ def protocol_markdown(summary: dict) -> str:
             f"{'yes' if snap['to_times'][snap['nearest_train_time']] < snap['to_truth'] else 'no'} "
             f"(truth {snap['to_truth']:.2f}; t={snap['nearest_train_time']} {snap['to_times'][snap['nearest_train_time']]:.2f})")
         lines.append(f"| {row['split']} | {row['method']} | {_fmt(row.get('emd'))} | {_fmt(row.get('mmd'))} | "
-                     f"{_fmt(row.get('pearson_delta'))} | {_fmt(row.get('gene_corr'))} | {_fmt(row.get('wall_s'), 1)}"
+                     f"{_fmt(row.get('pearson_delta'))} | {_fmt(row.get('gene_corr'))} | {_fmt(row.get('c2st_auc'))} | "
+                     f"{_fmt(row.get('wall_s'), 1)}"
                      f"{speed} | "
                      f"{snap_text} |")
     lines += ["", "Splits on which sctrace beats each method (lower EMD; higher Pearson-delta):", "",
