@@ -76,7 +76,8 @@ def main(argv: list[str]) -> None:
                 cells.append(f"{fmt(r['emd'])} / {fmt(r['pearson_delta'])}{mark}")
             print(f"| {split} | " + " | ".join(cells) + " |")
     if wins_only:
-        sets = ", ".join(f"{n} ({len(first[n]['splits'])} splits)" for n in first)
+        done = {n: len({r["split"] for r in first[n]["rows"] if not r.get("failed")}) for n in first}
+        sets = ", ".join(f"{n} ({done[n]} of {len(first[n]['splits'])} splits run)" for n in first)
         print(f"Sets: {sets}.")
     else:
         print("\n(s): the prediction's mean lies nearer a training time's mean than the truth's (snap check).\n")
