@@ -226,9 +226,6 @@ class _Likelihood(Distribution):
     def __init__(self, reference: torch.Tensor):
         super().__init__(batch_shape=reference.shape, validate_args=False)
 
-    def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
 
 class NegativeBinomial(_Likelihood):
     """NB with mean ``mu`` and inverse dispersion ``theta`` (scVI's), counts 0, 1, 2, ..."""
@@ -307,6 +304,25 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         return counts.masked_fill(value < zero, 0.0).to(self.mu.dtype)
 
 
+def _gaussian_draw(loc: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None,
+                   quantiles: torch.Tensor | None) -> torch.Tensor:
+    """Gaussian draws, mapped through the quantile tables where given, clipped at 0."""
+    noise = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+    values = loc + torch.exp(0.5 * log_var) * noise
+    if quantiles is not None:
+        values = normal_to_values(values, quantiles)
+    return values.clamp(min=0.0)
+
+
+def _gaussian_quantile(loc: torch.Tensor, log_var: torch.Tensor, rest: torch.Tensor,
+                       quantiles: torch.Tensor | None) -> torch.Tensor:
+    """The Gaussian's quantile at ``rest`` (float64), mapped through the quantile tables where given, clipped at 0."""
+    values = loc.double() + torch.exp(0.5 * log_var.double()) * torch.special.ndtri(rest)
+    if quantiles is not None:
+        values = normal_to_values(values, quantiles.double())
+    return values.clamp(min=0.0)
+
+
 class Gaussian(_Likelihood):
     """A per-gene Gaussian of log-normalised values; draws are clipped at 0 (expression is non-negative)."""
 
@@ -326,14 +342,12 @@ class Gaussian(_Likelihood):
 
     @torch.no_grad()
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
-        return (self.loc + torch.exp(0.5 * self.log_var) * noise).clamp(min=0.0)
+        return _gaussian_draw(self.loc, self.log_var, generator, None)
 
     @torch.no_grad()
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
         rest = _zero_first(torch.zeros((), dtype=torch.float64), value.double())
-        values = self.loc.double() + torch.exp(0.5 * self.log_var.double()) * torch.special.ndtri(rest)
-        return values.clamp(min=0.0).to(self.loc.dtype)
+        return _gaussian_quantile(self.loc, self.log_var, rest, None).to(self.loc.dtype)
 
 
 class Hurdle(_Likelihood):
@@ -372,11 +386,7 @@ class Hurdle(_Likelihood):
 
     @torch.no_grad()
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
-        values = self.loc + torch.exp(0.5 * self.log_var) * noise
-        if self.quantiles is not None:
-            values = normal_to_values(values, self.quantiles)
-        values = values.clamp(min=0.0)
+        values = _gaussian_draw(self.loc, self.log_var, generator, self.quantiles)
         off = torch.bernoulli(torch.sigmoid(self.zero_logits), generator=generator).bool()
         return values.masked_fill(off, 0.0)
 
@@ -385,8 +395,5 @@ class Hurdle(_Likelihood):
         """Below the off probability 0, above it the positive part's quantile at the rest of the level."""
         value = value.to(torch.float64)
         zero = torch.sigmoid(self.zero_logits.double())
-        rest = _zero_first(zero, value)
-        values = self.loc.double() + torch.exp(0.5 * self.log_var.double()) * torch.special.ndtri(rest)
-        if self.quantiles is not None:
-            values = normal_to_values(values, self.quantiles.double())
-        return values.clamp(min=0.0).masked_fill(value < zero, 0.0).to(self.loc.dtype)
+        values = _gaussian_quantile(self.loc, self.log_var, _zero_first(zero, value), self.quantiles)
+        return values.masked_fill(value < zero, 0.0).to(self.loc.dtype)
