@@ -43,7 +43,7 @@ from sctrace.data.pairing import check_pairing
 from sctrace.data.preprocess import read_gene_choice
 from sctrace.generate import maskgit_generate
 from sctrace.model.copula import GeneCopula, reorder_levels
-from sctrace.model.counts import StratifiedLevels, values_to_normal
+from sctrace.model.counts import StratifiedLevels
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
 WEIGHTS_FILE = "model.safetensors"
@@ -419,11 +419,8 @@ class TRACE:
             self.net.count_decoder.fit_marginals(self.corpus.counts, seed=seed)
         if self.net.count_prior is not None:
             decoder = self.net.count_decoder
-            to_normal = None
-            if decoder.quantile_marginal:
-                def to_normal(x):
-                    return values_to_normal(x, decoder.marginal_quantiles)
-            self.net.count_prior.fit(self.corpus.counts, self.corpus.cell_times, self.config.likelihood, to_normal, seed)
+            self.net.count_prior.fit(self.corpus.counts, self.corpus.cell_times, self.config.likelihood,
+                                     decoder.marginal_quantiles if decoder.quantile_marginal else None, seed)
         self.copula: GeneCopula | None = None if self.corpus.counts is None else GeneCopula.fit(
             self.corpus.counts, self.corpus.cell_times, self.spec.time_values, self.spec.count_kind, seed=seed)
         self.is_trained = False

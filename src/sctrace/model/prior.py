@@ -27,6 +27,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from sctrace.model.distributions import values_to_normal
+
 __all__ = ["N_PRIOR_FEATURES", "TimePrior"]
 
 # What the count head reads beside the decoder state: the distances to the lower and upper neighbour (fractions
@@ -51,10 +53,12 @@ class TimePrior(nn.Module):
         self.span = span if span > 0 else 1.0
 
     @torch.no_grad()
-    def fit(self, values, cell_times: np.ndarray, likelihood: str, to_normal=None, seed: int = 0) -> None:
+    def fit(self, values, cell_times: np.ndarray, likelihood: str, quantiles: torch.Tensor | None = None,
+            seed: int = 0) -> None:
         """Statistics of the training cells at each time (``values``: rows indexable, counts or log-normalised).
 
-        ``to_normal``: maps a (cells, genes) tensor of values to normal scores (the quantile marginal), or None.
+        ``quantiles``: the hurdle's quantile tables (``hurdle_marginal: quantile``), whose normal scores the positive
+        part's mean is taken on; None takes the values themselves.
         """
         rng = np.random.default_rng(seed)
         stats = torch.zeros_like(self.stats)
@@ -75,7 +79,7 @@ class TimePrior(nn.Module):
             n = x.shape[0]
             # Kept half a cell from 0 and 1, so a gene never or always seen on has a finite logit.
             stats[k, 0] = on.float().mean(0).clamp(0.5 / n, 1.0 - 0.5 / n)
-            scores = x if to_normal is None else to_normal(x)
+            scores = x if quantiles is None else values_to_normal(x, quantiles)
             if likelihood == "gaussian":
                 stats[k, 1] = x.mean(0)
             else:
@@ -98,12 +102,11 @@ class TimePrior(nn.Module):
         if exclude is not None:
             available[exclude] = False
         inf = torch.tensor(float("inf"), device=times.device)
-        below = available & (times[None, :] <= t[:, None] + 1e-6)  # (batch, times)
-        above = available & (times[None, :] >= t[:, None] - 1e-6)
-        lower_time = torch.where(below, times, -inf).amax(1)
-        upper_time = torch.where(above, times, inf).amin(1)
-        lower = torch.where(below, times, -inf).argmax(1)
-        upper = torch.where(above, times, inf).argmin(1)
+        # (batch, times): the available times at or below t, and at or above it; the others at -inf and +inf.
+        below = torch.where(available & (times[None, :] <= t[:, None] + 1e-6), times, -inf)
+        above = torch.where(available & (times[None, :] >= t[:, None] - 1e-6), times, inf)
+        lower_time, lower = below.max(1)
+        upper_time, upper = above.min(1)
         has_lower, has_upper = torch.isfinite(lower_time), torch.isfinite(upper_time)
         gap = (upper_time - lower_time).clamp_min(1e-12)
         weight = torch.where(has_lower & has_upper, ((t - lower_time) / gap).clamp(0, 1), torch.zeros_like(t))
