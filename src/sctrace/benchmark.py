@@ -62,11 +62,13 @@ from sctrace.evaluate import (
     run_spec,
     scoring_cells,
 )
+from sctrace.methods import METHOD_REGISTRY, fit_method
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "benchmark_split", "plot_benchmark",
            "run_benchmark", "summarise_runs"]
 
-METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
+# sctrace and every registered floor and peer, in the tables' order.
+METHODS = ("sctrace", *METHOD_REGISTRY)
 # MIOFlow is asked for by name: it is the slowest peer and an extra install (`sctrace[peers]`).
 DEFAULT_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm")
 # Metrics in the results table, in order; ROUGE only exists for sctrace (the others produce no sentences).
@@ -160,8 +162,6 @@ def _run_job(job: dict) -> list[dict]:
     Writes each variant's (n_cells, n_genes) log-normalised prediction (for sctrace also its counts and token
     sentences) to an ``.npz`` and returns one record per variant with timings and memory.
     """
-    from sctrace.methods import METHOD_REGISTRY
-
     _set_threads(job["threads"], torch_too=job["method"] == "sctrace" or METHOD_REGISTRY[job["method"]].uses_torch)
     train = ad.read_h5ad(job["train_path"])
     times = train.obs[job["time_key"]].to_numpy(dtype=np.float64)
@@ -191,8 +191,6 @@ def _run_job(job: dict) -> list[dict]:
                       "tokens": generated.obsm["sctrace_tokens"]}
             outputs.append((variant["label"], time.perf_counter() - predict_started, arrays))
     else:
-        from sctrace.methods import fit_method
-
         expression = lognorm_over_genes(train.X, train.var_names, job["genes"], job["count_kind"])
         predict = fit_method(method, expression, times, seed, job.get(method) or {})
         cells = predict(target, n_cells)

@@ -61,7 +61,7 @@ from sctrace.evaluate import (
     scoring_cells,
     write_json,
 )
-from sctrace.methods import METHOD_REGISTRY
+from sctrace.methods import METHOD_REGISTRY, fit_method
 from sctrace.metrics import e_distance, fit_pca, score
 
 __all__ = [
@@ -656,8 +656,6 @@ def _extrapolation_predictor(method: str, seed: int, fit_sctrace: Callable, run_
                                             model.spec.count_kind).toarray()
             return expression, np.asarray(generated.obsm["sctrace_tokens"])
     elif method in METHOD_REGISTRY and not METHOD_REGISTRY[method].interpolation_only:
-        from sctrace.methods import fit_method
-
         settings = {"otcfm": otcfm_settings, "mioflow": mioflow_settings}.get(method) or {}
         fitted = fit_method(method, train_lognorm, train_times, seed, settings)
 
