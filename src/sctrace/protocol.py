@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -35,25 +34,16 @@ from sctrace.benchmark import INTERPOLATION_ONLY, METHODS, _file_label, run_benc
 from sctrace.data.io import detect_count_kind, read_h5ad, read_timecourse
 from sctrace.evaluate import lognorm_over_genes
 
-__all__ = ["PROFILES", "Profile", "protocol_markdown", "protocol_splits", "run_protocol", "summarise_protocol"]
+__all__ = ["PROFILES", "protocol_markdown", "protocol_splits", "run_protocol", "summarise_protocol"]
 
 # What the protocol's summary reports, in order (lower is better for the first two).
 SUMMARY_METRICS = ("emd", "mmd", "pearson_delta", "gene_corr", "c2st_auc")
 DEFAULT_PROTOCOL_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm", "mioflow")
 
 
-@dataclass(frozen=True)
-class Profile:
-    """Seeds and training budgets of a protocol run (``None``: each method's own default)."""
-
-    seeds: tuple[int, ...]
-    max_epochs: int | None = None
-    otcfm_steps: int | None = None
-    mioflow_epochs: int | None = None
-
-
-# quick: one seed, for iterating on a change; full: three seeds, for the record (BENCHMARKS.md).
-PROFILES: dict[str, Profile] = {"quick": Profile(seeds=(0,)), "full": Profile(seeds=(0, 1, 2))}
+# Seeds of each profile. quick: one seed, for iterating on a change; full: three seeds, for the record
+# (BENCHMARKS.md). Budgets are each method's own unless given (max_epochs, otcfm_steps, mioflow_epochs).
+PROFILES: dict[str, tuple[int, ...]] = {"quick": (0,), "full": (0, 1, 2)}
 
 
 def protocol_splits(time_values: Sequence[float], times: Sequence[float] | None = None) -> list[tuple[str, float]]:
@@ -90,11 +80,14 @@ def _prepared_data(data, time_key: str, layer: str | None, count_kind: str, work
     source = data if isinstance(data, ad.AnnData) else read_h5ad(data, backed=layer is None)
     matrix = source.X if layer is None else source.layers[layer]
     kind = detect_count_kind(matrix) if count_kind == "auto" else count_kind
-    if kind != "values":
-        return data, kind, kind
     if source.isbacked:
+        if kind != "values":
+            source.file.close()
+            return data, kind, kind
         source = source.to_memory()
         matrix = source.X
+    if kind != "values":
+        return data, kind, kind
     path = work / "log1p_values.h5ad"
     if not path.exists():
         logged = ad.AnnData(sp.csr_matrix(matrix, dtype=np.float32).log1p(), obs=source.obs.copy(), var=source.var.copy())
@@ -139,7 +132,7 @@ def run_protocol(
     methods
         Any of :data:`sctrace.benchmark.METHODS`.
     profile
-        ``quick`` (seed 0) or ``full`` (seeds 0, 1, 2); ``seeds`` and the budgets override it.
+        ``quick`` (seed 0) or ``full`` (seeds 0, 1, 2); ``seeds`` overrides it.
     times
         Only the splits holding out these times (default: every split).
     rerun
@@ -148,7 +141,7 @@ def run_protocol(
         ``auto`` (integers: counts; values up to 50: log-normalised; larger non-integers: FPKM-like values, read
         as log1p), or ``counts``, ``lognorm``, ``values``.
     preset, config, max_epochs, otcfm_steps, mioflow_epochs
-        Hyper-parameters and budgets (``None``: the profile's, then each method's default).
+        Hyper-parameters and budgets (``None``: each method's default).
     sctrace_overrides
         sctrace config keys applied last (as :func:`sctrace.benchmark.run_benchmark` takes them).
     threads
@@ -164,25 +157,21 @@ def run_protocol(
     unknown = [m for m in [*methods, *rerun] if m not in METHODS]
     if unknown or not methods:
         raise SctraceInputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}.")
-    chosen = PROFILES[profile]
-    seeds = list(chosen.seeds if seeds is None else seeds)
-    budgets = {"max_epochs": chosen.max_epochs if max_epochs is None else max_epochs,
-               "otcfm_steps": chosen.otcfm_steps if otcfm_steps is None else otcfm_steps,
-               "mioflow_epochs": chosen.mioflow_epochs if mioflow_epochs is None else mioflow_epochs}
+    seeds = list(PROFILES[profile] if seeds is None else seeds)
+    budgets = {"max_epochs": max_epochs, "otcfm_steps": otcfm_steps, "mioflow_epochs": mioflow_epochs}
     out_dir = Path(out_dir)
     work = out_dir / "work"
     source, kind, detected = _prepared_data(data, time_key, layer, count_kind, work, echo)
-    timecourse = read_timecourse(source, time_key, layer=None if source is not data else layer, count_kind=kind)
+    source_layer = layer if source is data else None  # a log1p copy holds its values in X
+    timecourse = read_timecourse(source, time_key, layer=source_layer, count_kind=kind)
     splits = protocol_splits(timecourse.time_values, times)
     echo(f"protocol ({profile}, seeds {', '.join(map(str, seeds))}): {len(splits)} splits x {len(methods)} methods; "
          f"data read as {detected}")
-    for task, time in splits:
+    for task, time in splits if run else ():
         for method in methods:
             if method in INTERPOLATION_ONLY and task == "extrapolate":
                 continue
             folder = out_dir / "splits" / _split_name(task, time) / method
-            if not run:
-                continue
             if (folder / "results.json").exists() and method not in rerun:
                 echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
                 continue
@@ -191,10 +180,9 @@ def run_protocol(
             echo(f"[{_split_name(task, time)} {method}] running")
             run_benchmark(
                 source, time_key, task=task, holdout=time, out_dir=folder, methods=[method], seeds=seeds, preset=preset,
-                config=config, max_epochs=budgets["max_epochs"], count_kind=kind,
-                layer=None if source is not data else layer,
-                otcfm_settings=None if budgets["otcfm_steps"] is None else {"n_steps": budgets["otcfm_steps"]},
-                mioflow_settings=None if budgets["mioflow_epochs"] is None else {"n_epochs": budgets["mioflow_epochs"]},
+                config=config, max_epochs=max_epochs, count_kind=kind, layer=source_layer,
+                otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
+                mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs},
                 sctrace_overrides=sctrace_overrides, threads=threads, overwrite=True, plots=False, echo=lambda line: None,
             )
     summary = summarise_protocol(out_dir, timecourse, splits, methods)
@@ -223,9 +211,7 @@ def _snap_distances(prediction: np.ndarray, means: dict[float, np.ndarray], held
     predicted = np.asarray(prediction, dtype=np.float64).mean(0)
     to_truth = float(np.linalg.norm(predicted - means[held_out]))
     to_times = {f"{t:g}": float(np.linalg.norm(predicted - means[float(t)])) for t in train_times}
-    nearest = min(to_times, key=to_times.get)
-    return {"to_truth": to_truth, "to_times": to_times, "nearest_train_time": nearest,
-            "snaps": to_times[nearest] < to_truth}
+    return {"to_truth": to_truth, "to_times": to_times, "snaps": min(to_times.values()) < to_truth}
 
 
 def summarise_protocol(out_dir: str | os.PathLike, timecourse, splits: Sequence[tuple[str, float]],
@@ -275,13 +261,13 @@ def _training_speed(folder: Path, method: str, runs: Sequence[dict]) -> dict:
     """
     if method != "sctrace":
         return {}
+    import pandas as pd
+
     steps, rates = [], []
     for run in runs:
         logs = sorted((folder / "runs" / f"sctrace_seed{run['seed']}").glob("logs/**/metrics.csv"))
         if not logs:
             continue
-        import pandas as pd
-
         last = pd.concat([pd.read_csv(log) for log in logs])["step"].max()
         if np.isfinite(last):
             steps.append(int(last) + 1)
