@@ -40,13 +40,33 @@ def test_hvg_all_and_a_list_and_the_harness_agrees(course):
     assert training_hvgs(course, rows, 50, "all") == everything
 
 
+def test_auto_models_every_gene_up_to_the_limit_and_the_most_variable_above(course, monkeypatch):
+    import sctrace.data.preprocess as preprocess
+
+    everything = _genes(course, "all")
+    assert _genes(course, "auto") == everything  # fewer expressed genes than the limit: every one is modelled
+    monkeypatch.setattr(preprocess, "AUTO_ALL_GENES", len(everything) - 1)
+    assert _genes(course, "auto") == _genes(course, "hvg")  # one gene over it: the n_top_genes most variable
+    rows = np.flatnonzero(~np.isclose(course.times, 4.0))
+    assert training_hvgs(course, rows, 50, "auto") == _genes(course, "hvg")
+
+
+def test_the_default_is_auto():
+    from sctrace.config import TraceConfig, load_config
+
+    assert TraceConfig().genes == "auto" and load_config().genes == "auto"
+    # A number of HVGs the user asks for means HVGs; an explicit choice of genes wins over it.
+    assert load_config(n_top_genes=100).genes == "hvg"
+    assert load_config(n_top_genes=100, genes="all").genes == "all"
+
+
 def test_gene_files_and_bad_choices(course, tmp_path):
     names = course.gene_names()
     path = tmp_path / "genes.txt"
     path.write_text(f"# my genes\n{names[2]}\n\n{names[5]}\n{names[2]}\n")
     assert read_gene_choice(str(path)) == [names[2], names[5]]
-    assert read_gene_choice("all") == "all" and read_gene_choice("hvg") == "hvg"
-    with pytest.raises(SctraceInputError, match="hvg, all or a file"):
+    assert [read_gene_choice(choice) for choice in ("auto", "all", "hvg")] == ["auto", "all", "hvg"]
+    with pytest.raises(SctraceInputError, match="auto, hvg, all or a file"):
         read_gene_choice(str(tmp_path / "absent.txt"))
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(SctraceInputError, match="lists no gene"):

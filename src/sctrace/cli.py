@@ -76,8 +76,9 @@ def prepare(
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     n_top_genes: Annotated[Optional[int], typer.Option(help="Highly variable genes (default: the preset's).")] = None,
     max_len: Annotated[Optional[int], typer.Option(help="Gene tokens per cell (default: the preset's).")] = None,
-    genes: Annotated[Optional[str], typer.Option(help="Genes modelled: hvg (the preset's number of most variable) | all "
-                     "(every expressed gene) | FILE (one gene name per line). Default: the preset's.")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled: auto (every expressed gene up to 3,000, else hvg) | hvg (the "
+                     "preset's number of most variable) | all (every expressed gene) | FILE (one gene name per line). "
+                     "Default: auto.")] = None,
     likelihood: Annotated[Optional[str], typer.Option(help="As for fit: hurdle or gaussian reads log-normalised data.")] = None,
     preset: Annotated[str, typer.Option(help="Preset whose data settings to use, as fit would.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
@@ -100,7 +101,7 @@ def prepare(
     _set_threads(threads)
     if likelihood is not None and likelihood not in LIKELIHOODS:  # fit checks this when it builds the model
         raise SctraceInputError(f"unknown likelihood '{likelihood}'; choose one of {', '.join(LIKELIHOODS)}.")
-    settings = load_config(preset, config)
+    settings = load_config(preset, config, n_top_genes=n_top_genes, genes=genes, max_len=max_len)
     likelihood = likelihood or settings.likelihood
     source = data if data is not None else _simulated()
     timecourse = read_timecourse(
@@ -114,9 +115,8 @@ def prepare(
     check_pairing(pairing, stratify)
     corpus = prepare_corpus(
         timecourse, task=task, holdout=None if holdout is None else parse_time(holdout),
-        n_top_genes=settings.n_top_genes if n_top_genes is None else n_top_genes,
-        genes=read_gene_choice(genes or settings.genes),
-        max_len=settings.max_len if max_len is None else max_len, pairing=pairing, seed=seed,
+        n_top_genes=settings.n_top_genes, genes=read_gene_choice(settings.genes), max_len=settings.max_len,
+        pairing=pairing, seed=seed,
     )
     typer.echo(corpus_summary(timecourse, corpus, pairing))
 
@@ -144,8 +144,9 @@ def fit(
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
     likelihood: Annotated[Optional[str], typer.Option(
         help="zinb | nb (raw counts) | hurdle | gaussian (log-normalised data; hurdle models its exact zeros).")] = None,
-    genes: Annotated[Optional[str], typer.Option(help="Genes modelled: hvg (the preset's number of most variable) | all "
-                     "(every expressed gene) | FILE (one gene name per line). Default: the preset's.")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled: auto (every expressed gene up to 3,000, else hvg) | hvg (the "
+                     "preset's number of most variable) | all (every expressed gene) | FILE (one gene name per line). "
+                     "Default: auto.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous sctrace run in --out.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from --out/checkpoints/last.ckpt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -299,8 +300,8 @@ def benchmark(
         help="With --ablate encoder: a local Geneformer-format model, adding the pretrained rows (frozen, fine-tuned).")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
     mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
-    genes: Annotated[Optional[str], typer.Option(help="Genes modelled and scored: hvg | all | FILE (one gene name per "
-                     "line). Default: the preset's.")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled and scored: auto | hvg | all | FILE (one gene name "
+                     "per line), as for fit. Default: auto.")] = None,
     plots: Annotated[bool, typer.Option(help="Write plots to OUT/plots.")] = True,
     layout: Annotated[str, typer.Option(help="umap | pca for the embedding map (UMAP compiles ~30 s first).")] = "umap",
     overwrite: Annotated[bool, typer.Option(help="Replace earlier results in --out.")] = False,
@@ -347,8 +348,8 @@ def protocol(
     max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs (default: the preset's).")] = None,
     otcfm_steps: Annotated[Optional[int], typer.Option(help="OT-CFM training steps (default 1000).")] = None,
     mioflow_epochs: Annotated[Optional[int], typer.Option(help="MIOFlow training epochs (default 100).")] = None,
-    genes: Annotated[Optional[str], typer.Option(help="Genes modelled and scored: hvg | all | FILE (one gene name per "
-                     "line). Default: the preset's.")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Genes modelled and scored: auto | hvg | all | FILE (one gene name "
+                     "per line), as for fit. Default: auto.")] = None,
     run: Annotated[bool, typer.Option(help="--no-run: fit nothing, summarise the splits already finished in --out.")] = True,
     threads: Threads = 1,
 ) -> None:

@@ -47,9 +47,10 @@ class TraceConfig:
 
     # data
     n_top_genes: int = 2000
-    # Which genes are modelled: "hvg" (the n_top_genes most variable; every expressed gene when there are fewer),
-    # "all" (every gene expressed in a training cell) or the path of a file listing gene names, one per line.
-    genes: str = "hvg"
+    # Which genes are modelled: "auto" (every expressed gene up to 3,000, else "hvg"), "hvg" (the n_top_genes most
+    # variable; every expressed gene when there are fewer), "all" (every gene expressed in a training cell) or the
+    # path of a file listing gene names, one per line. Runs saved before "auto" existed keep the "hvg" they wrote.
+    genes: str = "auto"
     max_len: int = 128
     pairing: str = "random"
     # model
@@ -179,6 +180,14 @@ def load_config(preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | N
         raise SctraceInputError(f"unknown preset '{preset}'; choose one of {', '.join(names)}.")
     path = resources.files("sctrace.presets") / f"{preset}.yaml"
     config = TraceConfig().update(yaml.safe_load(path.read_text()), origin=f"preset {preset}")
+    user: dict[str, Any] = {}
     if config_file is not None:
-        config = config.update(_read_yaml(config_file), origin=str(config_file))
-    return config.update(overrides, origin="overrides")
+        user = _read_yaml(config_file)
+        config = config.update(user, origin=str(config_file))
+    config = config.update(overrides, origin="overrides")
+    # A number of highly variable genes asked for by the user (not the preset's) means HVGs: with `genes: auto`
+    # left in place, a 900-gene data set would model all 900 whatever --n-top-genes said.
+    asked = {**user, **{k: v for k, v in overrides.items() if v is not None}}
+    if "n_top_genes" in asked and "genes" not in asked and config.genes == "auto":
+        config = config.update({"genes": "hvg"}, origin="overrides")
+    return config

@@ -427,8 +427,9 @@ def prepare_corpus(
     Parameters
     ----------
     genes
-        Which genes are modelled: ``"hvg"`` (the ``n_top_genes`` most variable), ``"all"`` (every gene expressed
-        in a training cell) or a list of names (:func:`sctrace.data.preprocess.chosen_gene_columns`).
+        Which genes are modelled: ``"auto"`` (every expressed gene up to a few thousand, else ``"hvg"``),
+        ``"hvg"`` (the ``n_top_genes`` most variable), ``"all"`` (every gene expressed in a training cell) or a
+        list of names (:func:`sctrace.data.preprocess.chosen_gene_columns`).
     gene_medians
         Optional user table of non-zero medians indexed by gene name (e.g. Geneformer's); genes absent from
         it fall back to the medians computed on the training cells.

@@ -15,6 +15,12 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError, option_name
 
 TARGET_SUM = 1e4
+# `genes: auto` models every expressed gene up to this many, the n_top_genes most variable above it. A gene costs
+# one vocabulary row and one count-head output (d_model and count_hidden wide), so 3,000 genes keep a cpu-small
+# step within about a third of its 1,000-gene time, while data sets of 20,000 genes (FPKM/TPM tables, whole
+# transcriptomes) still get a selection instead of a vocabulary mostly of noise.
+AUTO_ALL_GENES = 3000
+GENE_CHOICES = ("auto", "hvg", "all")
 
 
 def log_normalize(matrix, count_kind: str = "counts"):
@@ -136,15 +142,15 @@ def _seurat_top_genes(mean: np.ndarray, var: np.ndarray, n_top_genes: int, n_bin
 
 
 def read_gene_choice(genes: str) -> str | list[str]:
-    """The ``genes`` setting as prepare_corpus takes it: ``"hvg"``, ``"all"``, or the names listed in a file.
+    """The ``genes`` setting as prepare_corpus takes it: ``"auto"``, ``"hvg"``, ``"all"``, or the names in a file.
 
     A file holds one gene name per line (blank lines and lines starting with ``#`` are skipped).
     """
-    if genes in ("hvg", "all"):
+    if genes in GENE_CHOICES:
         return genes
     path = Path(genes)
     if not path.is_file():
-        raise SctraceInputError(f"{option_name('genes')} takes hvg, all or a file of gene names, one per line; "
+        raise SctraceInputError(f"{option_name('genes')} takes auto, hvg, all or a file of gene names, one per line; "
                                 f"{genes!r} is none of them.")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     if not names:
@@ -158,12 +164,19 @@ def chosen_gene_columns(gene_names, choice: str | list[str], select: Callable[[i
 
     ``select(n)``: the HVG selection of the training cells for ``n`` genes (:func:`select_hvgs` or
     :func:`select_hvgs_streamed`), which returns every expressed gene when ``n`` is at least their number.
-    ``"hvg"``: the ``n_top_genes`` most variable; ``"all"``: every gene expressed in a training cell; a list: its
-    expressed genes (a gene never seen in a training cell has no rank to take and is left out, with a warning).
+    ``"hvg"``: the ``n_top_genes`` most variable; ``"all"``: every gene expressed in a training cell; ``"auto"``:
+    ``"all"`` while that is at most :data:`AUTO_ALL_GENES` genes, else ``"hvg"`` (a user's few thousand genes are
+    all predicted, a whole transcriptome is not); a list: its expressed genes (a gene never seen in a training
+    cell has no rank to take and is left out, with a warning).
     """
     gene_names = np.asarray(gene_names).astype(str)
     if isinstance(choice, str):
-        return select(n_top_genes if choice == "hvg" else len(gene_names))
+        if choice == "hvg":
+            return select(n_top_genes)
+        expressed = select(len(gene_names))
+        if choice == "auto" and len(expressed) > AUTO_ALL_GENES:
+            return select(n_top_genes)
+        return expressed
     listed = np.isin(gene_names, choice)
     missing = sorted(set(choice) - set(gene_names[listed]))
     if missing:
