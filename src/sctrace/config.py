@@ -84,6 +84,9 @@ class TraceConfig:
     # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
     # centred over the cells decoded together: the prior sets the population, the network each cell's deviation).
     count_prior: str = "none"
+    # The count decoder also reads the decoded time ((t - t0) / span) beside the decoder state, so the population it
+    # decodes can move with time even where the states barely do (small courses).
+    count_time: bool = False
     source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1

@@ -191,6 +191,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         time_bias=config.time_bias,
         time_values=None if config.count_prior == "none" else times,
         centre_prior=config.count_prior == "centred",
+        count_time=config.count_time,
         pretrained=pretrained,
     )
     if config.encoder == "random":

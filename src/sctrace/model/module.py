@@ -70,6 +70,9 @@ class TraceNet(nn.Module):
         Cross-attention of the decoder biased by the time between the decoded cell and each memory cell
         (:class:`sctrace.model.embeddings.RelativeTimeBias`), so that a time between two observed ones attends to
         both by its distance to each instead of to the trained time its code resembles.
+    count_time
+        The count decoder also reads the decoded time, scaled to the observed span ((t - t0) / span): a small
+        course's decoder states barely carry the time, and a head reading only them decodes one profile for all.
     time_values
         The observed training times, in order: given, the count decoder's outputs are offsets from each gene's
         statistics interpolated in time (:class:`sctrace.model.prior.TimePrior`), fitted with
@@ -108,6 +111,7 @@ class TraceNet(nn.Module):
         time_bias: bool = False,
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
+        count_time: bool = False,
     ):
         super().__init__()
         if count_input not in ("masked", "complete"):
@@ -146,7 +150,10 @@ class TraceNet(nn.Module):
             hurdle_marginal=hurdle_marginal,
             n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
             centre_prior=centre_prior,
+            n_time_features=1 if count_time else 0,
         )
+        self.time_origin, self.time_span = float(time_origin), float(time_span) or 1.0
+        self.count_time = count_time
         self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
 
     @staticmethod
@@ -205,7 +212,11 @@ class TraceNet(nn.Module):
         prior = None
         if self.count_prior is not None:
             prior = self.count_prior(time, state.shape[0], exclude)
-        return self.count_decoder(state, library_size, prior)
+        time_features = None
+        if self.count_time:
+            scaled = (self._times(time, state.shape[0], state.device) - self.time_origin) / self.time_span
+            time_features = scaled[:, None]
+        return self.count_decoder(state, library_size, prior, time_features)
 
     def sentence_profile(self, tokens: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) which genes each sentence holds, weighted by rank: 1 for the first, falling linearly.
