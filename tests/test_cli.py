@@ -154,9 +154,14 @@ def test_prepare_stratified_shows_strata(sim_file):
     output = invoke("prepare", sim_file, "--stratify", "donor", "--n-top-genes", 100, "--max-len", 40)
     donors = sorted(ad.read_h5ad(sim_file).obs["donor"].astype(str).unique())
     assert f"strata (donor): {len(donors)} -> {', '.join(donors)}" in output
-    # The default held-out time for interpolation is a middle one.
-    held = [t for t, (_, role, _) in _summary_rows(output).items() if role == "held out"]
-    assert len(held) == 1 and min(_summary_rows(output)) < held[0] < max(_summary_rows(output))
+    # Without --holdout nothing is held out, as for fit (task auto means none).
+    assert [role for _, role, _ in _summary_rows(output).values()].count("held out") == 0
+    # Holding out the last time means extrapolation, the middle ones interpolation: decided once, for fit too.
+    times = sorted(_summary_rows(output))
+    for held, task in ((times[-1], "extrapolate"), (times[2], "interpolate")):
+        output = invoke("prepare", sim_file, "--holdout", held, "--n-top-genes", 100, "--max-len", 40)
+        assert [t for t, (_, role, _) in _summary_rows(output).items() if role == "held out"] == [held]
+        assert f"task: {task}" in output
 
 
 def test_prepare_with_ot_pairing_and_its_errors(sim_file, monkeypatch, capsys):

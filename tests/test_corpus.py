@@ -153,3 +153,16 @@ def test_ot_pairing_keeps_each_row_on_one_lineage(small_timecourse):
         agreement[mode] = float((rows[:, -1] == rows[:, -2]).mean())  # the two latest, committed time points
     # Measured: random 0.46, ot 0.78 (100 HVGs of a small noisy set; 0.99 on the demo's data set).
     assert agreement["ot"] > 0.7 and agreement["random"] < 0.6, agreement
+
+
+def test_the_task_a_holdout_means_is_decided_in_one_place():
+    from sctrace.data.corpus import resolve_task
+
+    times = np.array([0.0, 1.0, 2.5, 4.0])
+    assert resolve_task(times, "auto", None) == ("none", None)
+    assert resolve_task(times, "auto", 4.0) == ("extrapolate", 4.0)
+    assert resolve_task(times, "auto", 2.5) == ("interpolate", 2.5)
+    assert resolve_task(times, "extrapolate", None) == ("extrapolate", 4.0)
+    assert resolve_task(times, "interpolate", 4.0) == ("interpolate", 4.0)  # split_times then refuses it
+    with pytest.raises(SctraceInputError, match="unknown task 'forward'"):
+        resolve_task(times, "forward", None)

@@ -458,10 +458,12 @@ def test_split_and_epoch_errors_in_the_callers_words(sim_file, tiny_yaml, tmp_pa
     from sctrace.estimator import TRACE
 
     times = sorted(ad.read_h5ad(sim_file).obs["time"].unique())
-    assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--holdout", times[-1]],
+    assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--holdout", times[-1], "--task", "interpolate"],
                           "use --task extrapolate to hold out the last.")
     with pytest.raises(SctraceInputError, match="use task='extrapolate' to hold out the last"):
-        TRACE(sim_file, "time", holdout=times[-1])
+        TRACE(sim_file, "time", holdout=times[-1], task="interpolate")
+    assert_one_line_error(monkeypatch, capsys, ["prepare", sim_file, "--task", "interpolate"],
+                          "task 'interpolate' needs a held-out time; pass --holdout VALUE.")
     assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, tmp_path / "r", tiny_yaml, "--max-epochs", 0),
                           "--max-epochs must be at least 1, got 0.")
     with pytest.raises(SctraceInputError, match="pass the run_dir that fit.. or save.. wrote"):

@@ -47,7 +47,7 @@ from sctrace.config import (
     TraceConfig,
     load_config,
 )
-from sctrace.data.corpus import split_times
+from sctrace.data.corpus import resolve_task, split_times
 from sctrace.data.io import check_holdout, read_timecourse
 from sctrace.data.preprocess import (
     chosen_gene_columns,
@@ -399,8 +399,8 @@ def run_benchmark(
         What ``results.json`` holds.
     """
     methods, seeds = _check_methods(methods, seeds)
-    if task not in ("interpolate", "extrapolate"):
-        raise SctraceInputError(f"unknown benchmark task '{task}'; choose interpolate or extrapolate.")
+    if task not in ("auto", "interpolate", "extrapolate"):
+        raise SctraceInputError(f"unknown benchmark task '{task}'; choose auto, interpolate or extrapolate.")
     variants = ablation_variants(ablate, encoder_path)
     otcfm_resolved = _peer_settings("otcfm", otcfm_settings, methods)
     mioflow_resolved = _peer_settings("mioflow", mioflow_settings, methods)
@@ -412,6 +412,7 @@ def run_benchmark(
 
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
     holdout = check_holdout(timecourse, holdout)
+    task, holdout = resolve_task(timecourse.time_values, task, holdout)
     train_times, _ = split_times(timecourse.time_values, task, holdout)
     overrides, loaded = sctrace_options(preset, config, max_epochs, count_kind, sctrace_overrides)
     for variant in variants:

@@ -14,6 +14,8 @@ from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
 from sctrace.config import LOGNORM_LIKELIHOODS
 
+TASK_HELP = ("auto (from --holdout: none without one, extrapolate for the last observed time, else "
+             "interpolate) | interpolate | extrapolate | none")
 PAIRING_HELP = ("random | stratified | ot (default: the preset's; stratified with --stratify). ot chains each source "
                 "cell's partners by optimal transport between consecutive times, so a training row follows one lineage.")
 
@@ -69,7 +71,7 @@ def prepare(
     data: Annotated[Optional[Path], typer.Argument(help=".h5ad file (default: the built-in simulator).")] = None,
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
     holdout: Annotated[Optional[str], typer.Option(help="Held-out time value.")] = None,
-    task: Annotated[str, typer.Option(help="interpolate | extrapolate | none")] = "interpolate",
+    task: Annotated[str, typer.Option(help=TASK_HELP)] = "auto",
     layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
     stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
     pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
@@ -108,9 +110,6 @@ def prepare(
         source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map),
         count_kind="lognorm" if likelihood in LOGNORM_LIKELIHOODS else "counts",
     )
-    if holdout is None and task != "none":
-        values = timecourse.time_values
-        holdout = str(values[len(values) // 2] if task == "interpolate" else values[-1])
     pairing = pairing or ("stratified" if stratify else settings.pairing)
     check_pairing(pairing, stratify)
     corpus = prepare_corpus(
@@ -133,7 +132,7 @@ def fit(
     out: Annotated[Path, typer.Option(help="Run directory to create.")],
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
     holdout: Annotated[Optional[str], typer.Option(help="Held-out time value (not seen in training).")] = None,
-    task: Annotated[str, typer.Option(help="interpolate | extrapolate | none")] = "interpolate",
+    task: Annotated[str, typer.Option(help=TASK_HELP)] = "auto",
     preset: Annotated[str, typer.Option(help="Hyper-parameter preset.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(help="Training epochs (overrides the preset).")] = None,
@@ -283,7 +282,8 @@ def benchmark(
     holdout: Annotated[str, typer.Option(help="Held-out time value.")],
     out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, plots/, runs/, work/).")],
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
-    task: Annotated[str, typer.Option(help="interpolate | extrapolate")] = "interpolate",
+    task: Annotated[str, typer.Option(help="auto (extrapolate for the last observed time, else interpolate) | "
+                                           "interpolate | extrapolate")] = "auto",
     methods: Annotated[str, typer.Option(help="Comma-separated: sctrace,identity,mixture,linear,otcfm,mioflow.")] = "sctrace,identity,mixture,linear,otcfm",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every method runs once per seed.")] = "0,1,2",
     preset: Annotated[str, typer.Option(help="sctrace hyper-parameter preset.")] = "cpu-small",

@@ -346,8 +346,10 @@ class TRACE:
         obs column holding the time (numbers, or labels parsed by :func:`sctrace.data.io.parse_time` or mapped
         by ``time_map``).
     task, holdout
-        ``interpolate`` (hold out a middle time), ``extrapolate`` (hold out the last and anything later) or
-        ``none`` (train on every time point). Held-out cells are removed before anything is fitted.
+        ``auto`` (the default: ``none`` without ``holdout``, ``extrapolate`` when it is the last observed time,
+        else ``interpolate``; :func:`sctrace.data.corpus.resolve_task`), ``interpolate`` (hold out a middle
+        time), ``extrapolate`` (hold out the last and anything later) or ``none`` (train on every time point).
+        Held-out cells are removed before anything is fitted.
     stratify
         obs columns for stratified pairing (the pairing becomes ``stratified``).
     preset, config
@@ -359,7 +361,7 @@ class TRACE:
         adata: ad.AnnData | str | os.PathLike,
         time_key: str = "time",
         *,
-        task: str = "interpolate",
+        task: str = "auto",
         holdout: float | str | None = None,
         layer: str | None = None,
         time_map: Mapping[str, float] | None = None,

@@ -40,11 +40,32 @@ from sctrace.data.tokenize import (
 )
 
 TASKS = ("interpolate", "extrapolate", "none")
+# "auto", the default everywhere a task is taken, is resolved into one of TASKS by resolve_task.
+TASK_CHOICES = ("auto", *TASKS)
 N_QUANTILES = 201  # resolution of the stored library-size distribution per time point
 CHUNK_CELLS = 8_192  # cells read at a time while preparing a corpus
 # What Corpus.save writes: all that prediction needs. The counts stay where training read them.
 _SAVED_FILES = ("corpus.json", "tokens.npy", "lengths.npy", "cell_times.npy", "pairs.npy", "obs_names.npy")
 _COUNTS_FILES = ("counts_data.npy", "counts_indices.npy", "counts_indptr.npy")
+
+
+def resolve_task(time_values: np.ndarray, task: str, holdout: float | None) -> tuple[str, float | None]:
+    """The task and held-out time a request means, decided here for the API and every command.
+
+    ``auto``: no held-out time trains on every time (``none``: the model is for predicting unmeasured times);
+    holding out the last observed time is ``extrapolate`` (nothing after it is left to interpolate from); any
+    other held-out time is ``interpolate``. ``extrapolate`` without a held-out time holds out the last one.
+    An explicit task is otherwise kept as given (``split_times`` checks it against the held-out time).
+    """
+    if task not in TASK_CHOICES:
+        raise SctraceInputError(f"unknown task '{task}'; choose one of {', '.join(TASK_CHOICES)}.")
+    if task == "extrapolate" and holdout is None:
+        return task, float(np.max(time_values))
+    if task != "auto":
+        return task, holdout
+    if holdout is None:
+        return "none", None
+    return ("extrapolate" if np.isclose(holdout, np.max(time_values)) else "interpolate"), holdout
 
 
 def split_times(time_values: np.ndarray, task: str, holdout: float | None) -> tuple[np.ndarray, float | None]:
@@ -405,7 +426,7 @@ class Corpus:
 def prepare_corpus(
     timecourse: TimeCourse,
     *,
-    task: str = "interpolate",
+    task: str = "auto",
     holdout: float | None = None,
     n_top_genes: int = 2000,
     genes: str | list[str] = "hvg",
@@ -447,6 +468,7 @@ def prepare_corpus(
         raise SctraceInputError(f"{option_name('n_top_genes')} must be a positive integer, got {n_top_genes}.")
     if holdout is not None:
         holdout = check_holdout(timecourse, holdout)
+    task, holdout = resolve_task(timecourse.time_values, task, holdout)
     train_times, holdout = split_times(timecourse.time_values, task, holdout)
     train_rows = np.flatnonzero(np.isin(timecourse.times, train_times))
     matrix = timecourse.expression()
