@@ -32,8 +32,8 @@ def fit_heldout(args):
     import numpy as np
     import torch
 
-    from sctrace.benchmark import sctrace_options
     from sctrace.estimator import TRACE
+    from sctrace.harness.benchmark import sctrace_options
 
     torch.set_num_threads(1)
     adata = ad.read_h5ad(args.data)
@@ -49,7 +49,7 @@ def fit_heldout(args):
 def heldout_arrays(adata, model, count_kind: str):
     """Every cell's log-normalised values over the model's genes, and its sentence: (values, tokens, lengths)."""
     from sctrace.data.corpus import tokenize_with_spec
-    from sctrace.evaluate import lognorm_over_genes
+    from sctrace.harness.evaluate import lognorm_over_genes
 
     spec = model.spec
     values = lognorm_over_genes(adata.X, adata.var_names, list(spec.genes), count_kind).toarray()

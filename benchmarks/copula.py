@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sctrace.benchmark import benchmark_split
     from sctrace.data.io import read_timecourse
     from sctrace.estimator import TRACE
-    from sctrace.evaluate import genes_in_order, lognorm_over_genes
-    from sctrace.metrics import score
+    from sctrace.harness.benchmark import benchmark_split
+    from sctrace.harness.evaluate import genes_in_order, lognorm_over_genes
+    from sctrace.harness.metrics import score
     from sctrace.model.copula import GeneCopula
 
     torch.set_num_threads(args.threads)

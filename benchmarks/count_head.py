@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from sklearn.linear_model import Ridge
 
-    from sctrace.evaluate import lognorm_over_genes
+    from sctrace.harness.evaluate import lognorm_over_genes
     from sctrace.model.module import N_SPECIAL
 
     adata, times, model = fit_heldout(args)

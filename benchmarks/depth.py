@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sctrace.estimator import TRACE
-    from sctrace.evaluate import lognorm_over_genes, scoring_cells
-    from sctrace.metrics import emd, pearson_delta
+    from sctrace.harness.evaluate import lognorm_over_genes, scoring_cells
+    from sctrace.harness.metrics import emd, pearson_delta
 
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(args.data)

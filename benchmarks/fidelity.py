@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sctrace.evaluate import lognorm_over_genes
-    from sctrace.metrics import emd
+    from sctrace.harness.evaluate import lognorm_over_genes
+    from sctrace.harness.metrics import emd
 
     adata, times, model = fit_heldout(args)
     spec, net = model.spec, model.net.eval()

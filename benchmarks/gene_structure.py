@@ -1,7 +1,7 @@
 """Do generated cells co-vary gene to gene like real ones? Re-scores finished benchmark directories.
 
 Per-gene EMD, the mean-expression scores and E-distance (twice the squared distance of the means) cannot tell
-real cells from cells drawn gene by gene from the right marginals. ``gene-gene r`` (:func:`sctrace.metrics.
+real cells from cells drawn gene by gene from the right marginals. ``gene-gene r`` (:func:`sctrace.harness.metrics.
 gene_correlation`) can: the Pearson r between the gene-gene correlation matrices of generated and real cells over
 the real cells' 100 most variable genes. For each ``sctrace benchmark`` directory this prints:
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", type=Path, nargs="+", help="output directories of `sctrace benchmark`")
     args = parser.parse_args(argv)
 
-    from sctrace.benchmark import benchmark_split
-    from sctrace.metrics import gene_correlation
+    from sctrace.harness.benchmark import benchmark_split
+    from sctrace.harness.metrics import gene_correlation
 
     for run in args.runs:
         if data_missing(Path(json.loads((run / "results.json").read_text())["data"])):

@@ -4,7 +4,7 @@ For each size the script writes a simulated time course to an ``.h5ad`` file a b
 writer never holds the whole matrix), then, in a fresh child process per size, reads it with ``TRACE(path, ...)``
 (a path is read backed, a block of cells at a time, and the corpus goes to disk) and trains ``--steps`` steps
 with the ``cpu-small`` preset and one torch thread. The child reports its peak resident set size (``VmHWM``,
-see :func:`sctrace.benchmark.peak_rss_mb`) after imports, after preparing the corpus and after training, the
+see :func:`sctrace.harness.benchmark.peak_rss_mb`) after imports, after preparing the corpus and after training, the
 wall time of each phase, and the padding share of one epoch of training batches
 (:func:`sctrace.data.datamodule.padding_fraction`). The parent prints a table and the ratio of the peaks.
 
@@ -104,9 +104,9 @@ def child(path: str, run_dir: str, steps: int, seed: int, in_memory: bool) -> di
     import torch
 
     torch.set_num_threads(1)
-    from sctrace.benchmark import peak_rss_mb
     from sctrace.data.datamodule import TraceDataModule, padding_fraction
     from sctrace.estimator import TRACE
+    from sctrace.harness.benchmark import peak_rss_mb
 
     imported_mb = peak_rss_mb()
     started = time.perf_counter()

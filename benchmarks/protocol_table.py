@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sctrace.protocol import win_table  # noqa: E402
+from sctrace.harness.protocol import win_table  # noqa: E402
 
 
 def load(root: Path) -> dict[str, dict]:

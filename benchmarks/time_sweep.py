@@ -15,7 +15,7 @@ import torch
 
 from sctrace.data.io import read_timecourse
 from sctrace.estimator import TRACE
-from sctrace.evaluate import lognorm_over_genes
+from sctrace.harness.evaluate import lognorm_over_genes
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import scipy.stats
 
 from sctrace import SctraceInputError
 from sctrace.estimator import COPULA_FILE, TRACE
-from sctrace.evaluate import lognorm_over_genes
-from sctrace.metrics import emd, gene_correlation
+from sctrace.harness.evaluate import lognorm_over_genes
+from sctrace.harness.metrics import emd, gene_correlation
 from sctrace.model.copula import GeneCopula, normal_scores, reorder_levels
 
 

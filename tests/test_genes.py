@@ -5,10 +5,10 @@ import pytest
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.benchmark import training_hvgs
 from sctrace.data.corpus import prepare_corpus
 from sctrace.data.io import read_timecourse
 from sctrace.data.preprocess import read_gene_choice
+from sctrace.harness.benchmark import training_hvgs
 
 
 @pytest.fixture(scope="module")

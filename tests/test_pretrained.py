@@ -434,7 +434,7 @@ def test_pretrained_encoder_configuration_errors(small_timecourse, tiny_fast_con
 def test_benchmark_encoder_ablation_runs_the_paper_rows_with_a_local_model(small_timecourse, tiny_fast_config, tmp_path):
     import yaml
 
-    from sctrace.benchmark import run_benchmark
+    from sctrace.harness.benchmark import run_benchmark
 
     directory = simulator_bert_dir(tmp_path, small_timecourse)
     holdout = sorted(small_timecourse.obs["time"].unique())[2]

@@ -321,7 +321,7 @@ def test_a_killed_fits_temporary_corpus_is_removed_by_the_next(sim_file, tmp_pat
 def test_more_messages_in_the_callers_words(sim_file, tiny_yaml, tmp_path, monkeypatch, capsys):
     from sctrace._errors import SctraceInputError
     from sctrace.estimator import TRACE
-    from sctrace.experiments import run_imputation
+    from sctrace.harness.experiments import run_imputation
 
     assert_one_line_error(monkeypatch, capsys,
                                  ["fit", sim_file, "--out", tmp_path / "r", "--task", "extrapolate", "--config", tiny_yaml],

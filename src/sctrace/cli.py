@@ -97,8 +97,8 @@ def prepare(
     from sctrace.data.io import parse_time, read_timecourse
     from sctrace.data.pairing import check_pairing
     from sctrace.data.preprocess import read_gene_choice
+    from sctrace.harness.report import corpus_summary
     from sctrace.model.counts import LIKELIHOODS
-    from sctrace.report import corpus_summary
 
     _set_threads(threads)
     if likelihood is not None and likelihood not in LIKELIHOODS:  # fit checks this when it builds the model
@@ -260,7 +260,7 @@ def evaluate(
     threads: Threads = 1,
 ) -> None:
     """Score predicted cells against the real cells at one time (MMD, EMD, E-distance, Pearson, R², ROUGE)."""
-    from sctrace.evaluate import evaluate_prediction, format_evaluation, write_json
+    from sctrace.harness.evaluate import evaluate_prediction, format_evaluation, write_json
 
     _set_threads(threads)
     result = evaluate_prediction(pred, data, time_key, time, layer=layer, run_dir=run, seed=seed)
@@ -308,7 +308,7 @@ def benchmark(
     threads: Threads = 1,
 ) -> None:
     """Run every method on the same split, each seed in a fresh process; score all on the held-out cells."""
-    from sctrace.benchmark import run_benchmark
+    from sctrace.harness.benchmark import run_benchmark
 
     try:
         seed_values = [int(s) for s in _parse_list(seeds, "seeds")]
@@ -355,7 +355,7 @@ def protocol(
 ) -> None:
     """Leave one time out: every interior time interpolated, the last extrapolated, every method; one summary."""
     from sctrace.data.io import parse_time
-    from sctrace.protocol import run_protocol
+    from sctrace.harness.protocol import run_protocol
 
     def numbers(text: str | None, what: str, kind=float):
         if text is None:
@@ -395,7 +395,7 @@ def plot(
     """PCA, cell-type PCA, violins of time-variable genes, embedding map and dot plot of a prediction."""
     _set_threads(threads)
     if pred.is_dir():
-        from sctrace.benchmark import plot_benchmark
+        from sctrace.harness.benchmark import plot_benchmark
 
         written = plot_benchmark(pred, out, data=data, layout=layout)
         typer.echo("wrote " + ", ".join(str(path) for path in written))
@@ -404,7 +404,7 @@ def plot(
     if missing:
         raise SctraceInputError(f"plotting a prediction file needs {', '.join(missing)}: sctrace plot PRED.h5ad DATA.h5ad "
                                 "--time T --out DIR.")
-    from sctrace.plots import plot_prediction
+    from sctrace.harness.plots import plot_prediction
 
     written = plot_prediction(pred, data, time_key, time, out, run_dir=run, layer=layer, layout=layout)
     typer.echo("wrote " + ", ".join(str(path) for path in written))
@@ -475,7 +475,7 @@ def impute_command(
     threads: Threads = 1,
 ) -> None:
     """Hold out a fraction of every time point, train on the rest, impute the held-out cells and score them."""
-    from sctrace.experiments import run_imputation
+    from sctrace.harness.experiments import run_imputation
 
     run_imputation(data if data is not None else _simulated(), time_key, out_dir=out, seed=seed, test_fraction=test_fraction,
                    stratify_key=stratify, n_cells=n_cells, preset=preset, config=config, max_epochs=max_epochs,
@@ -501,7 +501,7 @@ def extrapolation_command(
     threads: Threads = 1,
 ) -> None:
     """Train on the first K time points, predict each later one, and report the metrics against the distance."""
-    from sctrace.experiments import run_extrapolation_distance
+    from sctrace.harness.experiments import run_extrapolation_distance
 
     try:
         seed_values = [int(s) for s in _parse_list(seeds, "seeds")]
@@ -519,7 +519,7 @@ def extrapolation_command(
 
 def _register_analyze() -> None:
     # The command lives beside its analysis; that module imports only numpy, pandas and typer at load time.
-    from sctrace.embedding_analysis import analyze_command
+    from sctrace.harness.embedding_analysis import analyze_command
 
     app.command("analyze")(analyze_command)
 

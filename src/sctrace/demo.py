@@ -10,20 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
-from sctrace.baselines import identity_baseline, linear_baseline, mixture_baseline
 from sctrace.data.preprocess import log_normalize
 from sctrace.data.simulate import simulate_timecourse
 from sctrace.estimator import TRACE
-from sctrace.evaluate import lognorm_over_genes, scoring_cells
-from sctrace.metrics import score
-from sctrace.report import markdown_table
+from sctrace.harness.baselines import identity_baseline, linear_baseline, mixture_baseline
+from sctrace.harness.evaluate import lognorm_over_genes, scoring_cells
+from sctrace.harness.metrics import score
+from sctrace.harness.report import markdown_table
 
 DEMO_COLUMNS = ["emd", "mmd", "pearson", "pearson_delta", "e_distance", "gene_corr"]
 
 
 def run_demo(out_dir: str | Path, seed: int = 0, max_epochs: int | None = None, echo: Callable[[str], None] = print) -> dict:
     """Run the demo end to end and write ``metrics.json``, ``results.md`` and ``pca.png`` to ``out_dir``."""
-    from sctrace.plots import pca_overlay
+    from sctrace.harness.plots import pca_overlay
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -653,7 +653,7 @@ def _pairing_coordinates(view: MatrixRows, count_kind: str, seed: int, chunk_siz
     The PCA is fitted on at most ``OT_FIT_CELLS`` seeded cells and every cell is projected block by block, so
     memory stays bounded by the block and the coordinates (120 bytes a cell).
     """
-    from sctrace.metrics import fit_pca
+    from sctrace.data.pca import fit_pca
 
     n_cells = view.shape[0]
     fit_rows = np.sort(np.random.default_rng(seed).choice(n_cells, size=min(n_cells, OT_FIT_CELLS), replace=False))

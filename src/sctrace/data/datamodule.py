@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sctrace.data.corpus import Corpus
-from sctrace.model.module import gather_sentences
+from sctrace.data.sentences import gather_sentences
 
 
 class PairRows(Dataset):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sctrace.data.sentences import add_cls, gather_sentences
 from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
 from sctrace.model.embeddings import CellEmbedding, RelativeTimeBias
@@ -19,23 +19,6 @@ from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 __all__ = ["CLS_ID", "COUNT_POOLINGS", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls", "gather_sentences"]
 
 COUNT_POOLINGS = ("cls", "cls+mean", "cls+mean+genes")
-
-
-def add_cls(tokens: torch.Tensor) -> torch.Tensor:
-    """Prepend [CLS]: (batch, length) -> (batch, length + 1)."""
-    cls = torch.full((tokens.shape[0], 1), CLS_ID, dtype=tokens.dtype, device=tokens.device)
-    return torch.cat([cls, tokens], dim=1)
-
-
-def gather_sentences(tokens: np.ndarray, lengths: np.ndarray, rows: np.ndarray | slice) -> torch.Tensor:
-    """[CLS]-prefixed int64 sentences of ``rows``, trimmed to the longest of them (less padding to attend over).
-
-    tokens: (n_cells, max_len) gene token ids (may be a memory map); lengths: (n_cells,).
-    Returns (len(rows), width + 1) int64.
-    """
-    row_lengths = lengths[rows]
-    width = max(1, int(row_lengths.max())) if len(row_lengths) else 1
-    return add_cls(torch.as_tensor(np.asarray(tokens[rows, :width], dtype=np.int64)))
 
 
 class TraceNet(nn.Module):

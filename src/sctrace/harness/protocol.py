@@ -2,7 +2,7 @@
 
 Why: a model tuned on one held-out time can win there and lose everywhere else. The protocol holds out every
 interior observed time as an interpolation task and the last one as an extrapolation task, runs each method on
-each split with :func:`sctrace.benchmark.run_benchmark` (the same code, the same cells, every held-out cell kept
+each split with :func:`sctrace.harness.benchmark.run_benchmark` (the same code, the same cells, every held-out cell kept
 out of fitting), and writes one summary:
 
 - a row per split x method: EMD, MMD, Pearson-delta, gene-gene r, wall time, mean over seeds;
@@ -30,9 +30,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.benchmark import INTERPOLATION_ONLY, METHODS, _file_label, run_benchmark
 from sctrace.data.io import detect_count_kind, read_h5ad, read_timecourse
-from sctrace.evaluate import lognorm_over_genes
+from sctrace.harness.benchmark import INTERPOLATION_ONLY, METHODS, _file_label, run_benchmark
+from sctrace.harness.evaluate import lognorm_over_genes
 
 __all__ = ["PROFILES", "protocol_markdown", "protocol_splits", "run_protocol", "summarise_protocol"]
 
@@ -130,7 +130,7 @@ def run_protocol(
     out_dir
         Output folder; finished splits in it are kept and not run again (resumable).
     methods
-        Any of :data:`sctrace.benchmark.METHODS`.
+        Any of :data:`sctrace.harness.benchmark.METHODS`.
     profile
         ``quick`` (seed 0) or ``full`` (seeds 0, 1, 2); ``seeds`` overrides it.
     times
@@ -143,7 +143,7 @@ def run_protocol(
     preset, config, max_epochs, otcfm_steps, mioflow_epochs
         Hyper-parameters and budgets (``None``: each method's default).
     sctrace_overrides
-        sctrace config keys applied last (as :func:`sctrace.benchmark.run_benchmark` takes them).
+        sctrace config keys applied last (as :func:`sctrace.harness.benchmark.run_benchmark` takes them).
     threads
         torch/BLAS threads of each method's process.
     run

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from sctrace._errors import SctraceInputError
 from sctrace.cli import app
-from sctrace.evaluate import (
+from sctrace.harness.evaluate import (
     evaluate_prediction,
     format_evaluation,
     lognorm_over_genes,

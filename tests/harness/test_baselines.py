@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import sctrace.baselines as baselines
+import sctrace.harness.baselines as baselines
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import (
+from sctrace.harness.baselines import (
     baseline_names,
     identity_baseline,
     linear_baseline,

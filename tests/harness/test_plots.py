@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.plots import (
+from sctrace.harness.plots import (
     embedding_dotplot,
     embedding_map,
     group_gene_similarity,

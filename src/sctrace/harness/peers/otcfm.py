@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sctrace._errors import SctraceInputError
-from sctrace.peers._pca_space import PCASpace, scaled_pca
+from sctrace.harness.peers._pca_space import PCASpace, scaled_pca
 
 __all__ = ["INSTALL_HINT", "OTCFMModel", "OTCFMSettings", "fit_otcfm", "otcfm_available",
            "predict_otcfm"]
@@ -98,7 +98,7 @@ class _VectorField(nn.Module):
 
 @dataclass
 class OTCFMModel(PCASpace):
-    """A fitted OT-CFM peer: the :class:`~sctrace.peers._pca_space.PCASpace` it was fitted in (``pca``, ``scale``,
+    """A fitted OT-CFM peer: the :class:`~sctrace.harness.peers._pca_space.PCASpace` it was fitted in (``pca``, ``scale``,
     ``time_values``, ``coordinates``) and what it learned there.
 
     Attributes

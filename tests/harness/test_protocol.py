@@ -8,10 +8,10 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-import sctrace.protocol as protocol
+import sctrace.harness.protocol as protocol
 from sctrace._errors import SctraceInputError
 from sctrace.data.io import detect_count_kind
-from sctrace.protocol import protocol_splits, run_protocol, win_table
+from sctrace.harness.protocol import protocol_splits, run_protocol, win_table
 
 METHODS = ["sctrace", "identity", "mixture"]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sctrace._errors import SctraceInputError
-from sctrace.benchmark import run_benchmark
+from sctrace.harness.benchmark import run_benchmark
 
 TRAIN_TIMES = (0.0, 1.0, 3.0, 4.0)  # unequal intervals: only real-time rescaling reaches 2 halfway
 N_GENES = 20
@@ -32,7 +32,7 @@ def _moving_blob(times, n_per_time=120, seed=0):
 
 @pytest.fixture(scope="module")
 def fitted(mioflow_package):
-    from sctrace.peers.mioflow import MIOFlowSettings, fit_mioflow
+    from sctrace.harness.peers.mioflow import MIOFlowSettings, fit_mioflow
 
     expr, times = _moving_blob(TRAIN_TIMES)
     return fit_mioflow(expr, times, MIOFlowSettings(**TINY), seed=0), expr, times
@@ -45,7 +45,7 @@ def _true_mean(t: float) -> np.ndarray:
 
 
 def test_interpolation_beats_copying_the_previous_time(fitted):
-    from sctrace.peers.mioflow import predict_mioflow
+    from sctrace.harness.peers.mioflow import predict_mioflow
 
     model, expr, times = fitted
     predicted = predict_mioflow(model, 2.0, n_cells=200, seed=0)
@@ -59,7 +59,7 @@ def test_interpolation_beats_copying_the_previous_time(fitted):
 
 
 def test_extrapolation_keeps_moving_past_the_last_time(fitted):
-    from sctrace.peers.mioflow import predict_mioflow
+    from sctrace.harness.peers.mioflow import predict_mioflow
 
     model, expr, times = fitted
     predicted = predict_mioflow(model, 4.5, n_cells=200, seed=0)
@@ -70,7 +70,7 @@ def test_extrapolation_keeps_moving_past_the_last_time(fitted):
 
 
 def test_an_observed_target_returns_its_own_cells(fitted):
-    from sctrace.peers.mioflow import predict_mioflow
+    from sctrace.harness.peers.mioflow import predict_mioflow
 
     model, expr, times = fitted
     predicted = predict_mioflow(model, 3.0, seed=0)  # all cells of t=3, nothing to integrate
@@ -79,7 +79,7 @@ def test_an_observed_target_returns_its_own_cells(fitted):
 
 
 def test_seeded_and_leaves_global_torch_state_alone(mioflow_package):
-    from sctrace.methods import fit_method
+    from sctrace.harness.methods import fit_method
 
     expr, times = _moving_blob((0.0, 1.0, 2.0), n_per_time=40)
     settings = {"n_pcs": 4, "hidden": 16, "n_epochs": 3, "sample_size": 16}
@@ -96,7 +96,7 @@ def test_seeded_and_leaves_global_torch_state_alone(mioflow_package):
 
 
 def test_bad_input_is_refused(mioflow_package):
-    from sctrace.peers.mioflow import MIOFlowSettings, fit_mioflow, predict_mioflow
+    from sctrace.harness.peers.mioflow import MIOFlowSettings, fit_mioflow, predict_mioflow
 
     expr, times = _moving_blob((0.0, 1.0), n_per_time=10)
     settings = MIOFlowSettings(n_pcs=2, hidden=8, n_epochs=1, sample_size=8)
@@ -111,7 +111,7 @@ def test_bad_input_is_refused(mioflow_package):
 def test_without_mioflow_the_error_names_the_install_command(monkeypatch):
     import sys
 
-    from sctrace.peers.mioflow import fit_mioflow
+    from sctrace.harness.peers.mioflow import fit_mioflow
 
     monkeypatch.setitem(sys.modules, "mioflow.mioflow", None)
     with pytest.raises(SctraceInputError, match="pip install mioflow"):
@@ -124,9 +124,9 @@ def test_without_mioflow_the_error_names_the_install_command(monkeypatch):
 
 
 def test_benchmark_skips_mioflow_with_the_install_command_when_missing(small_timecourse, tmp_path, monkeypatch):
-    import sctrace.peers
+    import sctrace.harness.peers
 
-    monkeypatch.setattr(sctrace.peers, "mioflow_available", lambda: False)
+    monkeypatch.setattr(sctrace.harness.peers, "mioflow_available", lambda: False)
     results = run_benchmark(small_timecourse, holdout=4.0, out_dir=tmp_path, methods=["mioflow"], seeds=[0],
                             plots=False, echo=lambda line: None)
     assert results["methods"] == {} and "pip install mioflow" in results["skipped"]["mioflow"]

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError
 from sctrace.data.io import COUNT_KINDS, parse_time, read_h5ad, read_timecourse
 from sctrace.data.preprocess import log_normalize
-from sctrace.metrics import rouge1, rouge_l, score
+from sctrace.harness.metrics import rouge1, rouge_l, score
 
 __all__ = [
     "METRIC_LABELS",
@@ -251,7 +251,7 @@ def evaluate_prediction(pred: ad.AnnData | str | os.PathLike, data: ad.AnnData |
     seed
         Seed of the MMD subsampling and of the ROUGE pairing.
     mmd_max_cells
-        Passed to :func:`sctrace.metrics.mmd_rbf`.
+        Passed to :func:`sctrace.harness.metrics.mmd_rbf`.
 
     Returns
     -------

@@ -14,9 +14,9 @@ Extrapolation by distance (``sctrace extrapolation``)
     steps past the last training time (1, 2, ...) and the real time difference. The floor ``identity`` is the
     cells of the last training time point.
 
-Both score as :mod:`sctrace.benchmark` does: every method produces as many cells as the scored real set has
+Both score as :mod:`sctrace.harness.benchmark` does: every method produces as many cells as the scored real set has
 (the biased MMD carries a ``1/n`` term per set, so the sizes must match), over the HVGs chosen on the training
-cells (which are sctrace's own, checked), with :func:`sctrace.metrics.score` on log-normalised expression;
+cells (which are sctrace's own, checked), with :func:`sctrace.harness.metrics.score` on log-normalised expression;
 ROUGE-1 for sctrace against the real cells tokenized with the run's gene medians. sctrace reads only
 ``OUT/work/train.h5ad``, which holds the training cells alone; the floors and OT-CFM get only training rows.
 """
@@ -36,8 +36,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError, in_words, option
-from sctrace.baselines import INTERPOLATION_ONLY, _draw_cells
-from sctrace.benchmark import (
+from sctrace.config import DEFAULT_PRESET
+from sctrace.data.io import _check_stratify_column, read_timecourse
+from sctrace.estimator import check_run_dir, prepare_run_dir, remove_entries
+from sctrace.harness.baselines import INTERPOLATION_ONLY, _draw_cells
+from sctrace.harness.benchmark import (
     TABLE_METRICS,
     TRAIN_FILE,
     _check_methods,
@@ -50,10 +53,7 @@ from sctrace.benchmark import (
     summarise_runs,
     training_hvgs,
 )
-from sctrace.config import DEFAULT_PRESET
-from sctrace.data.io import _check_stratify_column, read_timecourse
-from sctrace.estimator import check_run_dir, prepare_run_dir, remove_entries
-from sctrace.evaluate import (
+from sctrace.harness.evaluate import (
     LOWER_IS_BETTER,
     METRIC_LABELS,
     lognorm_over_genes,
@@ -61,8 +61,8 @@ from sctrace.evaluate import (
     scoring_cells,
     write_json,
 )
-from sctrace.methods import METHOD_REGISTRY, fit_method
-from sctrace.metrics import e_distance, fit_pca, score
+from sctrace.harness.methods import METHOD_REGISTRY, fit_method
+from sctrace.harness.metrics import e_distance, fit_pca, score
 
 __all__ = [
     "IMPUTATION_METHODS",
@@ -173,7 +173,7 @@ def _fit_sctrace(train_path: Path, time_key: str, genes: list[str], count_kind: 
 
 
 def _score_prediction(pred, real, reference, seed: int, pca=None, generated_tokens=None, real_tokens=None) -> dict:
-    """:func:`sctrace.metrics.score`, with the E-distance in ``pca``'s space when given and ROUGE with tokens."""
+    """:func:`sctrace.harness.metrics.score`, with the E-distance in ``pca``'s space when given and ROUGE with tokens."""
     metrics = score(pred, real, reference=reference, seed=seed)
     if pca is not None:
         metrics["e_distance"] = e_distance(pred, real, pca_fit=pca)
@@ -357,7 +357,7 @@ def run_imputation(
             rows.append({"time": time, "method": method, "n_pred": int(predicted.shape[0]),
                          "n_real": int(real_rows.size), "reference_time": float(time_values[index - 1]), **metrics})
         if plots:
-            from sctrace.plots import pca_overlay
+            from sctrace.harness.plots import pca_overlay
 
             (out_dir / "plots").mkdir(parents=True, exist_ok=True)
             pca_overlay(real, predictions, out_dir / "plots" / f"pca_time_{time:g}.png",
@@ -437,7 +437,7 @@ def _imputation_overview_plot(path: Path, overview: dict[float, tuple]) -> Path:
     cells, (a) coloured by origin, (b) coloured by time."""
     import matplotlib.pyplot as plt
 
-    from sctrace.plots import _save
+    from sctrace.harness.plots import _save
 
     times = list(overview)
     real = sp.vstack([sp.csr_matrix(overview[t][0]) for t in times])
@@ -506,9 +506,9 @@ def run_extrapolation_distance(
     preset, config, max_epochs, overrides
         sctrace's hyper-parameters (``overrides``: config keys, applied last).
     otcfm_settings
-        Fields of :class:`sctrace.peers.otcfm.OTCFMSettings`.
+        Fields of :class:`sctrace.harness.peers.otcfm.OTCFMSettings`.
     mioflow_settings
-        Fields of :class:`sctrace.peers.mioflow.MIOFlowSettings`.
+        Fields of :class:`sctrace.harness.peers.mioflow.MIOFlowSettings`.
     count_kind, layer
         What the expression holds, and where (default ``X``).
     threads
@@ -546,12 +546,12 @@ def run_extrapolation_distance(
         if method in methods:
             skipped[method] = f"the {method} baseline only interpolates between two observed time points."
     if "otcfm" in methods:
-        from sctrace.peers import OTCFM_INSTALL_HINT, otcfm_available
+        from sctrace.harness.peers import OTCFM_INSTALL_HINT, otcfm_available
 
         if not otcfm_available():
             skipped["otcfm"] = f"torchcfm is not installed (`{OTCFM_INSTALL_HINT}`)."
     if "mioflow" in methods:
-        from sctrace.peers import MIOFLOW_INSTALL_HINT, mioflow_available
+        from sctrace.harness.peers import MIOFLOW_INSTALL_HINT, mioflow_available
 
         if not mioflow_available():
             skipped["mioflow"] = f"mioflow is not installed (`{MIOFLOW_INSTALL_HINT}`)."
@@ -629,7 +629,7 @@ def run_extrapolation_distance(
     (out_dir / "extrapolation.md").write_text(extrapolation_markdown(results))
     echo(extrapolation_markdown(results))
     if plots:
-        from sctrace.plots import pca_overlay
+        from sctrace.harness.plots import pca_overlay
 
         distance_plot(results, out_dir / "plots" / "extrapolation_by_distance.png")
         for target, predictions in first_seed_predictions.items():
@@ -698,7 +698,7 @@ def distance_plot(results: dict, path: str | os.PathLike) -> Path:
     a line per method, with error bars of the sd over seeds when there are several."""
     import matplotlib.pyplot as plt
 
-    from sctrace.plots import _save
+    from sctrace.harness.plots import _save
 
     rows = results["rows"]
     steps = sorted({row["steps"] for row in rows})

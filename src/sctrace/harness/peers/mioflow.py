@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from sctrace._errors import SctraceInputError
-from sctrace.peers._pca_space import PCASpace, scaled_pca
+from sctrace.harness.peers._pca_space import PCASpace, scaled_pca
 
 __all__ = ["INSTALL_HINT", "MIOFlowModel", "MIOFlowSettings", "fit_mioflow", "mioflow_available",
            "predict_mioflow"]
@@ -95,7 +95,7 @@ class MIOFlowSettings:
 
 @dataclass
 class MIOFlowModel(PCASpace):
-    """A fitted MIOFlow peer: the :class:`~sctrace.peers._pca_space.PCASpace` it was fitted in (``pca``, ``scale``,
+    """A fitted MIOFlow peer: the :class:`~sctrace.harness.peers._pca_space.PCASpace` it was fitted in (``pca``, ``scale``,
     ``time_values``, ``coordinates``) and what it learned there.
 
     Attributes

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.metrics import fit_pca
+from sctrace.harness.metrics import fit_pca
 
 __all__ = ["INTERPOLATION_ONLY", "baseline_names", "identity_baseline", "linear_baseline", "mixture_baseline"]
 

@@ -9,18 +9,18 @@ import pytest
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import identity_baseline
-from sctrace.benchmark import (
+from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, load_config
+from sctrace.harness.baselines import identity_baseline
+from sctrace.harness.benchmark import (
     ablation_variants,
     peak_rss_mb,
     run_benchmark,
     sctrace_options,
     summarise_runs,
 )
-from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, load_config
-from sctrace.evaluate import evaluate_prediction, lognorm_over_genes, scoring_cells
-from sctrace.metrics import score
-from sctrace.peers import otcfm_available
+from sctrace.harness.evaluate import evaluate_prediction, lognorm_over_genes, scoring_cells
+from sctrace.harness.metrics import score
+from sctrace.harness.peers import otcfm_available
 
 HOLDOUT = 4.0
 PARENT_BALLAST_MB = 1536
@@ -81,7 +81,7 @@ def test_results_table_has_one_row_per_method(benchmark_run):
 
 
 def test_plots_are_drawn_again_from_the_saved_predictions(benchmark_run, tmp_path):
-    from sctrace.benchmark import plot_benchmark
+    from sctrace.harness.benchmark import plot_benchmark
 
     out, data_path, _, _ = benchmark_run
     written = plot_benchmark(out, tmp_path / "again", layout="pca")
@@ -149,9 +149,9 @@ def test_extrapolation_skips_the_interpolation_only_baselines(small_timecourse, 
 
 
 def test_otcfm_is_skipped_with_the_install_command_when_torchcfm_is_missing(small_timecourse, tmp_path, monkeypatch):
-    import sctrace.peers
+    import sctrace.harness.peers
 
-    monkeypatch.setattr(sctrace.peers, "otcfm_available", lambda: False)
+    monkeypatch.setattr(sctrace.harness.peers, "otcfm_available", lambda: False)
     results = run_benchmark(small_timecourse, holdout=HOLDOUT, out_dir=tmp_path, methods=["otcfm"], seeds=[0],
                             plots=False, echo=lambda line: None)
     assert results["methods"] == {} and "pip install --no-deps torchcfm" in results["skipped"]["otcfm"]
@@ -224,7 +224,7 @@ def _drifting_cells(times, n_per_time=150, n_genes=8, seed=0):
 
 @needs_torchcfm
 def test_otcfm_reaches_a_held_out_time_at_its_real_fraction():
-    from sctrace.peers.otcfm import OTCFMSettings, fit_otcfm, predict_otcfm
+    from sctrace.harness.peers.otcfm import OTCFMSettings, fit_otcfm, predict_otcfm
 
     # Unequal intervals: 2 lies two thirds of the way from 1 to 4, which only real-time rescaling gets right.
     expr, times, velocity = _drifting_cells([0.0, 1.0, 4.0])
@@ -239,7 +239,7 @@ def test_otcfm_reaches_a_held_out_time_at_its_real_fraction():
 
 @needs_torchcfm
 def test_otcfm_is_seeded_and_leaves_global_random_state_alone():
-    from sctrace.methods import fit_method
+    from sctrace.harness.methods import fit_method
 
     expr, times, _ = _drifting_cells([0.0, 1.0, 2.0], n_per_time=40)
     settings = {"n_steps": 5, "hidden": 16, "n_layers": 1, "batch_size": 16}
@@ -259,7 +259,7 @@ def test_otcfm_is_seeded_and_leaves_global_random_state_alone():
 def test_otcfm_without_torchcfm_names_the_install_command(monkeypatch):
     import sys
 
-    from sctrace.peers.otcfm import fit_otcfm
+    from sctrace.harness.peers.otcfm import fit_otcfm
 
     monkeypatch.setitem(sys.modules, "torchcfm.conditional_flow_matching", None)
     with pytest.raises(SctraceInputError, match="pip install --no-deps torchcfm"):
@@ -270,7 +270,7 @@ def test_python_and_cli_run_the_same_methods_by_default():
     import inspect
 
     from sctrace import cli
-    from sctrace.benchmark import DEFAULT_METHODS, METHODS
+    from sctrace.harness.benchmark import DEFAULT_METHODS, METHODS
 
     assert inspect.signature(run_benchmark).parameters["methods"].default == DEFAULT_METHODS
     assert inspect.signature(cli.benchmark).parameters["methods"].default == ",".join(DEFAULT_METHODS)

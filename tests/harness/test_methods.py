@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from sctrace.baselines import INTERPOLATION_ONLY, identity_baseline
-from sctrace.methods import METHOD_REGISTRY, fit_method
+from sctrace.harness.baselines import INTERPOLATION_ONLY, identity_baseline
+from sctrace.harness.methods import METHOD_REGISTRY, fit_method
 
 
 def test_registry_covers_the_benchmark_methods_but_sctrace():
-    from sctrace.benchmark import METHODS
+    from sctrace.harness.benchmark import METHODS
 
     assert set(METHOD_REGISTRY) == set(METHODS) - {"sctrace"}
     assert {name for name, method in METHOD_REGISTRY.items() if method.interpolation_only} == set(INTERPOLATION_ONLY)

@@ -6,10 +6,10 @@ every peer and :func:`available_peers` those whose dependency is installed.
 
 from __future__ import annotations
 
-from sctrace.peers.mioflow import INSTALL_HINT as MIOFLOW_INSTALL_HINT
-from sctrace.peers.mioflow import mioflow_available
-from sctrace.peers.otcfm import INSTALL_HINT as OTCFM_INSTALL_HINT
-from sctrace.peers.otcfm import otcfm_available
+from sctrace.harness.peers.mioflow import INSTALL_HINT as MIOFLOW_INSTALL_HINT
+from sctrace.harness.peers.mioflow import mioflow_available
+from sctrace.harness.peers.otcfm import INSTALL_HINT as OTCFM_INSTALL_HINT
+from sctrace.harness.peers.otcfm import otcfm_available
 
 __all__ = ["MIOFLOW_INSTALL_HINT", "OTCFM_INSTALL_HINT", "available_peers", "mioflow_available", "otcfm_available",
            "peer_names"]

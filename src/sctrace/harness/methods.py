@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sctrace.baselines import INTERPOLATION_ONLY
+from sctrace.harness.baselines import INTERPOLATION_ONLY
 
 __all__ = ["METHOD_REGISTRY", "Method", "Predictor", "fit_method"]
 
@@ -38,17 +38,17 @@ class Method:
 
 
 def _floor(function_name: str) -> Callable[[object, np.ndarray, int, dict], Predictor]:
-    """A floor of :mod:`sctrace.baselines`: nothing to fit, each prediction draws from the training cells."""
+    """A floor of :mod:`sctrace.harness.baselines`: nothing to fit, each prediction draws from the training cells."""
 
     def fit(expression, cell_times: np.ndarray, seed: int, settings: dict) -> Predictor:
-        function = getattr(importlib.import_module("sctrace.baselines"), function_name)
+        function = getattr(importlib.import_module("sctrace.harness.baselines"), function_name)
         return lambda target_time, n_cells: function(expression, cell_times, target_time, n_cells=n_cells, seed=seed)
 
     return fit
 
 
 def _peer(module: str, settings_class: str, fit_name: str, predict_name: str):
-    """A peer of :mod:`sctrace.peers`: fitted once (its settings class fills in defaults), then predicted."""
+    """A peer of :mod:`sctrace.harness.peers`: fitted once (its settings class fills in defaults), then predicted."""
 
     def fit(expression, cell_times: np.ndarray, seed: int, settings: dict) -> Predictor:
         peer = importlib.import_module(module)
@@ -63,8 +63,8 @@ METHOD_REGISTRY: dict[str, Method] = {
     "identity": Method("identity", _floor("identity_baseline")),
     "mixture": Method("mixture", _floor("mixture_baseline"), interpolation_only="mixture" in INTERPOLATION_ONLY),
     "linear": Method("linear", _floor("linear_baseline"), interpolation_only="linear" in INTERPOLATION_ONLY),
-    "otcfm": Method("otcfm", _peer("sctrace.peers.otcfm", "OTCFMSettings", "fit_otcfm", "predict_otcfm"), uses_torch=True),
-    "mioflow": Method("mioflow", _peer("sctrace.peers.mioflow", "MIOFlowSettings", "fit_mioflow", "predict_mioflow"),
+    "otcfm": Method("otcfm", _peer("sctrace.harness.peers.otcfm", "OTCFMSettings", "fit_otcfm", "predict_otcfm"), uses_torch=True),
+    "mioflow": Method("mioflow", _peer("sctrace.harness.peers.mioflow", "MIOFlowSettings", "fit_mioflow", "predict_mioflow"),
                       uses_torch=True),
 }
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sctrace._errors import SctraceInputError
-from sctrace.baselines import _check_training_cells, _draw_cells
-from sctrace.metrics import PCAProjection, fit_pca
+from sctrace.harness.baselines import _check_training_cells, _draw_cells
+from sctrace.harness.metrics import PCAProjection, fit_pca
 
 
 @dataclass

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import scipy.stats
 
 from sctrace._errors import SctraceInputError
-from sctrace.metrics import (
+from sctrace.harness.metrics import (
     MMD_GAMMAS,
     classifier_auc,
     e_distance,

@@ -449,7 +449,7 @@ def plot_prediction(pred, data, time_key: str, time, out_dir: str | Path, *, run
     import anndata as ad
 
     from sctrace.data.io import parse_time, read_h5ad, read_timecourse
-    from sctrace.evaluate import lognorm_over_genes, run_spec, scoring_cells
+    from sctrace.harness.evaluate import lognorm_over_genes, run_spec, scoring_cells
 
     if not isinstance(pred, ad.AnnData):
         pred = read_h5ad(pred, what="prediction file")

@@ -18,14 +18,14 @@ import yaml
 from typer.testing import CliRunner
 
 from sctrace._errors import SctraceInputError
-from sctrace.evaluate import lognorm_over_genes
-from sctrace.experiments import (
+from sctrace.harness.evaluate import lognorm_over_genes
+from sctrace.harness.experiments import (
     run_extrapolation_distance,
     run_imputation,
     split_cells,
 )
-from sctrace.metrics import score
-from sctrace.peers import available_peers
+from sctrace.harness.metrics import score
+from sctrace.harness.peers import available_peers
 
 
 # ---------------------------------------------------------------------------------------------------------- split

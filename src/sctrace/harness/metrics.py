@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
+from sctrace.data.pca import BLOCK_ELEMENTS, PCAProjection, as_expression, dense_rows, fit_pca, mean_expression
 from sctrace.data.tokenize import N_SPECIAL
 
+# PCAProjection and fit_pca live in sctrace.data.pca (OT pairing uses them too); the E-distance projects with them.
 __all__ = [
     "MMD_GAMMAS",
     "PCAProjection",
@@ -43,57 +43,21 @@ __all__ = [
 # RBF kernel parameters gamma in exp(-gamma * ||x - y||^2), as used by the TRACE paper, CPA, CellOT and CellFlow.
 MMD_GAMMAS: tuple[float, ...] = (2.0, 1.0, 0.5, 0.1, 0.01, 0.005)
 
-# Upper bound on the float64 elements of one dense block (256 MiB), so chunked densification stays bounded.
-_BLOCK_ELEMENTS = 2**25
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _as_expression(matrix, name: str):
-    """Return ``matrix`` as a CSR matrix or a 2-D ndarray after checking that it is non-empty and finite."""
-    if sp.issparse(matrix):
-        matrix = sp.csr_matrix(matrix)
-        values = matrix.data
-    else:
-        matrix = np.asarray(matrix)
-        values = matrix
-    if matrix.ndim != 2:
-        raise SctraceInputError(
-            f"{name} must be a 2-D (cells, genes) matrix but has {matrix.ndim} dimension(s); pass one row per cell."
-        )
-    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
-        raise SctraceInputError(f"{name} is empty (shape {matrix.shape}); pass at least one cell and one gene.")
-    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
-        raise SctraceInputError(
-            f"{name} contains non-finite or non-numeric values; pass log-normalised expression without NaN or inf."
-        )
-    return matrix
-
-
 def _as_expression_pair(pred, real, real_name: str = "real"):
     """Check both sets and that they share the same gene columns."""
-    pred = _as_expression(pred, "pred")
-    real = _as_expression(real, real_name)
+    pred = as_expression(pred, "pred")
+    real = as_expression(real, real_name)
     if pred.shape[1] != real.shape[1]:
         raise SctraceInputError(
             f"pred has shape {pred.shape} but {real_name} has shape {real.shape}: they must have the same genes "
             "(columns) in the same order; subset both to the same gene list."
         )
     return pred, real
-
-
-def _dense_rows(matrix, rows: np.ndarray | None = None) -> np.ndarray:
-    """Return the chosen rows (all when None) as a float64 ndarray."""
-    block = matrix if rows is None else matrix[rows]
-    return block.toarray().astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
-
-
-def _mean_expression(matrix) -> np.ndarray:
-    """(n_genes,) float64 mean over cells, computed without densifying sparse input."""
-    return np.asarray(matrix.mean(axis=0, dtype=np.float64)).ravel()
 
 
 def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
@@ -106,82 +70,6 @@ def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
                       stacklevel=3)
         return float("nan")
     return float(np.clip((a @ b) / norm, -1.0, 1.0))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# PCA (used by the E-distance and the linear baseline)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PCAProjection:
-    """A fitted PCA: ``z = (x - mean) @ components.T``.
-
-    Attributes
-    ----------
-    mean
-        (n_genes,) float64 gene means of the cells it was fitted on.
-    components
-        (n_pcs, n_genes) float64 orthonormal principal axes, by decreasing variance.
-    explained_variance
-        (n_pcs,) float64 variance along each axis.
-    """
-
-    mean: np.ndarray
-    components: np.ndarray
-    explained_variance: np.ndarray
-
-    def transform(self, matrix) -> np.ndarray:
-        """Project (n_cells, n_genes) dense or sparse expression to (n_cells, n_pcs) float64 coordinates."""
-        if matrix.shape[-1] != self.mean.shape[0]:
-            raise SctraceInputError(
-                f"the PCA was fitted on {self.mean.shape[0]} genes but the cells have {matrix.shape[-1]}; "
-                "use the same genes for fitting and projecting."
-            )
-        # Subtracting the projected mean instead of centring the cells keeps sparse input sparse.
-        return np.asarray(matrix @ self.components.T, dtype=np.float64) - self.mean @ self.components.T
-
-    def inverse_transform(self, coordinates: np.ndarray) -> np.ndarray:
-        """Map (n_cells, n_pcs) coordinates back to (n_cells, n_genes) expression."""
-        return coordinates @ self.components + self.mean
-
-
-def fit_pca(matrix, n_pcs: int = 50) -> PCAProjection:
-    """Fit a PCA by eigendecomposition of the gene covariance matrix.
-
-    The covariance is accumulated from row blocks densified to float64 and multiplied with BLAS (cost
-    O(n_cells n_genes^2), fine for a few thousand HVGs), so a large or sparse matrix is never centred or
-    densified whole. ``n_pcs`` is capped at ``min(n_genes, n_cells - 1)`` (the rank of the centred data),
-    with at least one component.
-
-    Parameters
-    ----------
-    matrix
-        (n_cells, n_genes) dense or sparse expression.
-    n_pcs
-        Number of components wanted.
-
-    Returns
-    -------
-    PCAProjection
-        Mean, (n_pcs, n_genes) components and their variances.
-    """
-    matrix = _as_expression(matrix, "the matrix to fit a PCA on")
-    n_cells, n_genes = matrix.shape
-    if n_pcs < 1:
-        raise SctraceInputError(f"n_pcs must be at least 1 but is {n_pcs}; ask for one or more components.")
-    n_pcs = max(1, min(n_pcs, n_genes, n_cells - 1))
-    gram = np.zeros((n_genes, n_genes))
-    step = max(1, _BLOCK_ELEMENTS // n_genes)
-    for start in range(0, n_cells, step):
-        block = _dense_rows(matrix[start:start + step])
-        gram += block.T @ block
-    mean = _mean_expression(matrix)
-    covariance = (gram - n_cells * np.outer(mean, mean)) / max(n_cells - 1, 1)
-    variances, axes = scipy.linalg.eigh(covariance, subset_by_index=(n_genes - n_pcs, n_genes - 1))
-    order = np.argsort(variances)[::-1]
-    return PCAProjection(mean=mean, components=np.ascontiguousarray(axes[:, order].T),
-                         explained_variance=np.clip(variances[order], 0.0, None))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,8 +125,8 @@ def mmd_rbf(pred, real, gammas: Sequence[float] = MMD_GAMMAS, max_cells: int | N
     pred, real = _as_expression_pair(pred, real)
     if len(gammas) == 0:
         raise SctraceInputError("gammas is empty; pass at least one RBF kernel parameter.")
-    x = _dense_rows(pred, _subsample_rows(pred.shape[0], max_cells, seed))
-    y = _dense_rows(real, _subsample_rows(real.shape[0], max_cells, seed))
+    x = dense_rows(pred, _subsample_rows(pred.shape[0], max_cells, seed))
+    y = dense_rows(real, _subsample_rows(real.shape[0], max_cells, seed))
     within_x = _squared_distances(x, x)
     within_y = _squared_distances(y, y)
     # A point's distance to itself is exactly 0; the norm trick can leave round-off on the diagonal.
@@ -291,7 +179,7 @@ def emd_per_gene(pred, real) -> np.ndarray:
     if sp.issparse(real):
         real = real.tocsc()
     n_genes = pred.shape[1]
-    step = max(1, _BLOCK_ELEMENTS // (len(widths) + n_pred + n_real))
+    step = max(1, BLOCK_ELEMENTS // (len(widths) + n_pred + n_real))
     distances = np.empty(n_genes)
     for start in range(0, n_genes, step):
         genes = slice(start, min(start + step, n_genes))
@@ -349,7 +237,7 @@ def e_distance(pred, real, n_pcs: int = 50, pca_fit=None) -> float:
             )
         pca_fit = fit_pca(real, n_pcs)
     # An affine projection maps the mean cell to the mean of the projected cells.
-    projected = np.asarray(pca_fit.transform(np.stack([_mean_expression(pred), _mean_expression(real)])),
+    projected = np.asarray(pca_fit.transform(np.stack([mean_expression(pred), mean_expression(real)])),
                            dtype=np.float64)
     shift = projected[0] - projected[1]
     return float(2.0 * shift @ shift)
@@ -373,7 +261,7 @@ def pearson_mean(pred, real) -> float:
         r in [-1, 1]; NaN with a warning when either mean vector is constant.
     """
     pred, real = _as_expression_pair(pred, real)
-    return _pearson(_mean_expression(pred), _mean_expression(real), "pearson_mean")
+    return _pearson(mean_expression(pred), mean_expression(real), "pearson_mean")
 
 
 def r2_mean(pred, real) -> float:
@@ -396,7 +284,7 @@ def r2_mean(pred, real) -> float:
         R^2 in (-inf, 1]; NaN with a warning when the real mean vector is constant.
     """
     pred, real = _as_expression_pair(pred, real)
-    pred_mean, real_mean = _mean_expression(pred), _mean_expression(real)
+    pred_mean, real_mean = mean_expression(pred), mean_expression(real)
     total = ((real_mean - real_mean.mean()) ** 2).sum()
     if not total > 0:
         warnings.warn("r2_mean is undefined because the real mean vector is constant; returning NaN.",
@@ -429,8 +317,8 @@ def pearson_delta(pred, real, reference) -> float:
     """
     pred, real = _as_expression_pair(pred, real)
     _, reference = _as_expression_pair(pred, reference, real_name="reference")
-    reference_mean = _mean_expression(reference)
-    return _pearson(_mean_expression(pred) - reference_mean, _mean_expression(real) - reference_mean,
+    reference_mean = mean_expression(reference)
+    return _pearson(mean_expression(pred) - reference_mean, mean_expression(real) - reference_mean,
                     "pearson_delta")
 
 
@@ -463,14 +351,14 @@ def gene_correlation(pred, real, n_genes: int = 100) -> float:
     pred, real = _as_expression_pair(pred, real)
     if pred.shape[0] < 2 or real.shape[0] < 2:
         raise SctraceInputError(f"gene_correlation needs at least two cells in each set, got {pred.shape[0]} and {real.shape[0]}.")
-    real_dense = _dense_rows(real)
+    real_dense = dense_rows(real)
     variance = real_dense.var(axis=0)
     chosen = np.argsort(-variance, kind="stable")[: min(n_genes, int((variance > 0).sum()))]
     if chosen.size < 3:
         warnings.warn("gene_correlation: fewer than three genes vary across the real cells; returning NaN.", RuntimeWarning,
                       stacklevel=2)
         return float("nan")
-    pred_dense = _dense_rows(pred[:, chosen])
+    pred_dense = dense_rows(pred[:, chosen])
     upper = np.triu_indices(chosen.size, k=1)
     return _pearson(_correlation_matrix(pred_dense)[upper], _correlation_matrix(real_dense[:, chosen])[upper],
                     "gene_correlation")
@@ -623,7 +511,7 @@ def rouge_l(generated: Sequence[Sequence[int]], reference: Sequence[Sequence[int
     generated_tokens = _left_align(generated_tokens, padding=-1)
     reference_tokens = _left_align(reference_tokens, padding=-2)
     # Pairs are processed in batches to bound the (batch, reference_len) work arrays.
-    step = max(1, _BLOCK_ELEMENTS // 8 // max(reference_tokens.shape[1], 1))
+    step = max(1, BLOCK_ELEMENTS // 8 // max(reference_tokens.shape[1], 1))
     lcs = np.concatenate([_lcs_lengths(generated_tokens[start:start + step], reference_tokens[start:start + step])
                           for start in range(0, generated_tokens.shape[0], step)])
     return _precision_recall_f1(lcs, (generated_tokens >= N_SPECIAL).sum(1),

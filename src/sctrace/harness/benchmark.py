@@ -12,10 +12,10 @@ Protocol
   file); its peak memory is the peak resident set size of that process (Linux ``VmHWM``), which includes
   the interpreter, the imported libraries and the training data, and ``start_mb`` is the same before the
   method started. (``ru_maxrss`` cannot be used: a spawned child inherits its parent's high-water mark.)
-- Scoring: :func:`sctrace.metrics.score` of each prediction (as many cells as the held-out time has) against
+- Scoring: :func:`sctrace.harness.metrics.score` of each prediction (as many cells as the held-out time has) against
   the log-normalised held-out cells, with the last training time before it as the reference of
   ``pearson_delta``; ROUGE for sctrace, whose sentences are compared with the held-out cells tokenized by
-  the run's gene medians (:func:`sctrace.evaluate.rouge_scores`).
+  the run's gene medians (:func:`sctrace.harness.evaluate.rouge_scores`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace._threads import set_threads as _set_threads
-from sctrace.baselines import INTERPOLATION_ONLY
 from sctrace.config import (
     DEFAULT_LOGNORM_LIKELIHOOD,
     DEFAULT_PRESET,
@@ -55,14 +54,15 @@ from sctrace.data.preprocess import (
     read_gene_choice,
     select_hvgs,
 )
-from sctrace.evaluate import (
+from sctrace.harness.baselines import INTERPOLATION_ONLY
+from sctrace.harness.evaluate import (
     METRIC_LABELS,
     lognorm_over_genes,
     rouge_scores,
     run_spec,
     scoring_cells,
 )
-from sctrace.methods import METHOD_REGISTRY, fit_method
+from sctrace.harness.methods import METHOD_REGISTRY, fit_method
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "benchmark_split", "plot_benchmark",
            "run_benchmark", "summarise_runs"]
@@ -379,9 +379,9 @@ def run_benchmark(
     encoder_path
         A local Geneformer-format model for ``ablate="encoder"``'s pretrained rows (see :func:`ablation_variants`).
     otcfm_settings
-        Fields of :class:`sctrace.peers.otcfm.OTCFMSettings`.
+        Fields of :class:`sctrace.harness.peers.otcfm.OTCFMSettings`.
     mioflow_settings
-        Fields of :class:`sctrace.peers.mioflow.MIOFlowSettings`.
+        Fields of :class:`sctrace.harness.peers.mioflow.MIOFlowSettings`.
     threads
         torch/BLAS threads of each child process.
     overwrite
@@ -440,13 +440,13 @@ def run_benchmark(
             skipped[method] = f"the {method} baseline only interpolates between two observed time points."
             continue
         if method == "otcfm":
-            from sctrace.peers import OTCFM_INSTALL_HINT, otcfm_available
+            from sctrace.harness.peers import OTCFM_INSTALL_HINT, otcfm_available
 
             if not otcfm_available():
                 skipped[method] = f"torchcfm is not installed (`{OTCFM_INSTALL_HINT}`)."
                 continue
         if method == "mioflow":
-            from sctrace.peers import MIOFLOW_INSTALL_HINT, mioflow_available
+            from sctrace.harness.peers import MIOFLOW_INSTALL_HINT, mioflow_available
 
             if not mioflow_available():
                 skipped[method] = f"mioflow is not installed (`{MIOFLOW_INSTALL_HINT}`)."
@@ -497,8 +497,8 @@ def run_benchmark(
 
 # A peer's settings class: (module, class name, the peer's name in messages).
 _PEER_SETTINGS = {
-    "otcfm": ("sctrace.peers.otcfm", "OTCFMSettings", "OT-CFM"),
-    "mioflow": ("sctrace.peers.mioflow", "MIOFlowSettings", "MIOFlow"),
+    "otcfm": ("sctrace.harness.peers.otcfm", "OTCFMSettings", "OT-CFM"),
+    "mioflow": ("sctrace.harness.peers.mioflow", "MIOFlowSettings", "MIOFlow"),
 }
 
 
@@ -545,7 +545,7 @@ def _run_jobs(jobs: list[dict], echo: Callable[[str], None]) -> tuple[list[dict]
 def _score_records(records: list[dict], failures: dict[str, str], cells, matrix, gene_names, seeds) -> dict:
     """Score every prediction on the held-out cells and summarise each method over seeds."""
     from sctrace.data.corpus import tokenize_with_spec
-    from sctrace.metrics import score
+    from sctrace.harness.metrics import score
 
     real_tokens_by_run: dict[str, np.ndarray] = {}
     methods: dict[str, dict] = {}
@@ -616,8 +616,8 @@ def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | No
 
 
 def _benchmark_plots(plot_dir: Path, results: dict, records: list[dict], cells, timecourse, genes, layout: str) -> list[Path]:
-    """Plots of the first seed's predictions (see :func:`sctrace.plots.prediction_plots`)."""
-    from sctrace.plots import (
+    """Plots of the first seed's predictions (see :func:`sctrace.harness.plots.prediction_plots`)."""
+    from sctrace.harness.plots import (
         EmbeddingView,
         cell_type_labels,
         nearest_labels,

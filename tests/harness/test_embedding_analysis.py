@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from sctrace._errors import SctraceInputError
 from sctrace.data.simulate import simulate_timecourse
-from sctrace.embedding_analysis import (
+from sctrace.estimator import TRACE
+from sctrace.harness.embedding_analysis import (
     CELL_KEY,
     GENE_KEY,
     analyze_command,
@@ -28,9 +29,8 @@ from sctrace.embedding_analysis import (
     group_gene_scores,
     group_labels,
 )
-from sctrace.estimator import TRACE
+from sctrace.harness.plots import group_gene_similarity
 from sctrace.model.module import N_SPECIAL
-from sctrace.plots import group_gene_similarity
 
 pytestmark = pytest.mark.filterwarnings("ignore:Total length of .list. across ranks is zero")  # no validation split
 
@@ -48,7 +48,7 @@ CONFIG = dict(
 EPOCHS = 15
 # (group_by, group, program whose genes must score high for that group). Early genes are checked at the first
 # time the decoder models (1), not at the source time 0, which the decoder never sees in training (see the
-# module docstring of sctrace.embedding_analysis: there the statistic swung from 0.37 to 0.94 across seeds).
+# module docstring of sctrace.harness.embedding_analysis: there the statistic swung from 0.37 to 0.94 across seeds).
 CHECKS = (("cell_type", "lineage_A", "lineage_A"), ("cell_type", "lineage_B", "lineage_B"),
           ("time", "1", "early"), ("time", "8.5", "late"))
 # Measured with seed 0: trained 0.78 / 0.92 / 0.97 / 0.85 (mean 0.88; training seeds 1-3: every value >= 0.73,
