@@ -32,7 +32,7 @@ def main() -> None:
     from sctrace.data.io import detect_count_kind, read_timecourse
     from sctrace.data.preprocess import read_gene_choice
     from sctrace.data.tokenize import N_SPECIAL
-    from sctrace.evaluate import lognorm_over_genes
+    from sctrace.harness.evaluate import lognorm_over_genes
 
     adata = ad.read_h5ad(args.data)
     kind = args.count_kind or detect_count_kind(adata.X)
