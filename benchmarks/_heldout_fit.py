@@ -58,7 +58,8 @@ def heldout_arrays(adata, model, count_kind: str):
 
 
 def count_state_of_sentences(model, tokens, lengths, time: float, rng):
-    """The state the count decoder reads when the decoder reconstructs these (real) sentences at ``time``.
+    """The state the count decoder reads when the decoder reconstructs these (real) sentences at ``time``, and
+    the sentences as the decoder read them ([CLS] first; ``count_params`` takes them as ``tokens``).
 
     Source and context cells come from training pairs drawn with ``rng``, as at generation, and ``time`` itself is
     never context. Call under ``torch.no_grad()``.
@@ -74,6 +75,6 @@ def count_state_of_sentences(model, tokens, lengths, time: float, rng):
     z0, pad = net.encode(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, 0]), spec.source_time)
     context = [(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, k]), spec.time_values[k])
                for k in context_columns]
-    memory, memory_pad = net.build_context(z0, pad, context)
+    memory, memory_pad, memory_time = net.build_context(z0, pad, context, spec.source_time)
     target = gather_sentences(tokens, lengths, slice(0, n_cells))
-    return net.count_state(net.decode(target, float(time), memory, memory_pad), target)
+    return net.count_state(net.decode(target, float(time), memory, memory_pad, memory_time=memory_time), target), target

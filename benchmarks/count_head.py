@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     real = values[held_out]
 
     with torch.no_grad():
-        state = count_state_of_sentences(model, tokens[held_out], lengths[held_out], args.holdout,
+        state, sentences = count_state_of_sentences(model, tokens[held_out], lengths[held_out], args.holdout,
                                          np.random.default_rng(args.seed))
         depth = np.asarray(adata.X[held_out][:, adata.var_names.get_indexer(genes)].sum(1)).ravel()
-        params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), args.holdout)
+        params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), args.holdout,
+                                  tokens=sentences)
         expected = net.count_decoder.mean(params).numpy()
     if args.count_kind == "counts":
         expected = lognorm_over_genes(expected, np.asarray(genes), genes).toarray()

@@ -95,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         generated = lognorm_over_genes(generated.X, generated.var_names, genes, args.count_kind).toarray()
 
         with torch.no_grad():
-            state = count_state_of_sentences(model, tokens[part_a], lengths[part_a], float(t), rng)
+            state, sentences = count_state_of_sentences(model, tokens[part_a], lengths[part_a], float(t), rng)
             # Depths as at generation (the neighbouring observed times'), not A's own.
             depth = model._library_sizes(None, float(t), n_a, rng)
-            params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), float(t))
+            params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), float(t),
+                                      tokens=sentences)
             drawn = net.count_decoder.sample(params, generator=generator).numpy()
         drawn = lognorm_over_genes(drawn, np.asarray(genes), genes, args.count_kind).toarray()
 

@@ -87,6 +87,9 @@ class TraceConfig:
     # The count decoder also reads the decoded time ((t - t0) / span) beside the decoder state, so the population it
     # decodes can move with time even where the states barely do (small courses).
     count_time: bool = False
+    # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
+    # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
+    count_sentence: bool = False
     source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1

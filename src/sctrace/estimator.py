@@ -192,6 +192,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         time_values=None if config.count_prior == "none" else times,
         centre_prior=config.count_prior == "centred",
         count_time=config.count_time,
+        count_sentence=config.count_sentence,
         pretrained=pretrained,
     )
     if config.encoder == "random":
@@ -420,6 +421,8 @@ class TRACE:
         self.net = _build_net(self.corpus.spec, self.config)
         if self.net.count_decoder.quantile_marginal:
             self.net.count_decoder.fit_marginals(self.corpus.counts, seed=seed)
+        if self.net.count_decoder.sentence_offsets and self.corpus.counts is not None:
+            self.net.count_decoder.fit_sentence_offsets(self.corpus.counts, self.corpus.tokens, seed=seed)
         if self.net.count_prior is not None:
             decoder = self.net.count_decoder
             self.net.count_prior.fit(self.corpus.counts, self.corpus.cell_times, self.config.likelihood,
@@ -719,7 +722,7 @@ class TRACE:
             with torch.no_grad():
                 state = self.net.count_state(hidden, tokens)
                 params = self.net.count_params(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32),
-                                               time)
+                                               time, tokens=tokens)
                 mean_out.append(self.net.count_decoder.mean(params).numpy())
                 levels = None if strata is None else torch.as_tensor(strata.rows(start, start + len(chunk)))
                 sample_out.append(self.net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())

@@ -38,6 +38,7 @@ HURDLE_MARGINALS = CHOICES["hurdle_marginal"]
 N_MARGINAL_QUANTILES = 256
 # Cells the quantiles are computed from (a seeded sample when the corpus holds more).
 MARGINAL_CELLS = 10_000
+SENTENCE_FIT_CELLS = 2_000  # cells the sentence offsets start from (dense float64: cells x genes)
 # Largest log factor by which zinb_mean="scale" raises the NB mean (pi = 1 - e^-20): keeps mu finite where the
 # dropout logit runs away.
 _MAX_LOG_INFLATION = 20.0
@@ -145,6 +146,7 @@ class CountDecoder(nn.Module):
         n_prior_features: int = 0,
         centre_prior: bool = False,
         n_time_features: int = 0,
+        sentence_offsets: bool = False,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -191,6 +193,17 @@ class CountDecoder(nn.Module):
             self.log_theta = nn.Parameter(torch.zeros(n_genes))
             if likelihood == "zinb":
                 self.dropout_head = nn.Linear(n_hidden, n_genes)
+        # Values from the cell's own sentence (count_sentence): along a Geneformer sentence log(value / the gene's
+        # median) falls linearly in log rank (r about -0.98 on every development set, benchmarks/rank_values.py),
+        # so a gene in the sentence gets offset_g + slope * log rank on its level, a gene outside it offset'_g
+        # (below the last rank), and in-sentence genes their own shift of the zero logits. All start at zero:
+        # an untrained decoder is the state-only one.
+        self.sentence_offsets = sentence_offsets
+        if sentence_offsets:
+            self.in_sentence = nn.Parameter(torch.zeros(n_genes))
+            self.out_of_sentence = nn.Parameter(torch.zeros(n_genes))
+            self.rank_slope = nn.Parameter(torch.zeros(()))
+            self.in_sentence_zero = nn.Parameter(torch.zeros(n_genes))
         if n_prior_features:
             for name in ("mean_head", "scale_head"):
                 head = getattr(self, name, None)
@@ -238,9 +251,84 @@ class CountDecoder(nn.Module):
         self.marginal_quantiles.copy_(table.to(self.marginal_quantiles.device))
         self.marginals_fitted.fill_(True)
 
+    @torch.no_grad()
+    def fit_sentence_offsets(self, values, tokens: np.ndarray, seed: int = 0) -> dict[str, float]:
+        """Start the sentence offsets where the training cells put them (``count_sentence``).
+
+        Why: they are a handful of parameters on a log scale that the optimiser, at the count head's rate, moves
+        by a few tenths in a small course's few hundred steps. For every training cell and every gene of its
+        sentence, the gene's value relative to its mean over cells (log share for counts, the hurdle's normal
+        score or the value for log-normalised data) is regressed on log rank with one slope and a level per gene;
+        genes outside a sentence get the mean of their values there. Returns the slope and the r of that fit.
+
+        Parameters
+        ----------
+        values
+            (n_cells, n_genes) training values, rows indexable (a corpus's counts).
+        tokens
+            (n_cells, length) those cells' sentences (gene ids from N_SPECIAL, no [CLS]).
+        """
+        import scipy.sparse as sp
+
+        from sctrace.data.tokenize import N_SPECIAL
+
+        if not self.sentence_offsets:
+            raise ValueError("fit_sentence_offsets applies to a decoder built with sentence_offsets.")
+        n_cells = values.shape[0]
+        rows = np.arange(n_cells)
+        if n_cells > SENTENCE_FIT_CELLS:
+            rows = np.sort(np.random.default_rng(seed).choice(n_cells, SENTENCE_FIT_CELLS, replace=False))
+        block = values[rows]
+        x = torch.as_tensor(block.toarray() if sp.issparse(block) else np.asarray(block), dtype=torch.float64)
+        sentences = torch.as_tensor(np.asarray(tokens[rows]), dtype=torch.long)
+        n_genes = x.shape[1]
+        if self.likelihood in LOGNORM_LIKELIHOODS:
+            on = x > 0
+            scores = x
+            if self.quantile_marginal:
+                scores = values_to_normal(x.float(), self.marginal_quantiles).double()
+            count = on.sum(0).clamp(min=1)
+            y = scores - ((scores * on).sum(0) / count)  # each gene's positive values about their mean
+            weight = on.double()
+        else:
+            share = x / x.sum(1, keepdim=True).clamp(min=1.0)
+            mean_share = share.mean(0).clamp(min=1e-12)
+            y = torch.log(share.clamp(min=1e-12) / mean_share)
+            weight = (x > 0).double()
+        ranks = torch.zeros(len(rows), n_genes + N_SPECIAL, dtype=torch.float64)
+        positions = torch.arange(1, sentences.shape[1] + 1, dtype=torch.float64).expand_as(sentences)
+        is_gene = sentences >= N_SPECIAL
+        ranks.scatter_(1, torch.where(is_gene, sentences, 0), torch.where(is_gene, positions, 0.0))
+        ranks = ranks[:, N_SPECIAL:]
+        present = (ranks > 0) & (weight > 0)
+        log_rank = torch.log(ranks.clamp(min=1.0))
+        n_in = present.sum(0).clamp(min=1)
+        mean_y = (y * present).sum(0) / n_in
+        mean_lr = (log_rank * present).sum(0) / n_in
+        dy, dl = (y - mean_y) * present, (log_rank - mean_lr) * present
+        slope = float((dy * dl).sum() / (dl * dl).sum().clamp(min=1e-12))
+        fit_r = float((dy * dl).sum() / torch.sqrt((dy * dy).sum() * (dl * dl).sum()).clamp(min=1e-12))
+        level = torch.where(present.any(0), mean_y - slope * mean_lr, torch.zeros_like(mean_y))
+        absent = (ranks == 0).double()
+        if self.likelihood in LOGNORM_LIKELIHOODS:
+            out_weight = absent * weight
+            outside = (y * out_weight).sum(0) / out_weight.sum(0).clamp(min=1)
+        else:
+            # The mean share where the gene is not in the sentence, zeros included, against its mean share.
+            outside_share = (share * absent).sum(0) / absent.sum(0).clamp(min=1)
+            outside = torch.log(outside_share.clamp(min=1e-12) / mean_share).clamp(min=-10.0)
+        self.in_sentence.copy_(level.float())
+        self.out_of_sentence.copy_(outside.float())
+        self.rank_slope.fill_(slope)
+        if self.likelihood == "hurdle":
+            # A gene in the sentence is expressed: its off logit starts well below the gene's own.
+            self.in_sentence_zero.fill_(4.0)
+        return {"slope": slope, "r": fit_r}
+
     def forward(self, cls_embedding: torch.Tensor, library_size: torch.Tensor | None = None,
                 prior: tuple[torch.Tensor, torch.Tensor] | None = None,
-                time_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                time_features: torch.Tensor | None = None,
+                sentence_ranks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Distribution parameters for each cell.
 
         Parameters
@@ -257,6 +345,9 @@ class CountDecoder(nn.Module):
             mean (log-normalised likelihoods).
         time_features
             (batch, n_time_features) the decoded time, required when the decoder was built with time features.
+        sentence_ranks
+            (batch, n_genes) each gene's rank in the cell's sentence (1 for the first), 0 for genes not in it;
+            required with ``sentence_offsets``.
 
         Returns
         -------
@@ -277,8 +368,19 @@ class CountDecoder(nn.Module):
             state = torch.cat([state, time_features.to(state.dtype)], dim=-1)
         hidden = self.hidden(state)
         batch = cls_embedding.shape[0]
+        level, expressed = None, None
+        if self.sentence_offsets:
+            if sentence_ranks is None:
+                raise ValueError("this count decoder reads the sentence; pass sentence_ranks.")
+            present = (sentence_ranks > 0).to(hidden.dtype)
+            log_rank = torch.log(sentence_ranks.to(hidden.dtype).clamp(min=1.0))
+            level = present * (self.in_sentence + self.rank_slope * log_rank) + (1 - present) * self.out_of_sentence
+            expressed = present * self.in_sentence_zero
 
         def shifted(values: torch.Tensor, which: int) -> torch.Tensor:
+            if level is not None:
+                # which 0: the counts' scale logits or the hurdle's off logits; 1: the log-normalised mean.
+                values = values + (level if which == 1 or self.likelihood not in LOGNORM_LIKELIHOODS else -expressed)
             if offsets is None:
                 return values
             if self.centre_prior:
@@ -299,7 +401,7 @@ class CountDecoder(nn.Module):
             "theta": torch.exp(self.log_theta).expand(batch, -1),
         }
         if self.likelihood == "zinb":
-            params["pi_logits"] = self.dropout_head(hidden)
+            params["pi_logits"] = self.dropout_head(hidden) - (0 if expressed is None else expressed)
             if self.zinb_mean == "scale":
                 # 1 / (1 - pi) = exp(softplus(pi_logits)), formed in log space so large logits stay finite.
                 inflation = F.softplus(params["pi_logits"]).clamp(max=_MAX_LOG_INFLATION)

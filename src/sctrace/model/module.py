@@ -53,6 +53,9 @@ class TraceNet(nn.Module):
         Cross-attention of the decoder biased by the time between the decoded cell and each memory cell
         (:class:`sctrace.model.embeddings.RelativeTimeBias`), so that a time between two observed ones attends to
         both by its distance to each instead of to the trained time its code resembles.
+    count_sentence
+        The count decoder reads the cell's own sentence: each gene in it is offset by a per-gene level plus a
+        slope in log rank, each gene outside it by another level (:class:`sctrace.model.counts.CountDecoder`).
     count_time
         The count decoder also reads the decoded time, scaled to the observed span ((t - t0) / span): a small
         course's decoder states barely carry the time, and a head reading only them decodes one profile for all.
@@ -95,6 +98,7 @@ class TraceNet(nn.Module):
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
         count_time: bool = False,
+        count_sentence: bool = False,
     ):
         super().__init__()
         if count_input not in ("masked", "complete"):
@@ -134,6 +138,7 @@ class TraceNet(nn.Module):
             n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
             centre_prior=centre_prior,
             n_time_features=1 if count_time else 0,
+            sentence_offsets=count_sentence,
         )
         self.time_origin, self.time_span = float(time_origin), float(time_span) or 1.0
         self.count_time = count_time
@@ -189,9 +194,10 @@ class TraceNet(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def count_params(self, state: torch.Tensor, library_size: torch.Tensor | None, time: torch.Tensor | float,
-                     exclude: int | None = None) -> dict[str, torch.Tensor]:
+                     exclude: int | None = None, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The count decoder's parameters for cells decoded at ``time``; ``exclude`` leaves the training time of
-        that index out of the time prior (a training target's own time)."""
+        that index out of the time prior (a training target's own time); ``tokens`` (batch, length), the cells'
+        sentences with [CLS] first, are read by a decoder built with ``count_sentence``."""
         prior = None
         if self.count_prior is not None:
             prior = self.count_prior(time, state.shape[0], exclude)
@@ -199,7 +205,20 @@ class TraceNet(nn.Module):
         if self.count_time:
             scaled = (self._times(time, state.shape[0], state.device) - self.time_origin) / self.time_span
             time_features = scaled[:, None]
-        return self.count_decoder(state, library_size, prior, time_features)
+        ranks = None
+        if self.count_decoder.sentence_offsets:
+            if tokens is None:
+                raise ValueError("this network's count decoder reads the sentence; pass tokens.")
+            ranks = self.sentence_ranks(tokens)
+        return self.count_decoder(state, library_size, prior, time_features, ranks)
+
+    def sentence_ranks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, n_genes) each gene's rank in the sentence (1 for the gene after [CLS]), 0 where it is absent."""
+        is_gene = tokens >= N_SPECIAL
+        position = torch.arange(tokens.shape[1], device=tokens.device, dtype=torch.float32).expand_as(tokens)
+        ranks = torch.zeros(tokens.shape[0], self.n_genes + N_SPECIAL, device=tokens.device)
+        ranks.scatter_(1, torch.where(is_gene, tokens, torch.zeros_like(tokens)), torch.where(is_gene, position, 0.0))
+        return ranks[:, N_SPECIAL:]
 
     def sentence_profile(self, tokens: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) which genes each sentence holds, weighted by rank: 1 for the first, falling linearly.
@@ -285,10 +304,12 @@ class TraceNet(nn.Module):
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
         if self.count_input == "complete":
             # The complete target sentence, as at generation, where the sentence is fully generated.
+            count_tokens = target_tokens
             state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad, memory_time=memory_time),
                                      target_tokens)
         else:
+            count_tokens = masked
             state = self.count_state(hidden, masked)
-        params = self.count_params(state, library_size, target_time, exclude=target_index)
+        params = self.count_params(state, library_size, target_time, exclude=target_index, tokens=count_tokens)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}
