@@ -324,10 +324,10 @@ def test_more_messages_in_the_callers_words(sim_file, tiny_yaml, tmp_path, monke
     from sctrace.harness.experiments import run_imputation
 
     assert_one_line_error(monkeypatch, capsys,
-                                 ["fit", sim_file, "--out", tmp_path / "r", "--task", "extrapolate", "--config", tiny_yaml],
+                                 ["fit", sim_file, "--out", tmp_path / "r", "--task", "interpolate", "--config", tiny_yaml],
                                  "needs a held-out time; pass --holdout VALUE.")
     with pytest.raises(SctraceInputError, match="needs a held-out time; pass holdout=VALUE"):
-        TRACE(sim_file, "time", task="extrapolate")
+        TRACE(sim_file, "time", task="interpolate")
     assert_one_line_error(monkeypatch, capsys, ["impute", sim_file, "--out", tmp_path / "i", "--test-fraction", 2],
                           "pass e.g. --test-fraction 0.2.")
     with pytest.raises(SctraceInputError, match="pass e.g. test_fraction=0.2"):
