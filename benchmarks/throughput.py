@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sctrace.config import DEFAULT_PRESET, TraceConfig, load_config
 from sctrace.data.tokenize import CLS_ID, N_SPECIAL
-from sctrace.estimator import _build_net
+from sctrace.estimator import GRADIENT_CLIP, _build_net
 from sctrace.model.masking import mask_ratio
 from sctrace.model.module import TraceNet
 
@@ -52,7 +52,6 @@ class Shapes:
     n_genes: int
     count_hidden: int
     likelihood: str
-    count_input: str
     length: int  # tokens per sentence, [CLS] included
     n_times: int  # source + targets
 
@@ -68,7 +67,6 @@ class Shapes:
             n_genes=net.n_genes,
             count_hidden=net.count_decoder.hidden[0].out_features,
             likelihood=net.count_decoder.likelihood,
-            count_input=net.count_input,
             length=length,
             n_times=n_times,
         )
@@ -133,8 +131,7 @@ def training_flops(s: Shapes, n_masked: float) -> dict[str, float]:
         "token head (fwd+bwd)": 3 * _linear(s.d_model, s.vocab_size, n_masked),
         "count decoder (fwd+bwd)": 3 * count_decoder_flops(s),
     }
-    if s.count_input == "complete":
-        parts["complete target pass (fwd+bwd)"] = 3 * target
+    parts["complete target pass (fwd+bwd)"] = 3 * target  # the count decoder reads the complete target
     parts["total"] = sum(parts.values())
     return parts
 
@@ -177,10 +174,10 @@ class Trainer:
                 batch["sentences"], times, target_index, batch["counts"], batch["library_size"],
                 self.config.mask_schedule, self.generator,
             )
-            loss = losses["token_loss"] + self.config.count_loss_weight * losses["count_loss"] / self.net.n_genes
+            loss = losses["token_loss"] + losses["count_loss"] / self.net.n_genes
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.gradient_clip)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), GRADIENT_CLIP)
         self.optimizer.step()
         return float(loss.detach())
 

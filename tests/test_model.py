@@ -342,20 +342,6 @@ def test_predict_from_given_source_cells(fitted, small_timecourse):
         model.predict(holdout, source=first[:0])
 
 
-def test_tied_token_tables_train_save_and_load(small_timecourse, tiny_fast_config, tmp_path):
-    holdout = sorted(small_timecourse.obs["time"].unique())[2]
-    model = TRACE(small_timecourse, "time", holdout=holdout, tie_token_embeddings=True, **{**tiny_fast_config, "max_epochs": 1})
-    net = model.net
-    assert net.token_head.weight is net.target_embedding.token.weight
-    assert float(net.target_embedding.token.weight.std()) < 0.05 and net.target_embedding.token.weight[PAD_ID].eq(0).all()
-    start = net.token_head.weight.detach().clone()
-    model.fit(run_dir=tmp_path / "run", progress=False)
-    assert not torch.equal(start, model.net.token_head.weight)  # the shared table learns
-    loaded = TRACE.load(tmp_path / "run")
-    assert loaded.net.token_head.weight is loaded.net.target_embedding.token.weight
-    torch.testing.assert_close(loaded.net.token_head.weight, model.net.token_head.weight)
-
-
 def test_unified_position_code_lays_the_time_points_end_to_end():
     from sctrace.model.embeddings import CellEmbedding, sinusoidal_time_encoding
 
@@ -411,74 +397,6 @@ def test_count_state_pools_gene_positions_only():
         TraceNet(43, 40, 30, count_pooling="max")
 
 
-def test_count_state_with_the_sentence_profile():
-    torch.manual_seed(0)
-    vocab, n_genes = 43, 40
-    net = TraceNet(vocab, n_genes, 30, d_model=32, n_heads=2, head_dim=16, count_pooling="cls+mean+genes").eval()
-    assert net.count_decoder.hidden[0].in_features == 64 + n_genes
-    tokens = torch.tensor([[CLS_ID, 5, 9, 7, 12, PAD_ID], [CLS_ID, 11, 4, PAD_ID, PAD_ID, PAD_ID]])
-    profile = net.sentence_profile(tokens)
-    expected = torch.zeros(2, n_genes)
-    # Gene token g is column g - N_SPECIAL; the first gene weighs 1, each later one 1/length less.
-    expected[0, torch.tensor([5, 9, 7, 12]) - N_SPECIAL] = torch.tensor([1.0, 0.75, 0.5, 0.25])
-    expected[1, torch.tensor([11, 4]) - N_SPECIAL] = torch.tensor([1.0, 0.5])
-    torch.testing.assert_close(profile, expected)
-    hidden = torch.randn(2, 6, 32)
-    state = net.count_state(hidden, tokens)
-    torch.testing.assert_close(state[:, 64:], expected / expected.norm(dim=1, keepdim=True))
-    torch.testing.assert_close(state[:, :64], TraceNet(vocab, n_genes, 30, d_model=32, n_heads=2, head_dim=16,
-                                                       count_pooling="cls+mean").count_state(hidden, tokens))
-
-
-def test_sentence_profile_lets_the_count_head_tell_cells_apart():
-    # Counts follow which genes a cell's sentence holds; decoder states that barely differ between cells (as on
-    # the real data sets) hide that from a head reading only them, not from one that also reads the sentence.
-    gen = torch.Generator().manual_seed(0)
-    vocab, n_genes, length, n_cells = 43, 40, 8, 64
-    tokens = torch.stack([torch.randperm(n_genes, generator=gen)[:length] + N_SPECIAL for _ in range(n_cells)])
-    tokens = torch.cat([torch.full((n_cells, 1), CLS_ID), tokens], 1)
-    in_sentence = torch.zeros(n_cells, n_genes)
-    in_sentence.scatter_(1, tokens[:, 1:] - N_SPECIAL, 1.0)
-    counts = torch.poisson(1.0 + 30.0 * in_sentence, generator=gen)
-    hidden = torch.randn(1, 1, 32).expand(n_cells, length + 1, 32) + 1e-3 * torch.randn(n_cells, length + 1, 32, generator=gen)
-    losses = {}
-    for pooling in ("cls+mean", "cls+mean+genes"):
-        torch.manual_seed(0)
-        net = TraceNet(vocab, n_genes, length, d_model=32, n_heads=2, head_dim=16, count_pooling=pooling,
-                       count_dropout=0.0, zinb_mean="scale")
-        optimiser = torch.optim.Adam(net.count_decoder.parameters(), lr=5e-3)
-        for _ in range(150):
-            loss = net.count_decoder.loss(net.count_decoder(net.count_state(hidden, tokens), counts.sum(1)), counts)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        losses[pooling] = loss.item()
-    assert losses["cls+mean+genes"] < 0.8 * losses["cls+mean"], losses
-
-
-@pytest.mark.parametrize("source_target", [False, True])
-def test_source_target_adds_the_source_time_as_a_target(source_target, small_timecourse, tiny_fast_config, tmp_path,
-                                                        monkeypatch):
-    seen = []
-    original = TraceNet.training_losses
-
-    def spy(self, sentences, times, target_index, *args, **kwargs):
-        seen.append((self.training, target_index))
-        return original(self, sentences, times, target_index, *args, **kwargs)
-
-    monkeypatch.setattr(TraceNet, "training_losses", spy)
-    holdout = sorted(small_timecourse.obs["time"].unique())[2]
-    # Targets are drawn at random per batch: 4 epochs give every target time a turn at this seed (2 did not, once
-    # cpu-small's context dropout took draws from the same generator).
-    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, source_target=source_target,
-                  **{**tiny_fast_config, "max_epochs": 4})
-    model.fit(run_dir=tmp_path / "run", progress=False)
-    trained = {k for training, k in seen if training}
-    assert (0 in trained) == source_target and trained - {0} == set(range(1, len(model.spec.time_values)))
-    assert 0 not in {k for training, k in seen if not training}  # validation loss stays comparable
-    assert np.all(np.isfinite(model.history["val_loss"].dropna().to_numpy(float)))
-
-
 def test_context_dropout_leaves_context_time_points_out_in_training_only(small_timecourse, tiny_fast_config, tmp_path,
                                                                          monkeypatch):
     contexts = []
@@ -499,40 +417,6 @@ def test_context_dropout_leaves_context_time_points_out_in_training_only(small_t
     # Some batches lose context time points, and the count varies; validation keeps the full context.
     assert min(trained) < full and len(set(trained)) > 1 and max(trained) <= full
     assert {n for training, n in contexts if not training} == {full}
-
-
-def test_time_mixup_trains_times_between_observed_ones_on_a_mixture_of_their_cells(small_timecourse, tiny_fast_config,
-                                                                                     tmp_path, monkeypatch):
-    calls = []
-    original = TraceNet.training_losses
-
-    def spy(self, sentences, times, target_index, counts, library_size, schedule, generator=None, context_keep=None,
-            target=None):
-        calls.append((self.training, sentences, times, target_index, counts, context_keep, target))
-        return original(self, sentences, times, target_index, counts, library_size, schedule, generator, context_keep,
-                        target)
-
-    monkeypatch.setattr(TraceNet, "training_losses", spy)
-    times = sorted(small_timecourse.obs["time"].unique())
-    model = TRACE(small_timecourse, "time", holdout=times[2], seed=0, time_mixup=0.5,
-                  **{**tiny_fast_config, "max_epochs": 3})
-    model.fit(run_dir=tmp_path / "run", progress=False)
-    mixed = [call for call in calls if call[0] and call[-1] is not None]
-    assert mixed and len(mixed) < len([call for call in calls if call[0]])  # about half the training batches
-    assert 0 in {call[3] for call in mixed}  # the interval from the source time is trained too
-    fractions = {True: [], False: []}
-    for _, sentences, times_, k, counts, keep, (tokens, time) in mixed:
-        low, high = float(times_[k]), float(times_[k + 1])
-        assert ((time >= low) & (time <= high)).all() and time.unique().numel() > 1
-        upper = (tokens == sentences[:, k + 1]).all(1)
-        assert (upper | (tokens == sentences[:, k]).all(1)).all()
-        for took, fraction in zip(upper.tolist(), ((time - low) / (high - low)).tolist()):
-            fractions[took].append(fraction)
-        assert keep is not None and not keep[k + 1]  # neither neighbour is context
-    # A cell's target is the later neighbour's cell more often the nearer its time lies to it.
-    assert np.mean(fractions[True]) > 0.6 and np.mean(fractions[False]) < 0.4
-    # Validation reconstructs the observed time points only.
-    assert all(call[-1] is None for call in calls if not call[0])
 
 
 def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_config, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,9 +27,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pairing": ("random", "stratified", "ot"),
     "rank_encoding": ("learnable", "sinusoidal", "unified"),
     "likelihood": ("zinb", "nb", "gaussian", "hurdle"),
-    "count_input": ("masked", "complete"),
     "zinb_mean": ("nb", "scale"),
-    "count_pooling": ("cls", "cls+mean", "cls+mean+genes"),
+    "count_pooling": ("cls", "cls+mean"),
     "hurdle_marginal": ("gaussian", "quantile"),
     "count_sampling": ("iid", "stratified", "copula"),
     "count_prior": ("none", "residual", "centred"),
@@ -37,8 +37,22 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "encoder_mode": ("frozen", "finetune"),
 }
 
+# Keys removed with the benchmarks they lost (CHANGELOG.md): the value the kept code always uses, and whether
+# another value built a different network (whose saved weights the kept code cannot load).
+REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
+    "tie_token_embeddings": (False, True),
+    "count_input": ("complete", False),
+    "time_mixup": (0.0, False),
+    "source_target": (False, False),
+    "count_loss_weight": (1.0, False),
+    "gradient_clip": (1.0, False),
+    "group_by_length": (False, False),
+}
+# config.yaml's format: 1 (no version key) held the keys above; 2 dropped them.
+CONFIG_VERSION = 2
+
 # Probabilities of leaving something out: 1 would leave out everything.
-RATES = ("dropout", "count_dropout", "context_dropout", "time_mixup")
+RATES = ("dropout", "count_dropout", "context_dropout")
 
 
 @dataclass
@@ -68,14 +82,10 @@ class TraceConfig:
     # Gene-rank code: "learnable" (the paper's), "sinusoidal", or "unified" (one sinusoidal code over all time
     # points laid end to end, no separate time code; the paper's section 5.3).
     rank_encoding: str = "learnable"
-    tie_token_embeddings: bool = False
     time_scale: float = 100.0
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
     context_dropout: float = 0.0
-    # Probability that a training batch's target lies between two neighbouring observed times (uniformly), each
-    # cell's target drawn from the two neighbours in proportion to distance (time mixup).
-    time_mixup: float = 0.0
     # Cross-attention biased by the time between the decoded cell and each memory cell (relative time), so an
     # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
     time_bias: bool = False
@@ -90,11 +100,9 @@ class TraceConfig:
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False
-    source_target: bool = False  # the source time is a target too (its own cell): anchors the time code at t0
     count_hidden: int = 128
     count_dropout: float = 0.1
     likelihood: str = "zinb"
-    count_input: str = "complete"
     # "nb": scVI's link, the NB part's mean is library x scale (runs before this key existed); "scale": the
     # ZINB's own mean is library x scale, so generated cells keep their library size. Presets set "scale".
     zinb_mean: str = "nb"
@@ -110,7 +118,6 @@ class TraceConfig:
     weight_decay: float = 1e-4
     count_lr: float = 5e-3
     count_weight_decay: float = 1e-3
-    count_loss_weight: float = 1.0
     mask_schedule: str = "cosine"
     max_epochs: int = 30
     # At least this many optimiser steps, whatever the data size (0: whole epochs only, the runs before this key):
@@ -120,8 +127,6 @@ class TraceConfig:
     min_steps: int = 0
     patience: int = 8
     val_fraction: float = 0.1
-    gradient_clip: float = 1.0
-    group_by_length: bool = False  # training batches of similar sentence widths: less padding
     # generation
     temperature: float = 1.0
     n_iter: int = 20
@@ -133,6 +138,12 @@ class TraceConfig:
     def update(self, overrides: dict[str, Any], origin: str = "overrides") -> TraceConfig:
         """A copy with ``overrides`` applied; unknown keys and wrong types are named in the error."""
         known = {f.name: f for f in dataclasses.fields(self)}
+        removed = sorted(set(overrides) & set(REMOVED_KEYS))
+        if removed:
+            raise SctraceInputError(
+                f"config key(s) {', '.join(removed)} in {origin} were removed (they lost their benchmarks, "
+                "CHANGELOG.md); delete them."
+            )
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise SctraceInputError(
@@ -156,11 +167,43 @@ class TraceConfig:
         return TraceConfig(**values)
 
     def to_yaml(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+        Path(path).write_text(yaml.safe_dump({"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}, sort_keys=False))
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TraceConfig:
-        return cls().update(_read_yaml(path), origin=str(path))
+        """A run's saved config, migrated from older formats (:func:`migrate_run_config`)."""
+        return cls().update(migrate_run_config(_read_yaml(path), str(path)), origin=str(path))
+
+
+def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """A saved run's config in today's format: removed keys dropped where the kept code reproduces the run.
+
+    A removed key that built another network (e.g. tied embeddings) is refused: its weights do not fit. A removed
+    training-only setting is dropped with a warning: the saved weights still predict as trained.
+    """
+    raw = dict(raw)
+    version = raw.pop("config_version", 1)
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise SctraceInputError(f"{origin} has config_version {version!r}, newer than this sctrace reads "
+                                f"({CONFIG_VERSION}); upgrade sctrace.")
+    if raw.get("count_pooling") == "cls+mean+genes":
+        raise SctraceInputError(f"{origin} was fitted with count_pooling: cls+mean+genes, which sctrace no longer "
+                                "builds; re-fit the run.")
+    changed = []
+    for key, (kept, network) in REMOVED_KEYS.items():
+        if key not in raw:
+            continue
+        value = raw.pop(key)
+        if value == kept:
+            continue
+        if network:
+            raise SctraceInputError(f"{origin} was fitted with {key}: {value}, which sctrace no longer builds; "
+                                    "re-fit the run.")
+        changed.append(f"{key}: {value}")
+    if changed:
+        warnings.warn(f"{origin} was trained with {', '.join(changed)}, no longer supported; its weights predict "
+                      "as trained, but a resumed fit would go on without it.", UserWarning, stacklevel=3)
+    return raw
 
 
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:

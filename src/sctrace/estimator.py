@@ -55,6 +55,7 @@ LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
 # With a step budget (config min_steps), validation and early stopping come about this often.
 VALIDATE_EVERY_STEPS = 50
+GRADIENT_CLIP = 1.0  # gradient norm clipped at 1, as every preset trained (the knob had no other setting in use)
 # Runs of format 2 or later write every config key, so a key missing from their config.yaml means a corrupt run;
 # older runs lack the keys added since and load with the defaults that reproduce them.
 RUN_FORMAT = 2
@@ -183,11 +184,9 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         count_hidden=config.count_hidden,
         count_dropout=config.count_dropout,
         likelihood=config.likelihood,
-        count_input=config.count_input,
         zinb_mean=config.zinb_mean,
         count_pooling=config.count_pooling,
         hurdle_marginal=config.hurdle_marginal,
-        tie_token_embeddings=config.tie_token_embeddings,
         time_bias=config.time_bias,
         time_values=None if config.count_prior == "none" else times,
         centre_prior=config.count_prior == "centred",
@@ -509,9 +508,7 @@ class TRACE:
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
         L.seed_everything(self.seed, workers=True, verbose=False)
-        datamodule = TraceDataModule(
-            self.corpus, self.config.batch_size, self.config.val_fraction, self.seed, group_by_length=self.config.group_by_length
-        )
+        datamodule = TraceDataModule(self.corpus, self.config.batch_size, self.config.val_fraction, self.seed)
         plan = TracePlan(self.net, self.config, self.seed)
         has_val = len(datamodule.val_rows) > 0
         max_epochs, val_every = self.config.max_epochs, 1
@@ -544,7 +541,7 @@ class TRACE:
                         precision=precision,
                         logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
                         callbacks=callbacks,
-                        gradient_clip_val=self.config.gradient_clip,
+                        gradient_clip_val=GRADIENT_CLIP,
                         enable_progress_bar=progress,
                         enable_model_summary=False,
                         deterministic=False,

@@ -27,23 +27,8 @@ class TracePlan(L.LightningModule):
         target_index: int,
         generator: torch.Generator,
         context_keep: list[bool] | None = None,
-        mixup: tuple[int, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         counts, library_size = batch["counts"][:, target_index], batch["library_size"][:, target_index]
-        target = None
-        if mixup is not None:
-            # Each cell's target is its paired cell at target_index or at the next time, taken with probability
-            # equal to how far its time lies along the interval: the population at a time between two observed
-            # ones is trained as a mixture of theirs.
-            upper, fraction = mixup
-            take = torch.rand(fraction.shape, generator=generator, device=fraction.device) < fraction
-            sentences, times = batch["sentences"], batch["times"]
-            tokens = torch.where(take[:, None], sentences[:, upper], sentences[:, target_index])
-            time = times[target_index] + fraction * (times[upper] - times[target_index])
-            counts = torch.where(take[:, None], batch["counts"][:, upper], counts)
-            library_size = torch.where(take, batch["library_size"][:, upper], library_size)
-            target = (tokens, time)
-            context_keep = [keep and k != upper for k, keep in enumerate(context_keep or [True] * sentences.shape[1])]
         losses = self.net.training_losses(
             batch["sentences"],
             batch["times"],
@@ -53,11 +38,10 @@ class TracePlan(L.LightningModule):
             self.config.mask_schedule,
             generator,
             context_keep,
-            target,
         )
         # Per-gene scale keeps the count term comparable to the token cross-entropy whatever the gene number.
         losses["count_loss"] = losses["count_loss"] / self.net.n_genes
-        losses["loss"] = losses["token_loss"] + self.config.count_loss_weight * losses["count_loss"]
+        losses["loss"] = losses["token_loss"] + losses["count_loss"]
         return losses
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -88,19 +72,9 @@ class TracePlan(L.LightningModule):
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)
         n_times = batch["sentences"].shape[1]
-        # source_target: the source time is a target too (the source cell itself), so the time code has an anchor
-        # at the first time point and a time between it and the next one is an interpolation for the decoder.
-        first = 0 if self.config.source_target else 1
-        mixup = None
         draw = {"generator": self._generator, "device": self._generator.device}  # a CUDA generator draws on CUDA
-        if self.config.time_mixup > 0 and float(torch.rand(1, **draw)) < self.config.time_mixup:
-            # A time between two neighbouring observed ones, the source's included (its target is the source cell).
-            target_index = int(torch.randint(0, n_times - 1, (1,), **draw))
-            fraction = torch.rand(len(batch["sentences"]), **draw)
-            mixup = (target_index + 1, fraction)
-        else:
-            target_index = int(torch.randint(first, n_times, (1,), **draw))
-        losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times), mixup)
+        target_index = int(torch.randint(1, n_times, (1,), **draw))
+        losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times))
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
         # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and
         # early stopping decide differently per rank and hang; a no-op in one process.

@@ -18,7 +18,7 @@ from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 
 __all__ = ["CLS_ID", "COUNT_POOLINGS", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls", "gather_sentences"]
 
-COUNT_POOLINGS = ("cls", "cls+mean", "cls+mean+genes")
+COUNT_POOLINGS = ("cls", "cls+mean")
 
 
 class TraceNet(nn.Module):
@@ -36,9 +36,6 @@ class TraceNet(nn.Module):
         Observed time range, used to scale real time values before the sinusoidal encoding.
     time_steps
         Observed time points minus one; places each time's block in ``rank_encoding="unified"``.
-    count_input
-        Which [CLS] state trains the count decoder: ``masked`` (the masked training pass, no extra cost) or
-        ``complete`` (an extra decoder pass over the unmasked target sentence, matching generation).
     count_pooling
         What the count decoder reads: ``cls``, the decoder's [CLS] state, or ``cls+mean``, that state next to
         the mean of the gene positions' states (each L2-normalised). With [CLS] alone, two of three seeds on
@@ -46,9 +43,6 @@ class TraceNet(nn.Module):
         the sentence's genes directly.
     zinb_mean
         How the ZINB's NB mean relates to the decoded scale (see :class:`sctrace.model.counts.CountDecoder`).
-    tie_token_embeddings
-        Share the decoder's input gene table with the output layer (and start the gene tables small, std 0.02):
-        an input table of its own, initialised N(0, 1), barely moves in a few hundred steps.
     time_bias
         Cross-attention of the decoder biased by the time between the decoded cell and each memory cell
         (:class:`sctrace.model.embeddings.RelativeTimeBias`), so that a time between two observed ones attends to
@@ -88,12 +82,10 @@ class TraceNet(nn.Module):
         count_hidden: int = 128,
         count_dropout: float = 0.1,
         likelihood: str = "zinb",
-        count_input: str = "masked",
         zinb_mean: str = "nb",
         count_pooling: str = "cls",
         hurdle_marginal: str = "gaussian",
         pretrained: nn.Module | None = None,
-        tie_token_embeddings: bool = False,
         time_bias: bool = False,
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
@@ -101,11 +93,9 @@ class TraceNet(nn.Module):
         count_sentence: bool = False,
     ):
         super().__init__()
-        if count_input not in ("masked", "complete"):
-            raise ValueError(f"count_input must be 'masked' or 'complete', got {count_input!r}")
         if count_pooling not in COUNT_POOLINGS:
             raise ValueError(f"count_pooling must be one of {', '.join(COUNT_POOLINGS)}, got {count_pooling!r}")
-        self.count_input, self.count_pooling = count_input, count_pooling
+        self.count_pooling = count_pooling
         self.vocab_size, self.n_genes, self.max_len = vocab_size, n_genes, max_len
         embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale,
                           time_steps=time_steps)
@@ -120,15 +110,8 @@ class TraceNet(nn.Module):
         self.decoder = Stack(DecoderLayer, n_decoder_layers, d_model, n_heads, head_dim, dropout)
         self.token_head = nn.Linear(d_model, vocab_size)
         self.time_bias = RelativeTimeBias(n_heads, time_span, time_steps) if time_bias else None
-        if tie_token_embeddings:
-            for embedding in (self.target_embedding, getattr(self, "source_embedding", None)):
-                if embedding is not None:
-                    nn.init.normal_(embedding.token.weight, std=0.02)
-                    with torch.no_grad():
-                        embedding.token.weight[embedding.token.padding_idx].zero_()
-            self.token_head.weight = self.target_embedding.token.weight
         self.count_decoder = CountDecoder(
-            d_model * (1 if count_pooling == "cls" else 2) + (n_genes if count_pooling == "cls+mean+genes" else 0),
+            d_model * (1 if count_pooling == "cls" else 2),
             n_genes,
             n_hidden=count_hidden,
             dropout=count_dropout,
@@ -188,10 +171,7 @@ class TraceNet(nn.Module):
             return cls
         genes = (tokens >= N_SPECIAL).unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * genes).sum(1) / genes.sum(1).clamp(min=1.0)
-        parts = [F.normalize(cls, dim=-1), F.normalize(mean, dim=-1)]
-        if self.count_pooling == "cls+mean+genes":
-            parts.append(F.normalize(self.sentence_profile(tokens).to(hidden.dtype), dim=-1))
-        return torch.cat(parts, dim=-1)
+        return torch.cat([F.normalize(cls, dim=-1), F.normalize(mean, dim=-1)], dim=-1)
 
     def count_params(self, state: torch.Tensor, library_size: torch.Tensor | None, time: torch.Tensor | float,
                      exclude: int | None = None, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -219,21 +199,6 @@ class TraceNet(nn.Module):
         ranks = torch.zeros(tokens.shape[0], self.n_genes + N_SPECIAL, device=tokens.device)
         ranks.scatter_(1, torch.where(is_gene, tokens, torch.zeros_like(tokens)), torch.where(is_gene, position, 0.0))
         return ranks[:, N_SPECIAL:]
-
-    def sentence_profile(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(batch, n_genes) which genes each sentence holds, weighted by rank: 1 for the first, falling linearly.
-
-        Why: the decoder states of different cells point almost the same way (cosine 0.99 on the real sets), so a
-        count head reading only them decodes one profile per time point; the sentence itself says which genes
-        the cell expresses most (BENCHMARKS.md, "The count decoder barely tells cells apart").
-        """
-        is_gene = tokens >= N_SPECIAL
-        length = is_gene.sum(1, keepdim=True).clamp(min=1)
-        position = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        weight = torch.where(is_gene, 1.0 - (position - 1).clamp(min=0) / length, torch.zeros((), device=tokens.device))
-        profile = torch.zeros(tokens.shape[0], self.n_genes + N_SPECIAL, device=tokens.device)
-        profile.scatter_add_(1, tokens, weight)
-        return profile[:, N_SPECIAL:]
 
     @torch.no_grad()
     def build_context(
@@ -266,7 +231,6 @@ class TraceNet(nn.Module):
         schedule: str,
         generator: torch.Generator | None = None,
         context_keep: Sequence[bool] | None = None,
-        target: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Masked-token and count losses for one batch.
 
@@ -284,9 +248,9 @@ class TraceNet(nn.Module):
             (batch,) total counts of the target cells over the modelled genes.
         context_keep
             (n_times,) which time points may serve as context (default: all); the target and the source never do.
-        target
-            (sentences (batch, length), times (batch,)) reconstructed instead of ``sentences[:, target_index]`` at
-            ``times[target_index]`` (time mixup); ``target_index`` then only leaves its time point out of the context.
+
+        The count decoder reads a second pass over the complete target sentence, as at generation, where the
+        sentence is fully generated.
         """
         z0, z0_pad = self.encode(sentences[:, 0], times[0])
         n_times = sentences.shape[1]
@@ -295,21 +259,15 @@ class TraceNet(nn.Module):
         memory, memory_pad, memory_time = self.build_context(z0, z0_pad, context, times[0])
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
-        target_tokens, target_time = (sentences[:, target_index], times[target_index]) if target is None else target
+        target_tokens, target_time = sentences[:, target_index], times[target_index]
         masked, labels = random_mask(target_tokens, schedule, generator)
         hidden = self.decode(masked, target_time, memory, memory_pad, memory_time=memory_time)
         chosen = labels != -100
         logits = self.token_head(hidden[chosen])
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
-        if self.count_input == "complete":
-            # The complete target sentence, as at generation, where the sentence is fully generated.
-            count_tokens = target_tokens
-            state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad, memory_time=memory_time),
-                                     target_tokens)
-        else:
-            count_tokens = masked
-            state = self.count_state(hidden, masked)
-        params = self.count_params(state, library_size, target_time, exclude=target_index, tokens=count_tokens)
+        state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad, memory_time=memory_time),
+                                 target_tokens)
+        params = self.count_params(state, library_size, target_time, exclude=target_index, tokens=target_tokens)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}
