@@ -211,7 +211,8 @@ def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp
     config = old_run / "config.yaml"
     lines = config.read_text().splitlines(keepends=True)
     assert any(line.startswith("count_sampling:") for line in lines)
-    config.write_text("".join(line for line in lines if not line.startswith("count_sampling:")))
+    # Such runs' config.yaml had no config_version either (format 1): their missing keys take the old defaults.
+    config.write_text("".join(line for line in lines if not line.startswith(("count_sampling:", "config_version:"))))
     (old_run / "sctrace_run.json").write_text('{"written_by": "sctrace"}')  # as such runs marked themselves
     with pytest.warns(UserWarning, match="predates the key.s. count_sampling"):
         old_model = TRACE.load(old_run)

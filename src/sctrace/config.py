@@ -48,8 +48,14 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "gradient_clip": (1.0, False),
     "group_by_length": (False, False),
 }
-# config.yaml's format: 1 (no version key) held the keys above; 2 dropped them.
+# config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
+# time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults.
 CONFIG_VERSION = 2
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "n_top_genes": 2000, "max_len": 128, "dropout": 0.1, "max_epochs": 30, "time_scale": 100.0, "context_dropout": 0.0,
+    "pairing": "random", "zinb_mean": "nb", "count_pooling": "cls", "hurdle_marginal": "gaussian",
+    "count_sampling": "iid", "genes": "hvg",
+}
 
 # Probabilities of leaving something out: 1 would leave out everything.
 RATES = ("dropout", "count_dropout", "context_dropout")
@@ -57,16 +63,20 @@ RATES = ("dropout", "count_dropout", "context_dropout")
 
 @dataclass
 class TraceConfig:
-    """Everything that shapes a run; saved as ``config.yaml`` in the run directory."""
+    """Everything that shapes a run; saved as ``config.yaml`` in the run directory.
+
+    The defaults are the recommended model (cpu-small); the paper presets set the published values, and BENCHMARKS.md
+    (and docs/guide.md, "Why the defaults") has the measurements behind each choice.
+    """
 
     # data
-    n_top_genes: int = 2000
+    n_top_genes: int = 1000
     # Which genes are modelled: "auto" (every expressed gene up to 3,000, else "hvg"), "hvg" (the n_top_genes most
     # variable; every expressed gene when there are fewer), "all" (every gene expressed in a training cell) or the
     # path of a file listing gene names, one per line. Runs saved before "auto" existed keep the "hvg" they wrote.
     genes: str = "auto"
-    max_len: int = 128
-    pairing: str = "random"
+    max_len: int = 64
+    pairing: str = "ot"
     # model
     d_model: int = 64
     # "scratch": trained with the rest; "random": the same encoder left at its random initialisation (a control:
@@ -78,14 +88,14 @@ class TraceConfig:
     head_dim: int = 16
     n_encoder_layers: int = 2
     n_decoder_layers: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.0
     # Gene-rank code: "learnable" (the paper's), "sinusoidal", or "unified" (one sinusoidal code over all time
     # points laid end to end, no separate time code; the paper's section 5.3).
     rank_encoding: str = "learnable"
-    time_scale: float = 100.0
+    time_scale: float = 1.0
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
-    context_dropout: float = 0.0
+    context_dropout: float = 0.5
     # Cross-attention biased by the time between the decoded cell and each memory cell (relative time), so an
     # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
     time_bias: bool = False
@@ -103,15 +113,15 @@ class TraceConfig:
     count_hidden: int = 128
     count_dropout: float = 0.1
     likelihood: str = "zinb"
-    # "nb": scVI's link, the NB part's mean is library x scale (runs before this key existed); "scale": the
-    # ZINB's own mean is library x scale, so generated cells keep their library size. Presets set "scale".
-    zinb_mean: str = "nb"
-    # What the count decoder reads: "cls" (runs before this key existed) or "cls+mean" (also the mean of the
-    # gene positions' decoder states). Presets set "cls+mean".
-    count_pooling: str = "cls"
-    # The hurdle's positive part: "gaussian" (MAST's; runs before this key existed) or "quantile" (the Gaussian
-    # on normal scores of each gene's training values, drawn back through them). cpu-small sets "quantile".
-    hurdle_marginal: str = "gaussian"
+    # "nb": scVI's link, the NB part's mean is library x scale (the paper presets); "scale": the ZINB's own mean is
+    # library x scale, so generated cells keep their library size.
+    zinb_mean: str = "scale"
+    # What the count decoder reads: "cls" (the paper presets) or "cls+mean" (also the mean of the gene positions'
+    # decoder states).
+    count_pooling: str = "cls+mean"
+    # The hurdle's positive part: "gaussian" (MAST's; the paper presets) or "quantile" (the Gaussian on normal
+    # scores of each gene's training values, drawn back through them).
+    hurdle_marginal: str = "quantile"
     # training
     batch_size: int = 32
     lr: float = 1e-3
@@ -119,7 +129,7 @@ class TraceConfig:
     count_lr: float = 5e-3
     count_weight_decay: float = 1e-3
     mask_schedule: str = "cosine"
-    max_epochs: int = 30
+    max_epochs: int = 60
     # At least this many optimiser steps, whatever the data size (0: whole epochs only, the runs before this key):
     # a small course's epoch is 3-6 steps, and 60 of them stopped the token model near a uniform guess. With it,
     # validation runs about every 50 steps, the learning rate warms up over the first 5% and decays by a cosine to
@@ -130,10 +140,10 @@ class TraceConfig:
     # generation
     temperature: float = 1.0
     n_iter: int = 20
-    # How generated cells' values are drawn from the count decoder: "iid" (each value on its own; runs before this
-    # key existed), "stratified" (a Latin hypercube across the cells of one predict call, per gene) or "copula"
+    # How generated cells' values are drawn from the count decoder: "iid" (each value on its own; the paper
+    # presets), "stratified" (a Latin hypercube across the cells of one predict call, per gene) or "copula"
     # (the same levels, re-ordered across cells so genes co-vary as in the nearest times' training cells).
-    count_sampling: str = "iid"
+    count_sampling: str = "copula"
 
     def update(self, overrides: dict[str, Any], origin: str = "overrides") -> TraceConfig:
         """A copy with ``overrides`` applied; unknown keys and wrong types are named in the error."""
@@ -176,7 +186,8 @@ class TraceConfig:
 
 
 def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
-    """A saved run's config in today's format: removed keys dropped where the kept code reproduces the run.
+    """A saved run's config in today's format: removed keys dropped where the kept code reproduces the run, the
+    keys a version-1 file lacks filled with the defaults of its time (:data:`LEGACY_DEFAULTS`).
 
     A removed key that built another network (e.g. tied embeddings) is refused: its weights do not fit. A removed
     training-only setting is dropped with a warning: the saved weights still predict as trained.
@@ -186,6 +197,8 @@ def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
     if not isinstance(version, int) or version > CONFIG_VERSION:
         raise SctraceInputError(f"{origin} has config_version {version!r}, newer than this sctrace reads "
                                 f"({CONFIG_VERSION}); upgrade sctrace.")
+    if version == 1:
+        raw = {**LEGACY_DEFAULTS, **raw}  # a key such a run lacks took the default of its time
     if raw.get("count_pooling") == "cls+mean+genes":
         raise SctraceInputError(f"{origin} was fitted with count_pooling: cls+mean+genes, which sctrace no longer "
                                 "builds; re-fit the run.")
@@ -228,7 +241,7 @@ def load_config(preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | N
     if preset not in names:
         raise SctraceInputError(f"unknown preset '{preset}'; choose one of {', '.join(names)}.")
     path = resources.files("sctrace.presets") / f"{preset}.yaml"
-    config = TraceConfig().update(yaml.safe_load(path.read_text()), origin=f"preset {preset}")
+    config = TraceConfig().update(yaml.safe_load(path.read_text()) or {}, origin=f"preset {preset}")
     user: dict[str, Any] = {}
     if config_file is not None:
         user = _read_yaml(config_file)
