@@ -27,7 +27,8 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError
 from sctrace.data.io import COUNT_KINDS, parse_time, read_h5ad, read_timecourse
 from sctrace.data.preprocess import log_normalize
-from sctrace.harness.metrics import rouge1, rouge_l, score
+from sctrace.harness.metrics import score
+from sctrace.harness.rouge import rouge1, rouge_l
 
 __all__ = [
     "METRIC_LABELS",

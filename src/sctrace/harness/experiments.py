@@ -53,6 +53,7 @@ from sctrace.harness.benchmark import (
     summarise_runs,
     training_hvgs,
 )
+from sctrace.harness.distances import e_distance
 from sctrace.harness.evaluate import (
     LOWER_IS_BETTER,
     METRIC_LABELS,
@@ -62,7 +63,7 @@ from sctrace.harness.evaluate import (
     write_json,
 )
 from sctrace.harness.methods import METHOD_REGISTRY, fit_method
-from sctrace.harness.metrics import e_distance, fit_pca, score
+from sctrace.harness.metrics import fit_pca, score
 
 __all__ = [
     "IMPUTATION_METHODS",
