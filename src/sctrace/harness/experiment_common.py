@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 
 from sctrace.estimator import prepare_run_dir, remove_entries
-from sctrace.harness.benchmark import TABLE_METRICS
+from sctrace.harness.benchmark_scoring import TABLE_METRICS
 from sctrace.harness.distances import e_distance
 from sctrace.harness.evaluate import LOWER_IS_BETTER, METRIC_LABELS, rouge_scores
 from sctrace.harness.metrics import score

@@ -12,23 +12,21 @@ import anndata as ad
 import numpy as np
 
 from sctrace._errors import SctraceInputError, in_words
+from sctrace._threads import set_threads as _set_threads
 from sctrace.config import DEFAULT_PRESET
 from sctrace.data.io import read_timecourse
 from sctrace.estimator import check_run_dir
 from sctrace.harness.baselines import INTERPOLATION_ONLY
 from sctrace.harness.benchmark import (
-    TABLE_METRICS,
     TRAIN_FILE,
     _check_methods,
-    _format_cell,
     _peer_settings,
-    _set_threads,
     _write_training_file,
-    peak_rss_mb,
     sctrace_options,
-    summarise_runs,
     training_hvgs,
 )
+from sctrace.harness.benchmark_jobs import peak_rss_mb
+from sctrace.harness.benchmark_scoring import TABLE_METRICS, _format_cell, summarise_runs
 from sctrace.harness.evaluate import LOWER_IS_BETTER, METRIC_LABELS, lognorm_over_genes, scoring_cells, write_json
 from sctrace.harness.experiment_common import (
     _data_label,

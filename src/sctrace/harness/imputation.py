@@ -14,22 +14,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError, option
+from sctrace._threads import set_threads as _set_threads
 from sctrace.config import DEFAULT_PRESET
 from sctrace.data.io import _check_stratify_column, read_timecourse
 from sctrace.estimator import check_run_dir
 from sctrace.harness.baselines import _draw_cells
-from sctrace.harness.benchmark import (
-    TABLE_METRICS,
-    TRAIN_FILE,
-    _check_methods,
-    _format_cell,
-    _set_threads,
-    _write_training_file,
-    peak_rss_mb,
-    sctrace_options,
-    summarise_runs,
-    training_hvgs,
-)
+from sctrace.harness.benchmark import TRAIN_FILE, _check_methods, _write_training_file, sctrace_options, training_hvgs
+from sctrace.harness.benchmark_jobs import peak_rss_mb
+from sctrace.harness.benchmark_scoring import TABLE_METRICS, _format_cell, summarise_runs
 from sctrace.harness.evaluate import METRIC_LABELS, lognorm_over_genes, write_json
 from sctrace.harness.experiment_common import (
     _data_label,
