@@ -64,12 +64,9 @@ def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | No
 
 def _benchmark_plots(plot_dir: Path, results: dict, records: list[dict], cells, timecourse, genes, layout: str) -> list[Path]:
     """Plots of the first seed's predictions (see :func:`sctrace.harness.plots.prediction_plots`)."""
-    from sctrace.harness.plots import (
-        EmbeddingView,
-        cell_type_labels,
-        nearest_labels,
-        prediction_plots,
-    )
+    from sctrace.harness.embedding_plots import EmbeddingView
+    from sctrace.harness.plot_common import cell_type_labels
+    from sctrace.harness.plots import nearest_labels, prediction_plots
 
     first_seed = results["seeds"][0]
     predictions, sctrace_record = {}, None

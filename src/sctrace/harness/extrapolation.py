@@ -277,7 +277,7 @@ def distance_plot(results: dict, path: str | os.PathLike) -> Path:
     a line per method, with error bars of the sd over seeds when there are several."""
     import matplotlib.pyplot as plt
 
-    from sctrace.harness.plots import _save
+    from sctrace.harness.plot_common import _save
 
     rows = results["rows"]
     steps = sorted({row["steps"] for row in rows})

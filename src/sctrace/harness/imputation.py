@@ -323,7 +323,7 @@ def _imputation_overview_plot(path: Path, overview: dict[float, tuple]) -> Path:
     cells, (a) coloured by origin, (b) coloured by time."""
     import matplotlib.pyplot as plt
 
-    from sctrace.harness.plots import _save
+    from sctrace.harness.plot_common import _save
 
     times = list(overview)
     real = sp.vstack([sp.csr_matrix(overview[t][0]) for t in times])
