@@ -216,7 +216,7 @@ def rouge_scores(generated_tokens: np.ndarray, real_tokens: np.ndarray, seed: in
 
 def run_spec(run_dir: str | os.PathLike):
     """The corpus spec (genes, medians, max_len) of a run directory, read without loading the network."""
-    from sctrace.data.corpus import CorpusSpec
+    from sctrace.data.corpus_types import CorpusSpec
     from sctrace.estimator import CORPUS_DIR
 
     path = Path(run_dir) / CORPUS_DIR / "corpus.json"

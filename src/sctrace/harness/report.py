@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from sctrace.data.corpus import Corpus
+from sctrace.data.corpus_types import Corpus
 from sctrace.data.io import TimeCourse
 
 
