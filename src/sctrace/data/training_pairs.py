@@ -8,9 +8,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError, option
-from sctrace.data.io import MatrixRows, TimeCourse
 from sctrace.data.pairing import pair_cells
 from sctrace.data.preprocess import log_normalize
+from sctrace.data.timecourse import MatrixRows, TimeCourse
 
 
 def _pair_training_cells(

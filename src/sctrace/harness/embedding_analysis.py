@@ -130,7 +130,7 @@ def decoder_embeddings(model: TRACE, adata: ad.AnnData, time_key: str | None = N
     import torch
 
     from sctrace.data.corpus import tokenize_with_spec
-    from sctrace.data.io import parse_time
+    from sctrace.data.times import parse_time
     from sctrace.model.module import N_SPECIAL, gather_sentences
 
     model._require_trained("decoder_embeddings")

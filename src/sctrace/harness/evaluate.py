@@ -25,8 +25,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.data.io import COUNT_KINDS, parse_time, read_h5ad, read_timecourse
+from sctrace.data.io import COUNT_KINDS, read_h5ad, read_timecourse
 from sctrace.data.preprocess import log_normalize
+from sctrace.data.times import parse_time
 from sctrace.harness.metrics import score
 from sctrace.harness.rouge import rouge1, rouge_l
 

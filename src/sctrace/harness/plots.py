@@ -211,7 +211,8 @@ def plot_prediction(pred, data, time_key: str, time, out_dir: str | Path, *, run
     """
     import anndata as ad
 
-    from sctrace.data.io import parse_time, read_h5ad, read_timecourse
+    from sctrace.data.io import read_h5ad, read_timecourse
+    from sctrace.data.times import parse_time
     from sctrace.harness.evaluate import lognorm_over_genes, run_spec, scoring_cells
 
     if not isinstance(pred, ad.AnnData):
