@@ -22,10 +22,11 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.data.corpus_files import DiskCSR, NpyFile, _ArrayCollector, _NpyWriter  # noqa: F401 (NpyFile: its old import path)
 from sctrace.data.corpus_types import N_QUANTILES, Corpus, CorpusSpec, token_dtype
+from sctrace.data.gene_medians import nonzero_gene_medians
 from sctrace.data.io import check_holdout
 from sctrace.data.preprocess import chosen_gene_columns, select_hvgs_streamed
 from sctrace.data.timecourse import MatrixRows, TimeCourse
-from sctrace.data.tokenize import N_SPECIAL, nonzero_gene_medians, rank_value_tokenize
+from sctrace.data.tokenize import N_SPECIAL, rank_value_tokenize
 from sctrace.data.training_pairs import _pair_training_cells, _pairing_coordinates
 
 TASKS = ("interpolate", "extrapolate", "none")
