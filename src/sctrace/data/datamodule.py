@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sctrace.data.corpus import Corpus
+from sctrace.data.corpus_types import Corpus
 from sctrace.data.sentences import gather_sentences
 
 

@@ -9,10 +9,8 @@ it the same way, a block of cells at a time, through :class:`MatrixRows`.
 from __future__ import annotations
 
 import os
-import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import anndata
@@ -23,6 +21,8 @@ import scipy.sparse
 from anndata.abc import CSCDataset, CSRDataset
 
 from sctrace._errors import SctraceInputError, in_words, option, option_name
+from sctrace.data.timecourse import MatrixRows, TimeCourse
+from sctrace.data.times import _format_names, _format_times, _times_from_column, parse_time
 
 __all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_expression", "check_holdout", "detect_count_kind", "parse_time",
            "read_h5ad", "read_timecourse"]
@@ -36,133 +36,6 @@ _CHUNK_VALUES = 1 << 22
 _LOGNORM_MAX_PLAUSIBLE = 50.0
 # Above this a value cannot be log-normalised: expm1 of it overflows float32 (HVG selection needs expm1).
 _LOGNORM_MAX = 88.0
-# How many names an error message lists before summarising the rest.
-_MAX_LISTED = 10
-
-# Units parse_time recognises, mapped to a canonical name so mixed units in one column can be detected.
-_TIME_UNITS = {
-    "h": "hour", "hr": "hour", "hrs": "hour", "hour": "hour", "hours": "hour",
-    "d": "day", "day": "day", "days": "day",
-    "w": "week", "wk": "week", "wks": "week", "week": "week", "weeks": "week",
-    "min": "minute", "mins": "minute", "minute": "minute", "minutes": "minute",
-}  # fmt: skip
-# Prefixes as in "day2", "d2", "h6" or "t3" ("t"/"time" carry no unit).
-_TIME_PREFIXES = {
-    "d": "day", "day": "day", "h": "hour", "hr": "hour", "hour": "hour", "w": "week", "wk": "week", "week": "week",
-    "t": None, "time": None,
-}  # fmt: skip
-_TIME_PATTERN = re.compile(
-    r"^(?:(?P<prefix>[a-z]+)[\s_]*)?"
-    r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)"
-    r"[\s_]*(?P<unit>[a-z]+)?$",
-    re.IGNORECASE,
-)
-
-
-@dataclass(eq=False)
-class TimeCourse:
-    """A validated time-course AnnData and the facts read from it.
-
-    Attributes
-    ----------
-    adata
-        The input AnnData, not copied (a path is read once; an AnnData is used as given).
-    time_key
-        The ``adata.obs`` column holding each cell's time.
-    times
-        ``(n_cells,) float64`` real time of each cell, after mapping labels to numbers.
-    layer
-        The ``adata.layers`` key holding the expression matrix, or ``None`` for ``adata.X``.
-    stratify_keys
-        ``adata.obs`` columns to pair cells within (empty: no stratification).
-    count_kind
-        ``"counts"`` (raw integer counts) or ``"lognorm"`` (already log-normalised, e.g. BEELINE).
-    gene_key
-        The ``adata.var`` column holding gene identifiers, or ``None`` for ``adata.var_names``.
-    """
-
-    adata: anndata.AnnData
-    time_key: str
-    times: np.ndarray
-    layer: str | None
-    stratify_keys: tuple[str, ...]
-    count_kind: str
-    gene_key: str | None = None
-
-    @property
-    def time_values(self) -> np.ndarray:
-        """``(n_time_points,) float64`` observed time values, sorted ascending."""
-        return np.unique(self.times)
-
-    def expression(self):
-        """The chosen expression matrix (``X`` or the layer) as stored, ``(n_cells, n_genes)``.
-
-        In memory this is a scipy sparse matrix or a numpy array; for a backed AnnData ``X`` is an on-disk
-        dataset that supports row slicing.
-        """
-        return self.adata.X if self.layer is None else self.adata.layers[self.layer]
-
-    def gene_names(self) -> np.ndarray:
-        """``(n_genes,)`` gene identifiers as strings, from ``var_names`` or ``var[gene_key]``."""
-        names = self.adata.var_names if self.gene_key is None else self.adata.var[self.gene_key]
-        return np.asarray(names).astype(str)
-
-
-class MatrixRows:
-    """Chosen rows (and columns) of an expression matrix, read a block of rows at a time.
-
-    ``view[start:stop]`` is a scipy CSR matrix of the rows ``rows[start:stop]`` restricted to ``columns``.
-    It is read from the matrix in contiguous stretches of rows, so a backed matrix is never loaded whole
-    and an in-memory one is never copied whole; with ``shape`` and ``dtype`` this is all the chunked
-    functions of :mod:`sctrace.data.tokenize` and :mod:`sctrace.data.preprocess` need.
-
-    Parameters
-    ----------
-    matrix
-        ``(n_cells, n_genes)`` scipy sparse matrix, numpy array, or backed matrix whose ``matrix[a:b]``
-        gives rows (anndata backed ``X``, h5py dataset).
-    rows
-        ``(n_rows,)`` increasing row indices.
-    columns
-        ``(n_columns,)`` column indices kept, in their order; ``None`` keeps every column.
-    transform
-        Applied to the stored values of every block read (e.g. ``np.expm1``); ``None`` leaves them.
-    """
-
-    # Rows skipped inside one read: a wider gap (e.g. a block of held-out cells) starts a new read.
-    max_gap = 1_024
-
-    def __init__(
-        self,
-        matrix,
-        rows: np.ndarray,
-        columns: np.ndarray | None = None,
-        transform: Callable[[np.ndarray], np.ndarray] | None = None,
-    ):
-        self.matrix, self.rows, self.columns, self.transform = matrix, np.asarray(rows, dtype=np.int64), columns, transform
-        self.shape = (self.rows.size, matrix.shape[1] if columns is None else len(columns))
-        self.dtype = np.dtype(matrix.dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: slice) -> scipy.sparse.csr_matrix:
-        if not isinstance(key, slice) or key.indices(self.shape[0])[2] != 1:
-            raise TypeError(f"MatrixRows takes a slice of consecutive rows, got {key!r}.")
-        wanted = self.rows[key]
-        if wanted.size == 0:
-            return scipy.sparse.csr_matrix((0, self.shape[1]), dtype=self.dtype)
-        blocks = []
-        for stretch in np.split(wanted, np.flatnonzero(np.diff(wanted) > self.max_gap) + 1):
-            block = self.matrix[stretch[0] : stretch[-1] + 1]
-            block = scipy.sparse.csr_matrix(block if scipy.sparse.issparse(block) else np.asarray(block))
-            if stretch.size < block.shape[0]:
-                block = block[stretch - stretch[0]]
-            blocks.append(block if self.columns is None else block[:, self.columns])
-        block = blocks[0] if len(blocks) == 1 else scipy.sparse.vstack(blocks, format="csr")
-        if self.transform is not None:
-            block = scipy.sparse.csr_matrix((self.transform(block.data), block.indices, block.indptr), shape=block.shape)
-        return block
 
 
 def read_timecourse(
@@ -267,33 +140,6 @@ def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str)
     _check_expression(adata.X if layer is None else adata.layers[layer], layer, count_kind, list(adata.layers))
 
 
-def parse_time(value: str | float) -> float:
-    """Parse one time label into a number, in the unit the label gives.
-
-    Accepted forms: a number (``6``, ``6.5``, ``"6"``, ``"-1"``), a number with a unit suffix (``"6h"``,
-    ``"6 hr"``, ``"2d"``, ``"2 days"``, ``"3wk"``, ``"30min"``) or a unit prefix (``"day2"``, ``"d2"``,
-    ``"day_2"``, ``"h6"``, ``"t3"``), case-insensitive. Units are NOT converted: ``"2d"`` gives 2.0 and
-    ``"48h"`` gives 48.0, so labels of one column must share a unit (:func:`read_timecourse` refuses mixed
-    units); use a ``time_map`` otherwise.
-
-    Parameters
-    ----------
-    value
-        The label, or a number.
-
-    Returns
-    -------
-    float
-        The number in the label.
-
-    Raises
-    ------
-    SctraceInputError
-        If the value is not one of the accepted forms or is not finite.
-    """
-    return _parse_time_with_unit(value)[0]
-
-
 def check_holdout(tc: TimeCourse, holdout: float) -> float:
     """Match a held-out time to one of the observed time values.
 
@@ -368,122 +214,6 @@ def _check_stratify_column(obs: pd.DataFrame, key: str) -> None:
             f"stratify column {key!r} has no value for {n_missing} cells; fill them (e.g. with 'unknown') "
             "or remove those cells."
         )
-
-
-def _times_from_column(column: pd.Series, time_key: str, time_map: Mapping[str, float] | None) -> np.ndarray:
-    """``(n_cells,) float64`` real time of each cell from the obs time column."""
-    is_numeric = pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        codes, labels = column.cat.codes.to_numpy(), list(column.cat.categories)
-        cells_per_label = np.bincount(codes[codes >= 0], minlength=len(labels))
-        empty = [label for label, n_cells in zip(labels, cells_per_label, strict=True) if n_cells == 0]
-        if empty:
-            raise SctraceInputError(
-                f"time column {time_key!r} has categories with no cells: {_format_names(empty)}; remove them "
-                f"with adata.obs[{time_key!r}] = adata.obs[{time_key!r}].cat.remove_unused_categories()."
-            )
-    elif is_numeric and time_map is None:
-        codes, labels = None, []
-    else:
-        codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        labels = list(uniques)
-
-    if codes is None:
-        times = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        label_times = _label_times(labels, time_key, time_map)
-        times = np.where(codes >= 0, label_times[np.maximum(codes, 0)], np.nan)
-
-    n_missing = int(np.count_nonzero(~np.isfinite(times)))
-    if n_missing:
-        raise SctraceInputError(
-            f"{n_missing} of {times.size} cells have no finite time in obs column {time_key!r}; remove those cells "
-            f"(e.g. adata = adata[adata.obs[{time_key!r}].notna()]) or fill in their time."
-        )
-    time_values = np.unique(times)
-    if time_values.size < 2:
-        raise SctraceInputError(
-            f"obs column {time_key!r} holds {time_values.size} time point(s) ({_format_times(time_values)}), but "
-            f"a time course needs at least 2; check {option_name('time_key')}."
-        )
-    return times
-
-
-def _label_times(labels: list, time_key: str, time_map: Mapping[str, float] | None) -> np.ndarray:
-    """``(n_labels,) float64`` time of each label, from ``time_map`` or by parsing the labels."""
-    if time_map is not None:
-        by_name = {str(key).strip(): parse_time(value) for key, value in time_map.items()}
-        by_number = {}
-        for key, value in by_name.items():
-            try:
-                by_number[float(key)] = value
-            except ValueError:
-                continue  # a non-numeric key can only match a label by name
-        times, missing = [], []
-        for label in labels:
-            if str(label).strip() in by_name:
-                times.append(by_name[str(label).strip()])
-            elif _is_real_number(label) and float(label) in by_number:
-                times.append(by_number[float(label)])
-            else:
-                missing.append(label)
-        if missing:
-            raise SctraceInputError(
-                f"time_map has no value for the time labels {_format_names(missing)} of obs column {time_key!r}; "
-                f"add them to {in_words('time_map', '--time-map label=value')}."
-            )
-        return np.asarray(times, dtype=np.float64)
-
-    parsed, unparsable = [], []
-    for label in labels:
-        try:
-            parsed.append(_parse_time_with_unit(label))
-        except SctraceInputError:
-            unparsable.append(label)
-    if unparsable:
-        raise SctraceInputError(
-            f"cannot read the time labels {_format_names(unparsable)} of obs column {time_key!r} as numbers; give "
-            f"their real time values with {_time_map_words()}."
-        )
-    units = sorted({unit for _, unit in parsed if unit is not None})
-    if len(units) > 1:
-        raise SctraceInputError(
-            f"the time labels of obs column {time_key!r} mix units ({', '.join(units)}) and parse_time does not "
-            f"convert units; give their real time values with {_time_map_words()}."
-        )
-    return np.asarray([number for number, _ in parsed], dtype=np.float64)
-
-
-def _parse_time_with_unit(value: str | float) -> tuple[float, str | None]:
-    """Parse a time label into (number, canonical unit or None); see :func:`parse_time`."""
-    error = SctraceInputError(f"cannot parse time value {value!r}; give a number such as 6 or 6.5.")
-    if _is_real_number(value):
-        number, unit = float(value), None
-    elif isinstance(value, str) and (match := _TIME_PATTERN.match(value.strip())):
-        prefix, suffix = match["prefix"], match["unit"]
-        if prefix is not None and suffix is not None:
-            raise error
-        if prefix is not None:
-            if prefix.lower() not in _TIME_PREFIXES:
-                raise error
-            unit = _TIME_PREFIXES[prefix.lower()]
-        elif suffix is not None:
-            if suffix.lower() not in _TIME_UNITS:
-                raise error
-            unit = _TIME_UNITS[suffix.lower()]
-        else:
-            unit = None
-        number = float(match["number"])
-    else:
-        raise error
-    if not np.isfinite(number):
-        raise error
-    return number, unit
-
-
-def _is_real_number(value) -> bool:
-    """True for int/float (numpy included), False for bool and everything else."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_gene_names(names: np.ndarray, gene_key: str | None) -> None:
@@ -584,23 +314,6 @@ def _missing_layer(layer: str, layers: list[str]) -> SctraceInputError:
         f"layer {layer!r} is not in adata.layers; pass {option_name('layer')} as one of {_format_names(layers)} "
         f"or {use_x} to use X."
     )
-
-
-def _time_map_words() -> str:
-    return in_words("time_map={'label': value}", "--time-map label=value")
-
-
-def _format_names(names: Sequence) -> str:
-    """Quote up to a few names for an error message, summarising the rest."""
-    shown = ", ".join(repr(str(name)) for name in names[:_MAX_LISTED])
-    if len(names) > _MAX_LISTED:
-        shown += f" (and {len(names) - _MAX_LISTED} more)"
-    return shown or "(none)"
-
-
-def _format_times(values: np.ndarray) -> str:
-    """Time values as compact numbers for an error message."""
-    return ", ".join(f"{value:g}" for value in values) or "(none)"
 
 
 def detect_count_kind(matrix) -> str:

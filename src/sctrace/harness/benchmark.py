@@ -22,14 +22,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
-import multiprocessing
 import os
-import resource
-import sys
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,31 +32,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace._threads import set_threads as _set_threads
-from sctrace.config import (
-    DEFAULT_LOGNORM_LIKELIHOOD,
-    DEFAULT_PRESET,
-    LOGNORM_LIKELIHOODS,
-    TraceConfig,
-    load_config,
-)
+from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import resolve_task, split_times
 from sctrace.data.io import check_holdout, read_timecourse
-from sctrace.data.preprocess import (
-    chosen_gene_columns,
-    log_normalize,
-    read_gene_choice,
-    select_hvgs,
-)
+from sctrace.data.preprocess import chosen_gene_columns, log_normalize, read_gene_choice, select_hvgs
 from sctrace.harness.baselines import INTERPOLATION_ONLY
-from sctrace.harness.evaluate import (
-    METRIC_LABELS,
-    lognorm_over_genes,
-    rouge_scores,
-    run_spec,
-    scoring_cells,
+from sctrace.harness.benchmark_jobs import (
+    _file_label,
+    _run_jobs,
+    peak_rss_mb,  # noqa: F401 (public here: tests and benchmarks/memory.py)
 )
-from sctrace.harness.methods import METHOD_REGISTRY, fit_method
+from sctrace.harness.benchmark_plots import _benchmark_plots, benchmark_split, plot_benchmark
+from sctrace.harness.benchmark_scoring import TABLE_METRICS, _score_records, results_markdown, summarise_runs
+from sctrace.harness.evaluate import scoring_cells
+from sctrace.harness.methods import METHOD_REGISTRY
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant", "ablation_variants", "benchmark_split", "plot_benchmark",
            "run_benchmark", "summarise_runs"]
@@ -71,8 +54,6 @@ __all__ = ["ABLATIONS", "DEFAULT_METHODS", "METHODS", "TABLE_METRICS", "Variant"
 METHODS = ("sctrace", *METHOD_REGISTRY)
 # MIOFlow is asked for by name: it is the slowest peer and an extra install (`sctrace[peers]`).
 DEFAULT_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm")
-# Metrics in the results table, in order; ROUGE only exists for sctrace (the others produce no sentences).
-TABLE_METRICS = ("mmd", "emd", "e_distance", "pearson", "r2", "pearson_delta", "gene_corr", "c2st_auc", "rouge1_f1")
 TRAIN_FILE = "train.h5ad"
 
 
@@ -139,142 +120,8 @@ def ablation_variants(ablate: str | None, encoder_path: str | os.PathLike | None
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# child process: one method, one seed
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB: ``VmHWM`` on Linux, ``ru_maxrss`` elsewhere."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-def _run_job(job: dict) -> list[dict]:
-    """Fit one method on the training file and predict the target time; runs in a spawned child process.
-
-    Writes each variant's (n_cells, n_genes) log-normalised prediction (for sctrace also its counts and token
-    sentences) to an ``.npz`` and returns one record per variant with timings and memory.
-    """
-    _set_threads(job["threads"], torch_too=job["method"] == "sctrace" or METHOD_REGISTRY[job["method"]].uses_torch)
-    train = ad.read_h5ad(job["train_path"])
-    times = train.obs[job["time_key"]].to_numpy(dtype=np.float64)
-    start_mb = peak_rss_mb()
-    started = time.perf_counter()
-    method, seed, target, n_cells = job["method"], job["seed"], job["target_time"], job["n_cells"]
-    outputs = []  # (label, predict seconds, arrays)
-    if method == "sctrace":
-        from sctrace.estimator import TRACE
-
-        options = job["sctrace"]
-        model = TRACE(train, job["time_key"], task="none", count_kind=job["count_kind"], preset=options["preset"],
-                      config=options["config"], seed=seed, **options["overrides"])
-        if list(model.spec.genes) != list(job["genes"]):
-            raise RuntimeError("sctrace chose other genes than the benchmark; the two HVG selections have diverged.")
-        model.fit(run_dir=options["run_dir"], overwrite=True, progress=False)
-        fit_seconds = time.perf_counter() - started
-        for variant in job["variants"]:
-            predict_started = time.perf_counter()
-            predict = dict(variant["predict_options"])
-            factor = predict.pop("length_factor", None)
-            if factor is not None:
-                predict["length"] = max(1, round(factor * model.spec.default_length(target)))
-            generated = model.predict(target, n_cells=n_cells, seed=seed, **predict)
-            expression = lognorm_over_genes(generated.X, generated.var_names, job["genes"], job["count_kind"])
-            arrays = {"expression": expression.toarray(), "counts": sp.csr_matrix(generated.X).toarray(),
-                      "tokens": generated.obsm["sctrace_tokens"]}
-            outputs.append((variant["label"], time.perf_counter() - predict_started, arrays))
-    else:
-        expression = lognorm_over_genes(train.X, train.var_names, job["genes"], job["count_kind"])
-        predict = fit_method(method, expression, times, seed, job.get(method) or {})
-        cells = predict(target, n_cells)
-        fit_seconds = 0.0  # the baselines and the peer fit and predict in one call, timed as prediction
-        outputs.append((job["variants"][0]["label"], time.perf_counter() - started, {"expression": cells}))
-    records = []
-    for label, predict_seconds, arrays in outputs:
-        path = Path(job["predictions_dir"]) / f"{_file_label(label)}_seed{seed}.npz"
-        np.savez_compressed(path, **arrays)
-        records.append({"label": label, "seed": seed, "prediction": str(path), "fit_s": fit_seconds,
-                        "predict_s": predict_seconds, "wall_s": fit_seconds + predict_seconds,
-                        "start_mb": start_mb, "peak_mb": peak_rss_mb(),
-                        "run_dir": job.get("sctrace", {}).get("run_dir")})
-    return records
-
-
-def _file_label(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_")
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # parent: split, run, score, write
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def summarise_runs(runs: Sequence[dict], keys: Sequence[str]) -> tuple[dict, dict]:
-    """Mean and sample standard deviation (ddof=1; NaN for one run) of each key over runs that have it."""
-    mean, sd = {}, {}
-    for key in keys:
-        values = np.array([run[key] for run in runs if key in run and run[key] is not None], dtype=np.float64)
-        if values.size == 0:
-            continue
-        mean[key] = float(np.mean(values))
-        sd[key] = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
-    return mean, sd
-
-
-def _format_cell(mean: dict, sd: dict, key: str, digits: int = 4) -> str:
-    if key not in mean or math.isnan(mean[key]):
-        return "-"
-    text = f"{mean[key]:.{digits}f}"
-    if not math.isnan(sd.get(key, float("nan"))):
-        text += f" ± {sd[key]:.{digits}f}"
-    return text
-
-
-def results_markdown(results: dict) -> str:
-    """The results table: one row per method, mean ± sd over seeds."""
-    columns = [*TABLE_METRICS, "wall_s", "peak_mb"]
-    labels = [METRIC_LABELS[c] for c in TABLE_METRICS] + ["wall s", "peak MB"]
-    lines = [
-        f"# Benchmark: {results['task']} at time {results['holdout']:g}",
-        "",
-        f"Data: {results['data']} ({results['n_real']} held-out cells, {results['n_genes']} HVGs chosen on the "
-        f"training times {', '.join(f'{t:g}' for t in results['train_times'])}); seeds "
-        f"{', '.join(map(str, results['seeds']))}; reference time for Pearson-delta: "
-        f"{'-' if results['reference_time'] is None else format(results['reference_time'], 'g')}.",
-        "",
-        "| method | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
-    ]
-    for name, entry in results["methods"].items():
-        if entry.get("failed"):
-            lines.append(f"| {name} | failed: {entry['failed']} |" + " |" * (len(labels) - 1))
-            continue
-        cells = [_format_cell(entry["mean"], entry["sd"], key, 1 if key in ("wall_s", "peak_mb") else 4)
-                 for key in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "MMD, EMD, E-distance: lower is better; PearsonR, R², Pearson-delta, gene-gene r, ROUGE-1 F1: higher is "
-        "better. gene-gene r: how alike the gene-gene correlations of generated and real cells are (100 most "
-        "variable real genes), which no other column sees. C2ST AUC: how well a kNN classifier on the real cells' "
-        "PCA tells generated from real cells (cross-validated; 0.5: not at all, the best). "
-        "Values are mean ± sample sd over seeds, computed on log-normalised expression over the HVGs.",
-        f"wall s: fitting and predicting one seed. peak MB: {results['memory_measure']}.",
-    ]
-    starts = [run["start_mb"] for entry in results["methods"].values() for run in entry["runs"]]
-    if starts:
-        lines.append(f"Before its method started, each process held {min(starts):.0f}-{max(starts):.0f} MB (Python, "
-                     "numpy, scanpy, anndata and the training data, plus torch for sctrace and the peers).")
-    lines += [f"- {name}: skipped, {reason}" for name, reason in results["skipped"].items()]
-    lines += [f"- {note}" for note in results["notes"]]
-    return "\n".join(lines) + "\n"
 
 
 def _check_methods(methods: Sequence[str], seeds: Sequence[int]) -> tuple[list[str], list[int]]:
@@ -520,126 +367,3 @@ def _group_by_fit(variants: Sequence[Variant]) -> dict[tuple, list[Variant]]:
     for variant in variants:
         groups.setdefault(tuple(sorted(variant.fit_overrides.items())), []).append(variant)
     return groups
-
-
-def _run_jobs(jobs: list[dict], echo: Callable[[str], None]) -> tuple[list[dict], dict[str, str]]:
-    """Run each job in its own fresh spawned process, one after the other."""
-    records, failures = [], {}
-    context = multiprocessing.get_context("spawn")
-    for job in jobs:
-        labels = ", ".join(v["label"] for v in job["variants"])
-        try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                job_records = pool.submit(_run_job, job).result()
-        except Exception as err:  # a failing method is reported in the table, the others still run
-            for variant in job["variants"]:
-                failures[variant["label"]] = f"{type(err).__name__}: {err}"
-            echo(f"[{labels} seed {job['seed']}] failed: {type(err).__name__}: {err}")
-            continue
-        for record in job_records:
-            echo(f"[{record['label']} seed {record['seed']}] {record['wall_s']:.1f} s, peak {record['peak_mb']:.0f} MB")
-        records.extend(job_records)
-    return records, failures
-
-
-def _score_records(records: list[dict], failures: dict[str, str], cells, matrix, gene_names, seeds) -> dict:
-    """Score every prediction on the held-out cells and summarise each method over seeds."""
-    from sctrace.data.corpus import tokenize_with_spec
-    from sctrace.harness.metrics import score
-
-    real_tokens_by_run: dict[str, np.ndarray] = {}
-    methods: dict[str, dict] = {}
-    for record in records:
-        arrays = np.load(record["prediction"])
-        metrics = score(arrays["expression"], cells.real, reference=cells.reference, seed=record["seed"])
-        if "tokens" in arrays:
-            run_dir = record["run_dir"]
-            if run_dir not in real_tokens_by_run:
-                real_tokens_by_run[run_dir] = tokenize_with_spec(run_spec(run_dir), matrix[cells.real_rows], gene_names)[0]
-            metrics.update(rouge_scores(arrays["tokens"], real_tokens_by_run[run_dir], seed=record["seed"]))
-        run = {"seed": record["seed"], **metrics,
-               **{k: record[k] for k in ("wall_s", "fit_s", "predict_s", "start_mb", "peak_mb")}}
-        methods.setdefault(record["label"], {"runs": []})["runs"].append(run)
-    for label, error in failures.items():
-        methods.setdefault(label, {"runs": []})["failed"] = error
-    keys = [*METRIC_LABELS, "rouge1_precision", "rouge1_recall", "wall_s", "fit_s", "predict_s", "start_mb", "peak_mb"]
-    for entry in methods.values():
-        entry["mean"], entry["sd"] = summarise_runs(entry["runs"], keys)
-    return {"methods": methods}
-
-
-def benchmark_split(bench_dir: str | os.PathLike, data: str | os.PathLike | ad.AnnData | None = None):
-    """A finished benchmark's ``results.json``, its data and the cells it scored: ``(results, timecourse, cells)``.
-
-    Re-reads the split exactly as the benchmark made it (same genes, held-out time and reference time), so that
-    plots and diagnostics made later score against the same cells. ``data`` replaces the path in ``results.json``.
-    """
-    bench_dir = Path(bench_dir)
-    if not (bench_dir / "results.json").exists():
-        raise SctraceInputError(f"{bench_dir} holds no results.json; pass the --out folder of `sctrace benchmark`.")
-    results = json.loads((bench_dir / "results.json").read_text())
-    source = data if data is not None else results["data"]
-    if not isinstance(source, ad.AnnData) and not Path(source).exists():
-        raise SctraceInputError(f"the benchmark's data {source} is not there; pass the data file as DATA.")
-    timecourse = read_timecourse(source, results["time_key"], layer=results.get("layer"), count_kind=results["count_kind"])
-    cells = scoring_cells(timecourse.expression(), timecourse.times, timecourse.gene_names(), results["genes"],
-                          results["holdout"], results["count_kind"], observed_times=results["train_times"])
-    return results, timecourse, cells
-
-
-def plot_benchmark(bench_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                   data: str | os.PathLike | ad.AnnData | None = None, layout: str = "umap") -> list[Path]:
-    """Draw a finished benchmark's plots again from its saved predictions (``sctrace plot BENCH_DIR``).
-
-    Why: benchmarks of several seeds are often run with ``--no-plots``; the first seed's predictions, the sctrace
-    run and the split are all in ``bench_dir``, so the plots need no refit. ``data`` replaces the data path in
-    ``results.json`` (for a moved file or an in-memory benchmark); ``out_dir`` defaults to ``bench_dir/plots``.
-    """
-    bench_dir = Path(bench_dir)
-    results, timecourse, cells = benchmark_split(bench_dir, data)
-    genes = results["genes"]
-    seed, records = results["seeds"][0], []
-    for label, entry in results["methods"].items():
-        prediction = bench_dir / "work" / "predictions" / f"{_file_label(label)}_seed{seed}.npz"
-        if entry.get("failed") or not prediction.exists():
-            continue
-        run_dir = None
-        if label.startswith("sctrace"):
-            candidates = [bench_dir / "runs" / f"{name}_seed{seed}" for name in (_file_label(label), "sctrace")]
-            run_dir = next((str(c) for c in candidates if (c / "model.safetensors").exists()), None)
-        records.append({"label": label, "seed": seed, "prediction": str(prediction), "run_dir": run_dir})
-    if not records:
-        raise SctraceInputError(f"{bench_dir / 'work' / 'predictions'} holds no prediction of seed {seed}; the benchmark's "
-                                "work folder was removed or the run did not finish.")
-    plot_dir = Path(out_dir) if out_dir is not None else bench_dir / "plots"
-    return _benchmark_plots(plot_dir, results, records, cells, timecourse, genes, layout)
-
-
-def _benchmark_plots(plot_dir: Path, results: dict, records: list[dict], cells, timecourse, genes, layout: str) -> list[Path]:
-    """Plots of the first seed's predictions (see :func:`sctrace.harness.plots.prediction_plots`)."""
-    from sctrace.harness.plots import (
-        EmbeddingView,
-        cell_type_labels,
-        nearest_labels,
-        prediction_plots,
-    )
-
-    first_seed = results["seeds"][0]
-    predictions, sctrace_record = {}, None
-    for record in records:
-        if record["seed"] == first_seed:
-            predictions[record["label"]] = np.load(record["prediction"])["expression"]
-            if sctrace_record is None and record["run_dir"] is not None:
-                sctrace_record = record
-    all_lognorm = lognorm_over_genes(timecourse.expression(), timecourse.gene_names(), genes, timecourse.count_kind)
-    cell_types = cell_type_labels(timecourse.adata.obs)
-    real_types = None if cell_types is None else cell_types[cells.real_rows]
-    embedding = None
-    if sctrace_record is not None:
-        arrays = np.load(sctrace_record["prediction"])
-        generated_types = None if real_types is None else nearest_labels(cells.real, real_types, arrays["expression"])
-        embedding = EmbeddingView.from_run(sctrace_record["run_dir"], arrays["counts"], arrays["expression"], cells.time,
-                                           timecourse, generated_types)
-    return prediction_plots(plot_dir, cells.real, predictions, genes, cells.time, all_lognorm, timecourse.times,
-                            real_cell_types=real_types, embedding=embedding, layout=layout)
-

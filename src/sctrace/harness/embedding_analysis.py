@@ -130,7 +130,7 @@ def decoder_embeddings(model: TRACE, adata: ad.AnnData, time_key: str | None = N
     import torch
 
     from sctrace.data.corpus import tokenize_with_spec
-    from sctrace.data.io import parse_time
+    from sctrace.data.times import parse_time
     from sctrace.model.module import N_SPECIAL, gather_sentences
 
     model._require_trained("decoder_embeddings")
@@ -213,7 +213,7 @@ def group_gene_scores(cells: np.ndarray, genes: np.ndarray, groups: pd.Series,
     pd.DataFrame
         (n_groups, n_genes), rows in :func:`group_labels` order, indexed by group label.
     """
-    from sctrace.harness.plots import group_gene_similarity
+    from sctrace.harness.embedding_plots import group_gene_similarity
 
     labels, order = group_labels(groups)
     _, scores = group_gene_similarity(_centred(cells), genes, labels, order=order)
@@ -301,7 +301,7 @@ def analyze_embeddings(
     from sctrace.data.corpus import subset_genes
     from sctrace.data.io import read_h5ad
     from sctrace.estimator import TRACE
-    from sctrace.harness.plots import embedding_dotplot, embedding_map
+    from sctrace.harness.embedding_plots import embedding_dotplot, embedding_map
 
     if n_top < 1:
         raise SctraceInputError(f"n_top must be at least 1, got {n_top}.")

@@ -25,9 +25,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.data.io import COUNT_KINDS, parse_time, read_h5ad, read_timecourse
+from sctrace.data.io import COUNT_KINDS, read_h5ad, read_timecourse
 from sctrace.data.preprocess import log_normalize
-from sctrace.harness.metrics import rouge1, rouge_l, score
+from sctrace.data.times import parse_time
+from sctrace.harness.metrics import score
+from sctrace.harness.rouge import rouge1, rouge_l
 
 __all__ = [
     "METRIC_LABELS",
@@ -215,7 +217,7 @@ def rouge_scores(generated_tokens: np.ndarray, real_tokens: np.ndarray, seed: in
 
 def run_spec(run_dir: str | os.PathLike):
     """The corpus spec (genes, medians, max_len) of a run directory, read without loading the network."""
-    from sctrace.data.corpus import CorpusSpec
+    from sctrace.data.corpus_types import CorpusSpec
     from sctrace.estimator import CORPUS_DIR
 
     path = Path(run_dir) / CORPUS_DIR / "corpus.json"

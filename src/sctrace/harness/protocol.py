@@ -31,7 +31,8 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.data.io import detect_count_kind, read_h5ad, read_timecourse
-from sctrace.harness.benchmark import INTERPOLATION_ONLY, METHODS, _file_label, run_benchmark
+from sctrace.harness.benchmark import INTERPOLATION_ONLY, METHODS, run_benchmark
+from sctrace.harness.benchmark_jobs import _file_label
 from sctrace.harness.evaluate import lognorm_over_genes
 
 __all__ = ["PROFILES", "protocol_markdown", "protocol_splits", "run_protocol", "summarise_protocol"]

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from sctrace.data.corpus import Corpus
-from sctrace.data.io import TimeCourse
+from sctrace.data.corpus_types import Corpus
+from sctrace.data.timecourse import TimeCourse
 
 
 def corpus_summary(timecourse: TimeCourse, corpus: Corpus, pairing: str = "random") -> str:

@@ -1,0 +1,76 @@
+"""Which training cells form each training sequence: the source cells paired with later cells, by stratum or OT on PCA."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from sctrace._errors import SctraceInputError, option
+from sctrace.data.pairing import pair_cells
+from sctrace.data.preprocess import log_normalize
+from sctrace.data.timecourse import MatrixRows, TimeCourse
+
+
+def _pair_training_cells(
+    timecourse: TimeCourse,
+    train_rows: np.ndarray,
+    cell_times: np.ndarray,
+    train_times: np.ndarray,
+    pairing: str,
+    seed: int,
+    pairs_per_source: int | None,
+    coordinates: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(n_pairs, n_times)`` rows (into the training cells) of each source cell and its partners."""
+    strata = None
+    if pairing == "stratified":
+        if not timecourse.stratify_keys:
+            raise SctraceInputError(f"stratified pairing needs at least one obs column; pass {option('stratify', 'COL')}.")
+        strata = timecourse.adata.obs.iloc[train_rows][list(timecourse.stratify_keys)].reset_index(drop=True)
+    n_source = int(np.isclose(cell_times, train_times[0]).sum())
+    largest = max(int(np.isclose(cell_times, t).sum()) for t in train_times)
+    repeats = pairs_per_source or max(1, math.ceil(largest / max(n_source, 1)))
+    # Repeating the source cells inside ONE pairing call keeps the rule "every target cell is used before any
+    # is reused" across the repeats (independent calls would each restart it).
+    source_rows = np.flatnonzero(np.isclose(cell_times, train_times[0]))
+    rows = np.concatenate([np.arange(len(cell_times)), np.tile(source_rows, repeats - 1)])
+    return rows[
+        pair_cells(
+            cell_times[rows],
+            train_times,
+            strata=None if strata is None else strata.iloc[rows].reset_index(drop=True),
+            mode=pairing,
+            coordinates=None if coordinates is None else coordinates[rows],
+            seed=seed,
+        )
+    ]
+
+
+OT_PCS = 30
+
+
+OT_FIT_CELLS = 20_000
+
+
+def _pairing_coordinates(view: MatrixRows, count_kind: str, seed: int, chunk_size: int) -> np.ndarray:
+    """``(n_cells, <= OT_PCS)`` float32 PCA coordinates of log-normalised training cells, for OT pairing.
+
+    The PCA is fitted on at most ``OT_FIT_CELLS`` seeded cells and every cell is projected block by block, so
+    memory stays bounded by the block and the coordinates (120 bytes a cell).
+    """
+    from sctrace.data.pca import fit_pca
+
+    n_cells = view.shape[0]
+    fit_rows = np.sort(np.random.default_rng(seed).choice(n_cells, size=min(n_cells, OT_FIT_CELLS), replace=False))
+    blocks = []
+    for start in range(0, n_cells, chunk_size):
+        chosen = fit_rows[(fit_rows >= start) & (fit_rows < start + chunk_size)] - start
+        if chosen.size:
+            blocks.append(sp.csr_matrix(log_normalize(view[start : start + chunk_size], count_kind))[chosen])
+    pca = fit_pca(sp.vstack(blocks).tocsr(), OT_PCS)
+    coordinates = np.empty((n_cells, pca.components.shape[0]), dtype=np.float32)
+    for start in range(0, n_cells, chunk_size):
+        coordinates[start : start + chunk_size] = pca.transform(log_normalize(view[start : start + chunk_size], count_kind))
+    return coordinates
