@@ -7,7 +7,8 @@ expression, log-normalised, with those cells' real values:
 
 - spread: the across-cell standard deviation of each gene's expected value (mean over genes), next to the
   real cells' (a collapsed head has almost none);
-- per-gene r: the median over genes of the across-cell Pearson r between expected and real values;
+- per-gene r and per-cell r (`sctrace.harness.metrics.per_cell_fidelity`): the median over genes of the across-cell
+  Pearson r between expected and real values, and over cells of the across-gene r of each cell's deviation;
 - state cosine: the mean cosine similarity between two cells' count-decoder inputs;
 - a ridge regression from the sentence's gene set (multi-hot) to the real values, fitted on the training
   cells: how much the sentences say about the counts at all.
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.linear_model import Ridge
 
     from sctrace.harness.evaluate import lognorm_over_genes
+    from sctrace.harness.metrics import per_cell_fidelity
     from sctrace.model.module import N_SPECIAL
 
     adata, times, model = fit_heldout(args)
@@ -78,17 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     training = np.flatnonzero(~np.isclose(times, args.holdout))
     ridge = Ridge(alpha=10.0).fit(multihot(training), values[training]).predict(multihot(held_out))
 
-    def per_gene_r(pred):
-        ok = (real.std(0) > 0) & (pred.std(0) > 1e-12)
-        return float(np.median([np.corrcoef(pred[:, j], real[:, j])[0, 1] for j in np.flatnonzero(ok)]))
-
+    decoded, ridged = per_cell_fidelity(expected, real), per_cell_fidelity(ridge, real)
     print(f"{args.data.name}, {args.holdout:g} held out, seed {args.seed}, {model.config.likelihood}, "
           f"{model.config.count_pooling}")
-    print("| | spread (sd across cells) | per-gene r |")
-    print("|---|---|---|")
-    print(f"| real held-out cells | {real.std(0).mean():.3f} | 1 |")
-    print(f"| count head, expected values | {expected.std(0).mean():.3f} | {per_gene_r(expected):.3f} |")
-    print(f"| ridge on the sentence's genes | {ridge.std(0).mean():.3f} | {per_gene_r(ridge):.3f} |")
+    print("| | spread (sd across cells) | per-gene r | per-cell r |")
+    print("|---|---|---|---|")
+    print(f"| real held-out cells | {real.std(0).mean():.3f} | 1 | 1 |")
+    print(f"| count head, expected values | {expected.std(0).mean():.3f} | {decoded['per_gene_r']:.3f} | "
+          f"{decoded['per_cell_r']:.3f} |")
+    print(f"| ridge on the sentence's genes | {ridge.std(0).mean():.3f} | {ridged['per_gene_r']:.3f} | "
+          f"{ridged['per_cell_r']:.3f} |")
     print(f"count-decoder input: mean cosine between cells {cosine:.3f}")
     return 0
 

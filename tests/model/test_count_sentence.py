@@ -6,6 +6,7 @@ import torch
 
 from sctrace.data.corpus import tokenize_with_spec
 from sctrace.data.preprocess import log_normalize
+from sctrace.harness.metrics import per_cell_fidelity
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
 
 
@@ -19,11 +20,6 @@ def test_sentence_ranks_give_each_gene_its_position_and_zero_when_absent():
     assert ranks[0].tolist() == [2, 0, 0, 0, 1, 0, 0, 0, 0, 3] and ranks[1].tolist() == [0, 0, 1] + [0] * 7
     with pytest.raises(ValueError, match="pass tokens"):
         net.count_params(torch.randn(2, 16), torch.full((2,), 100.0), 1.0)
-
-
-def _per_gene_r(pred: np.ndarray, real: np.ndarray) -> float:
-    ok = (real.std(0) > 0) & (pred.std(0) > 1e-9)
-    return float(np.median([np.corrcoef(pred[:, j], real[:, j])[0, 1] for j in np.flatnonzero(ok)]))
 
 
 @pytest.mark.slow
@@ -57,7 +53,8 @@ def test_the_values_follow_the_sentence_and_shuffled_sentences_lose_them(small_t
             mean = net.count_decoder.mean(net.count_params(state, depth, holdout, tokens=target)).numpy()
         return np.asarray(log_normalize(mean).todense() if hasattr(log_normalize(mean), "todense") else log_normalize(mean))
 
-    own = _per_gene_r(decoded(np.arange(len(tokens))), real)
-    shuffled = _per_gene_r(decoded(rng.permutation(len(tokens))), real)
-    assert own > 0.3, own
-    assert own > shuffled + 0.2, (own, shuffled)
+    own = per_cell_fidelity(decoded(np.arange(len(tokens))), real)
+    shuffled = per_cell_fidelity(decoded(rng.permutation(len(tokens))), real)
+    assert own["per_gene_r"] > 0.3 and own["per_cell_r"] > 0.3 and own["spread_ratio"] > 0.2, own
+    assert own["per_gene_r"] > shuffled["per_gene_r"] + 0.2, (own, shuffled)
+    assert own["per_cell_r"] > shuffled["per_cell_r"] + 0.2, (own, shuffled)

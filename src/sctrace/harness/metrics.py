@@ -26,6 +26,7 @@ from sctrace.harness.distances import (
     pearson_mean,
     r2_mean,
 )
+from sctrace.harness.fidelity import per_cell_fidelity
 from sctrace.harness.rouge import rouge1, rouge_l
 
 # PCAProjection and fit_pca live in sctrace.data.pca (OT pairing uses them too); the E-distance projects with them.
@@ -41,6 +42,7 @@ __all__ = [
     "mmd_rbf",
     "pearson_delta",
     "pearson_mean",
+    "per_cell_fidelity",
     "r2_mean",
     "rouge1",
     "rouge_l",
