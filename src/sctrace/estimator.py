@@ -40,7 +40,7 @@ from sctrace.data.io import (
 )
 from sctrace.data.pairing import check_pairing
 from sctrace.data.preprocess import read_gene_choice
-from sctrace.generate import maskgit_generate
+from sctrace.generate import generate_cells
 from sctrace.model.copula import GeneCopula, reorder_levels
 from sctrace.model.counts import StratifiedLevels
 from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
@@ -526,31 +526,11 @@ class TRACE:
             strata = StratifiedLevels(n_cells, spec.n_genes, rng,
                                       transform=lambda levels, r: reorder_levels(levels, copula.normals(time, len(levels), r)))
 
-        self.net.eval()
-        tokens_out, cls_out, mean_out, sample_out = [], [], [], []
-        for start in range(0, n_cells, batch_size):
-            chunk = rows[start : start + batch_size]
-            cells = corpus.pairs[chunk]
-            if source is None:
-                start_cells = gather_sentences(corpus.tokens, corpus.lengths, cells[:, 0])
-            else:
-                start_cells = gather_sentences(source_tokens, source_lengths, slice(start, start + len(chunk)))
-            context = [(gather_sentences(corpus.tokens, corpus.lengths, cells[:, k]), spec.time_values[k]) for k in context_columns]
-            lengths = torch.full((len(chunk),), length, dtype=torch.long)
-            tokens, hidden = maskgit_generate(
-                self.net, start_cells, spec.source_time, context, time, lengths,
-                n_iter=n_iter, temperature=temperature, schedule=self.config.mask_schedule, generator=generator,
-            )
-            cls = hidden[:, 0]
-            with torch.no_grad():
-                state = self.net.count_state(hidden, tokens)
-                params = self.net.count_params(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32),
-                                               time, tokens=tokens)
-                mean_out.append(self.net.count_decoder.mean(params).numpy())
-                levels = None if strata is None else torch.as_tensor(strata.rows(start, start + len(chunk)))
-                sample_out.append(self.net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())
-            tokens_out.append(tokens.numpy().astype(np.int32))
-            cls_out.append(cls.numpy())
+        starts = None if source is None else (source_tokens, source_lengths)
+        tokens_out, cls_out, mean_out, sample_out = generate_cells(
+            self.net, corpus, rows, starts, context_columns, time, length, library, strata, generator,
+            n_iter=n_iter, temperature=temperature, schedule=self.config.mask_schedule, batch_size=batch_size,
+        )
 
         source_names = corpus.obs_names[corpus.pairs[rows, 0]] if source is None else np.asarray(source.obs_names).astype(str)
         obs = pd.DataFrame(

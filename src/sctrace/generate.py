@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from sctrace.model.masking import mask_ratio
-from sctrace.model.module import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID, TraceNet
+from sctrace.model.module import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID, TraceNet, gather_sentences
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -200,3 +201,56 @@ def maskgit_generate(
 
     hidden = net.decode(tokens, target_time, memory, memory_pad, memory_kv, memory_time)
     return tokens, hidden
+
+
+def generate_cells(
+    net: TraceNet,
+    corpus,
+    rows: np.ndarray,
+    starts: tuple[np.ndarray, np.ndarray] | None,
+    context_columns: Sequence[int],
+    time: float,
+    length: int,
+    library: np.ndarray,
+    strata,
+    generator: torch.Generator,
+    *,
+    n_iter: int,
+    temperature: float,
+    schedule: str,
+    batch_size: int = 128,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Generate one cell per pair row of ``corpus`` in ``rows``: sentences by MaskGIT, then values by the count decoder.
+
+    Each cell starts from its row's source cell (or ``starts``: (tokens, lengths) of user source cells, one per
+    row, in order) with the row's cells at ``context_columns`` as context. ``library``: each cell's depth;
+    ``strata``: a :class:`sctrace.model.counts.StratifiedLevels` for stratified/copula draws, or None for iid.
+    Returns per batch: tokens (int32, [CLS] first), [CLS] states, expected values and sampled values.
+    Batches are drawn in order from one ``generator``, so a seed gives the same cells whatever calls this.
+    """
+    spec = corpus.spec
+    net.eval()
+    tokens_out, cls_out, mean_out, sample_out = [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        cells = corpus.pairs[chunk]
+        if starts is None:
+            start_cells = gather_sentences(corpus.tokens, corpus.lengths, cells[:, 0])
+        else:
+            start_cells = gather_sentences(starts[0], starts[1], slice(start, start + len(chunk)))
+        context = [(gather_sentences(corpus.tokens, corpus.lengths, cells[:, k]), spec.time_values[k]) for k in context_columns]
+        lengths = torch.full((len(chunk),), length, dtype=torch.long)
+        tokens, hidden = maskgit_generate(
+            net, start_cells, spec.source_time, context, time, lengths,
+            n_iter=n_iter, temperature=temperature, schedule=schedule, generator=generator,
+        )
+        with torch.no_grad():
+            state = net.count_state(hidden, tokens)
+            params = net.count_params(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32),
+                                      time, tokens=tokens)
+            mean_out.append(net.count_decoder.mean(params).numpy())
+            levels = None if strata is None else torch.as_tensor(strata.rows(start, start + len(chunk)))
+            sample_out.append(net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())
+        tokens_out.append(tokens.numpy().astype(np.int32))
+        cls_out.append(hidden[:, 0].numpy())
+    return tokens_out, cls_out, mean_out, sample_out
