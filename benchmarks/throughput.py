@@ -34,9 +34,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sctrace.config import DEFAULT_PRESET, TraceConfig, load_config
 from sctrace.data.tokenize import CLS_ID, N_SPECIAL
-from sctrace.estimator import GRADIENT_CLIP, _build_net
+from sctrace.estimator import _build_net
 from sctrace.model.masking import mask_ratio
 from sctrace.model.module import TraceNet
+from sctrace.train import GRADIENT_CLIP
 
 
 # ---------------------------------------------------------------------------------------------- FLOP count

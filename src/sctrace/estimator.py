@@ -7,7 +7,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -52,14 +51,12 @@ from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API,
     COPULA_FILE,
     CORPUS_DIR,
     ENCODER_FILE,
-    GRADIENT_CLIP,
     INPUTS_FILE,
     LOG_DIR,
     RUN_FORMAT,
     RUN_MARKER,
     SCRATCH_OWNER,
     SCRATCH_PREFIX,
-    VALIDATE_EVERY_STEPS,
     WEIGHTS_FILE,
     _check_checkpoint,
     _check_config_keys,
@@ -304,11 +301,9 @@ class TRACE:
         fp32 (``"32-true"``) on CPU. Weights stay fp32 either way, and so do the saved ones.
         """
         import lightning as L
-        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger
 
         from sctrace.data.datamodule import TraceDataModule
-        from sctrace.train import TracePlan
+        from sctrace.train import TracePlan, build_trainer
 
         if max_epochs is not None:
             self.config = self.config.update({"max_epochs": max_epochs})
@@ -336,50 +331,12 @@ class TRACE:
         L.seed_everything(self.seed, workers=True, verbose=False)
         datamodule = TraceDataModule(self.corpus, self.config.batch_size, self.config.val_fraction, self.seed)
         plan = TracePlan(self.net, self.config, self.seed)
-        has_val = len(datamodule.val_rows) > 0
-        max_epochs, val_every = self.config.max_epochs, 1
-        if self.config.min_steps > 0:
-            world = devices * num_nodes if isinstance(devices, int) else num_nodes
-            steps_per_epoch = max(1, math.ceil(len(datamodule.train_rows) / (self.config.batch_size * max(world, 1))))
-            max_epochs = max(max_epochs, math.ceil(self.config.min_steps / steps_per_epoch))
-            val_every = min(max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch)), max_epochs)
-            plan.total_steps = max_epochs * steps_per_epoch if max_steps is None else max_steps
-        monitor = "val_loss" if has_val else "train_loss"
-        checkpoint = ModelCheckpoint(
-            dirpath=root / CHECKPOINT_DIR, filename="best", monitor=monitor, save_last=True, save_weights_only=False
-        )
-        # Checked after validation (every epoch end) rather than at the end of the training epoch, so a run that
-        # max_steps stops inside an epoch, before any validation, is not checked against a missing val_loss.
-        stopping = EarlyStopping(monitor=monitor, patience=self.config.patience, check_on_train_epoch_end=not has_val)
-        callbacks = [checkpoint, stopping]
         try:
             with _quiet_lightning():
-                try:
-                    trainer = L.Trainer(
-                        max_epochs=max_epochs,
-                        max_steps=-1 if max_steps is None else max_steps,
-                        min_steps=self.config.min_steps or None,
-                        check_val_every_n_epoch=val_every,
-                        accelerator=accelerator,
-                        devices=devices,
-                        num_nodes=num_nodes,
-                        strategy=strategy,
-                        precision=precision,
-                        logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
-                        callbacks=callbacks,
-                        gradient_clip_val=GRADIENT_CLIP,
-                        enable_progress_bar=progress,
-                        enable_model_summary=False,
-                        deterministic=False,
-                        log_every_n_steps=10,
-                    )
-                except Exception as err:  # Lightning's refusal of an accelerator, device count, strategy, ...
-                    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise SctraceInputError(
-                        f"Lightning cannot train with these options ({reason}); check {option_name('accelerator')}, "
-                        f"{option_name('devices')}, {option_name('num_nodes')}, {option_name('strategy')} and "
-                        f"{option_name('precision')}."
-                    ) from err
+                trainer, checkpoint = build_trainer(
+                    self.config, plan, datamodule, root, max_steps=max_steps, accelerator=accelerator, devices=devices,
+                    num_nodes=num_nodes, strategy=strategy, precision=precision, progress=progress,
+                )
                 fit_options = {}
                 if ckpt_path is not None:
                     _check_checkpoint(Path(ckpt_path), plan)

@@ -32,9 +32,6 @@ CORPUS_DIR = "corpus"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so --overwrite never touches others
-# With a step budget (config min_steps), validation and early stopping come about this often.
-VALIDATE_EVERY_STEPS = 50
-GRADIENT_CLIP = 1.0  # gradient norm clipped at 1, as every preset trained (the knob had no other setting in use)
 # Runs of format 2 or later write every config key, so a key missing from their config.yaml means a corrupt run;
 # older runs lack the keys added since and load with the defaults that reproduce them.
 RUN_FORMAT = 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -127,3 +128,67 @@ class TracePlan(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# With a step budget (config min_steps), validation and early stopping come about this often.
+VALIDATE_EVERY_STEPS = 50
+GRADIENT_CLIP = 1.0  # gradient norm clipped at 1, as every preset trained (the knob had no other setting in use)
+
+
+def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, *, max_steps: int | None,
+                  accelerator: str, devices, num_nodes: int, strategy: str, precision: str, progress: bool):
+    """The Lightning trainer for one fit, with its best/last checkpoints in ``root`` and early stopping.
+
+    With a step budget (``min_steps``) the epochs are stretched to reach it, validation comes about every
+    :data:`VALIDATE_EVERY_STEPS` steps, and ``plan`` learns the planned steps for its warm-up and cosine decay.
+    Returns the trainer and its checkpoint callback (whose best model the fit reloads).
+    """
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from sctrace._errors import SctraceInputError, option_name
+    from sctrace.rundir import CHECKPOINT_DIR, LOG_DIR
+
+    has_val = len(datamodule.val_rows) > 0
+    max_epochs, val_every = config.max_epochs, 1
+    if config.min_steps > 0:
+        world = devices * num_nodes if isinstance(devices, int) else num_nodes
+        steps_per_epoch = max(1, math.ceil(len(datamodule.train_rows) / (config.batch_size * max(world, 1))))
+        max_epochs = max(max_epochs, math.ceil(config.min_steps / steps_per_epoch))
+        val_every = min(max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch)), max_epochs)
+        plan.total_steps = max_epochs * steps_per_epoch if max_steps is None else max_steps
+    monitor = "val_loss" if has_val else "train_loss"
+    checkpoint = ModelCheckpoint(
+        dirpath=root / CHECKPOINT_DIR, filename="best", monitor=monitor, save_last=True, save_weights_only=False
+    )
+    # Checked after validation (every epoch end) rather than at the end of the training epoch, so a run that
+    # max_steps stops inside an epoch, before any validation, is not checked against a missing val_loss.
+    stopping = EarlyStopping(monitor=monitor, patience=config.patience, check_on_train_epoch_end=not has_val)
+    callbacks = [checkpoint, stopping]
+    try:
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            max_steps=-1 if max_steps is None else max_steps,
+            min_steps=config.min_steps or None,
+            check_val_every_n_epoch=val_every,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision,
+            logger=CSVLogger(root, name=LOG_DIR),  # a new version folder per fit, so resuming keeps old logs
+            callbacks=callbacks,
+            gradient_clip_val=GRADIENT_CLIP,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            deterministic=False,
+            log_every_n_steps=10,
+        )
+    except Exception as err:  # Lightning's refusal of an accelerator, device count, strategy, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SctraceInputError(
+            f"Lightning cannot train with these options ({reason}); check {option_name('accelerator')}, "
+            f"{option_name('devices')}, {option_name('num_nodes')}, {option_name('strategy')} and "
+            f"{option_name('precision')}."
+        ) from err
+    return trainer, checkpoint
