@@ -270,7 +270,7 @@ class CountDecoder(nn.Module):
         """
         import scipy.sparse as sp
 
-        from sctrace.data.tokenize import N_SPECIAL
+        from sctrace.data.sentences import add_cls, sentence_ranks
 
         if not self.sentence_offsets:
             raise ValueError("fit_sentence_offsets applies to a decoder built with sentence_offsets.")
@@ -295,11 +295,7 @@ class CountDecoder(nn.Module):
             mean_share = share.mean(0).clamp(min=1e-12)
             y = torch.log(share.clamp(min=1e-12) / mean_share)
             weight = (x > 0).double()
-        ranks = torch.zeros(len(rows), n_genes + N_SPECIAL, dtype=torch.float64)
-        positions = torch.arange(1, sentences.shape[1] + 1, dtype=torch.float64).expand_as(sentences)
-        is_gene = sentences >= N_SPECIAL
-        ranks.scatter_(1, torch.where(is_gene, sentences, 0), torch.where(is_gene, positions, 0.0))
-        ranks = ranks[:, N_SPECIAL:]
+        ranks = sentence_ranks(add_cls(sentences), n_genes).double()
         present = (ranks > 0) & (weight > 0)
         log_rank = torch.log(ranks.clamp(min=1.0))
         n_in = present.sum(0).clamp(min=1)

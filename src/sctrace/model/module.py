@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sctrace.data.sentences import add_cls, gather_sentences
+from sctrace.data.sentences import add_cls, gather_sentences, sentence_ranks
 from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
 from sctrace.model.embeddings import CellEmbedding, RelativeTimeBias
@@ -194,11 +194,7 @@ class TraceNet(nn.Module):
 
     def sentence_ranks(self, tokens: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) each gene's rank in the sentence (1 for the gene after [CLS]), 0 where it is absent."""
-        is_gene = tokens >= N_SPECIAL
-        position = torch.arange(tokens.shape[1], device=tokens.device, dtype=torch.float32).expand_as(tokens)
-        ranks = torch.zeros(tokens.shape[0], self.n_genes + N_SPECIAL, device=tokens.device)
-        ranks.scatter_(1, torch.where(is_gene, tokens, torch.zeros_like(tokens)), torch.where(is_gene, position, 0.0))
-        return ranks[:, N_SPECIAL:]
+        return sentence_ranks(tokens, self.n_genes)
 
     @torch.no_grad()
     def build_context(
