@@ -110,6 +110,9 @@ class TraceConfig:
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False
+    # The count decoder's input standardised by running statistics over training batches of every time, so that
+    # the small differences between times' decoder states reach the head at the scale of the differences in cells.
+    count_standardise: bool = False
     count_hidden: int = 128
     count_dropout: float = 0.1
     likelihood: str = "zinb"

@@ -143,6 +143,7 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         centre_prior=config.count_prior == "centred",
         count_time=config.count_time,
         count_sentence=config.count_sentence,
+        count_standardise=config.count_standardise,
         pretrained=pretrained,
     )
     if config.encoder == "random":

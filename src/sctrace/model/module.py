@@ -50,6 +50,9 @@ class TraceNet(nn.Module):
     count_sentence
         The count decoder reads the cell's own sentence: each gene in it is offset by a per-gene level plus a
         slope in log rank, each gene outside it by another level (:class:`sctrace.model.counts.CountDecoder`).
+    count_standardise
+        The count decoder's input is standardised by running statistics over training batches of every time
+        (:class:`sctrace.model.counts.RunningStandardise`), so the small differences between times' states count.
     count_time
         The count decoder also reads the decoded time, scaled to the observed span ((t - t0) / span): a small
         course's decoder states barely carry the time, and a head reading only them decodes one profile for all.
@@ -91,6 +94,7 @@ class TraceNet(nn.Module):
         centre_prior: bool = False,
         count_time: bool = False,
         count_sentence: bool = False,
+        count_standardise: bool = False,
     ):
         super().__init__()
         if count_pooling not in COUNT_POOLINGS:
@@ -122,6 +126,7 @@ class TraceNet(nn.Module):
             centre_prior=centre_prior,
             n_time_features=1 if count_time else 0,
             sentence_offsets=count_sentence,
+            standardise=count_standardise,
         )
         self.time_origin, self.time_span = float(time_origin), float(time_span) or 1.0
         self.count_time = count_time
