@@ -53,7 +53,7 @@ def test_a_row_per_split_and_method(protocol_run):
     assert pairs == {(s, m) for s in saved["splits"] for m in METHODS} - {("extrapolate-4", "mixture")}
     for row in saved["rows"]:
         assert not row["failed"]
-        for key in ("emd", "mmd", "pearson_delta", "gene_corr", "c2st_auc", "wall_s"):
+        for key in ("emd", "mmd", "pearson_delta", "gene_corr", "c2st_auc", "gene_corr_iid", "c2st_auc_iid", "wall_s"):
             assert np.isfinite(row[key]), (row["split"], row["method"], key)
         # Distances to the truth and to every training time (for extrapolation: every earlier time).
         expected = {"interpolate-1": {"0", "2.5", "4"}, "interpolate-2.5": {"0", "1", "4"}, "extrapolate-4": {"0", "1", "2.5"}}

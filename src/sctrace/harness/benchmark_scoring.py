@@ -74,6 +74,21 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _independent_scores(arrays, real, metrics: dict, seed: int) -> dict:
+    """``gene_corr_iid`` and ``c2st_auc_iid``: the scores of the same prediction with every value drawn on its own.
+
+    Why: sctrace's default sampler re-orders its draws so genes co-vary as in the nearest training cells; these say
+    what the model itself generates. A method without a sampler (a floor or a peer) makes its cells one way, so its
+    two pairs of scores are the same.
+    """
+    if "expression_iid" not in arrays:
+        return {f"{key}_iid": metrics.get(key) for key in ("gene_corr", "c2st_auc")}
+    from sctrace.harness.metrics import classifier_auc, gene_correlation
+
+    pred = arrays["expression_iid"]
+    return {"gene_corr_iid": gene_correlation(pred, real), "c2st_auc_iid": classifier_auc(pred, real, seed=seed)}
+
+
 def _score_records(records: list[dict], failures: dict[str, str], cells, matrix, gene_names, seeds) -> dict:
     """Score every prediction on the held-out cells and summarise each method over seeds."""
     from sctrace.data.corpus import tokenize_with_spec
@@ -84,6 +99,7 @@ def _score_records(records: list[dict], failures: dict[str, str], cells, matrix,
     for record in records:
         arrays = np.load(record["prediction"])
         metrics = score(arrays["expression"], cells.real, reference=cells.reference, seed=record["seed"])
+        metrics.update(_independent_scores(arrays, cells.real, metrics, record["seed"]))
         if "tokens" in arrays:
             run_dir = record["run_dir"]
             if run_dir not in real_tokens_by_run:

@@ -54,10 +54,12 @@ METRIC_LABELS: dict[str, str] = {
     "pearson_delta": "Pearson-delta",
     "gene_corr": "gene-gene r",
     "c2st_auc": "C2ST AUC",
+    "gene_corr_iid": "gene-gene r (iid)",
+    "c2st_auc_iid": "C2ST AUC (iid)",
     "rouge1_f1": "ROUGE-1 F1",
     "rougeL_f1": "ROUGE-L F1",
 }
-LOWER_IS_BETTER = ("mmd", "emd", "e_distance", "c2st_auc")
+LOWER_IS_BETTER = ("mmd", "emd", "e_distance", "c2st_auc", "c2st_auc_iid")
 
 
 def genes_in_order(gene_names: Sequence[str], genes: Sequence[str], what: str = "the data") -> np.ndarray:
