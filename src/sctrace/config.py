@@ -99,6 +99,10 @@ class TraceConfig:
     # Cross-attention biased by the time between the decoded cell and each memory cell (relative time), so an
     # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
     time_bias: bool = False
+    # The source time is a training target too, decoded as another source-time cell than the one the encoder reads:
+    # otherwise the decoder is never asked for the first time point, and a time between it and the second decodes
+    # as the second (the simulator with time 1 held out, BENCHMARKS.md).
+    source_time_target: bool = False
     # The count decoder's outputs are offsets from each gene's training-time statistics interpolated to the decoded
     # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior):
     # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
