@@ -2,7 +2,9 @@
 
 SPLIT_DIR is one split of `sctrace protocol` (OUT/splits/<task>-<t>); its sctrace run (seed 0) predicts 300
 cells at every observed time after the source, and each prediction is scored (per-gene EMD, Pearson-delta
-against the previous time) on that time's real cells, next to `identity` (the previous time's real cells). At a
+against the previous time) on that time's real cells, next to `identity` (the previous time's real cells), with
+where the EMD comes from: the mean absolute error of each gene's mean, the non-zero fraction and the spread
+across cells, each beside the real cells'. At a
 trained time this is in-sample: a model that cannot match it there cannot move between its neighbours either.
 Options: --count-kind counts|lognorm (default: the split's).
 """
@@ -42,8 +44,17 @@ def main() -> None:
         cells = scoring_cells(full.X, times, full.var_names, genes, float(t), kind)
         generated = lognorm_over_genes(pred.X, pred.var_names, genes, "counts" if kind == "counts" else "lognorm")
         role = "held out" if np.isclose(t, results["holdout"]) else "trained"
-        print(f"t = {t:g} ({role}): sctrace EMD {emd(generated, cells.real):.3f}, Pearson-delta "
-              f"{pearson_delta(generated, cells.real, cells.reference):.3f}; identity EMD {emd(cells.reference, cells.real):.3f}")
+        gen, real = _dense(generated), _dense(cells.real)
+        # Where the EMD comes from: each gene's mean, its spread across cells, how many cells express it.
+        print(f"t = {t:g} ({role}): sctrace EMD {emd(gen, real):.3f}, Pearson-delta "
+              f"{pearson_delta(gen, real, cells.reference):.3f}; identity EMD {emd(cells.reference, real):.3f}; "
+              f"|mean error| {np.abs(gen.mean(0) - real.mean(0)).mean():.3f}; non-zero fraction "
+              f"{(gen > 0).mean():.3f} (real {(real > 0).mean():.3f}); sd across cells {gen.std(0).mean():.3f} "
+              f"(real {real.std(0).mean():.3f})")
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
 
 
 if __name__ == "__main__":
