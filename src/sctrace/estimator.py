@@ -305,6 +305,11 @@ class TRACE:
         from sctrace.data.datamodule import TraceDataModule
         from sctrace.train import TracePlan, build_trainer
 
+        if self.corpus.counts is None:
+            raise SctraceInputError(
+                "this model was loaded from a run directory, which keeps no training counts, so it cannot train; "
+                "build TRACE from the data to fit it (with resume=True and that run_dir to continue the run)."
+            )
         if max_epochs is not None:
             self.config = self.config.update({"max_epochs": max_epochs})
         if self.config.max_epochs < 1:
