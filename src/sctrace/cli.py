@@ -400,8 +400,8 @@ def plot(
         written = plot_benchmark(pred, out, data=data, layout=layout)
         typer.echo("wrote " + ", ".join(str(path) for path in written))
         return
-    missing = [name for name, value in (("DATA", data), ("--time", time), ("--out", out)) if value is None]
-    if missing:
+    if data is None or time is None or out is None:
+        missing = [name for name, value in (("DATA", data), ("--time", time), ("--out", out)) if value is None]
         raise SctraceInputError(f"plotting a prediction file needs {', '.join(missing)}: sctrace plot PRED.h5ad DATA.h5ad "
                                 "--time T --out DIR.")
     from sctrace.harness.plots import plot_prediction

@@ -14,6 +14,7 @@ import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import anndata as ad
 import numpy as np
@@ -74,6 +75,9 @@ from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API,
     staging_dir,
     swap_in_run,
 )
+
+if TYPE_CHECKING:
+    from sctrace.model.pretrained import PretrainedEncoder
 
 
 def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
@@ -151,6 +155,11 @@ def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | Non
         net.source_embedding.requires_grad_(False)
         net.encoder.requires_grad_(False)
     return net
+
+
+def _pretrained_encoder(net: TraceNet) -> PretrainedEncoder | None:
+    """The network's pretrained source encoder: :func:`_build_net` gives it a PretrainedEncoder or none."""
+    return cast("PretrainedEncoder | None", net.pretrained)
 
 
 # Lightning precisions fit accepts; "auto" picks bf16 autocast on a GPU and fp32 on CPU.
@@ -261,11 +270,11 @@ class TRACE:
         return self.corpus.spec
 
     def __repr__(self) -> str:
-        spec = self.spec
+        spec, encoder = self.spec, _pretrained_encoder(self.net)
         return (
             f"TRACE({spec.n_genes} genes, times {spec.time_values}, task={spec.task}, holdout={spec.holdout}, "
             f"{len(self.corpus.pairs)} pairs, trained={self.is_trained}"
-            + (f", encoder: {self.net.pretrained.summary()} ({self.config.encoder_mode})" if self.net.pretrained is not None else "")
+            + (f", encoder: {encoder.summary()} ({self.config.encoder_mode})" if encoder is not None else "")
             + (", encoder: random, frozen at initialisation" if self.config.encoder == "random" else "")
             + ")"
         )
@@ -304,8 +313,13 @@ class TRACE:
         import lightning as L
 
         from sctrace.data.datamodule import TraceDataModule
-        from sctrace.train import TracePlan, build_trainer
+        from sctrace.train import TracePlan, TrainPrecision, build_trainer
 
+        if self.corpus.counts is None:
+            raise SctraceInputError(
+                "this model was loaded from a run directory, which keeps no training counts, so it cannot train; "
+                "build TRACE from the data to fit it (with resume=True and that run_dir to continue the run)."
+            )
         if max_epochs is not None:
             self.config = self.config.update({"max_epochs": max_epochs})
         if self.config.max_epochs < 1:
@@ -336,7 +350,7 @@ class TRACE:
             with _quiet_lightning():
                 trainer, checkpoint = build_trainer(
                     self.config, plan, datamodule, root, max_steps=max_steps, accelerator=accelerator, devices=devices,
-                    num_nodes=num_nodes, strategy=strategy, precision=precision, progress=progress,
+                    num_nodes=num_nodes, strategy=strategy, precision=cast(TrainPrecision, precision), progress=progress,
                 )
                 fit_options = {}
                 if ckpt_path is not None:
@@ -362,12 +376,14 @@ class TRACE:
         if scratch is not None:
             scratch.cleanup()
         elif trainer.is_global_zero:
+            assert run_dir is not None  # no scratch directory: the run has one
             self._write_weights(root)
             swap_in_run(root, Path(run_dir))
         return self
 
     def _check_resume(self, run_dir: Path) -> None:
         """Refuse to continue a run on other data, split or config: its new epochs would train on what it held out."""
+        assert self.inputs is not None  # None only in a loaded model, which fit refuses (no counts)
         differences = []
         saved_inputs = run_dir / INPUTS_FILE
         if saved_inputs.exists():
@@ -595,8 +611,9 @@ class TRACE:
             tmp = run_dir / (COPULA_FILE + ".tmp")
             self.copula.save(tmp)
             os.replace(tmp, run_dir / COPULA_FILE)  # atomic, as the weights
-        if self.net.pretrained is not None:
-            (run_dir / ENCODER_FILE).write_text(json.dumps(self.net.pretrained.to_config()))
+        encoder = _pretrained_encoder(self.net)
+        if encoder is not None:
+            (run_dir / ENCODER_FILE).write_text(json.dumps(encoder.to_config()))
 
     def _write_weights(self, run_dir: Path) -> None:
         from safetensors.torch import save_file
@@ -637,6 +654,7 @@ class TRACE:
                     f"{option('resume', True)})."
                 )
         _check_config_keys(run_dir)
+        assert config is not None  # its file is among those needed
         self = cls.__new__(cls)
         self.config = config
         self.corpus = Corpus.load(run_dir / CORPUS_DIR)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 
 from sctrace.config import TraceConfig
 from sctrace.model.module import TraceNet
+
+# The precisions a fit trains in, once TRACE.fit has resolved "auto": fp32, or bf16 autocast.
+TrainPrecision = Literal["32-true", "bf16-mixed"]
 
 
 class TracePlan(L.LightningModule):
@@ -80,11 +84,11 @@ class TracePlan(L.LightningModule):
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)
         n_times = batch["sentences"].shape[1]
-        draw = {"generator": self._generator, "device": self._generator.device}  # a CUDA generator draws on CUDA
         # With source_time_target the source time is a target too (another source cell), so the decoder's time
         # code is trained at the first time point and a time between it and the next is between trained times.
         first = 0 if self.config.source_time_target and len(batch["sentences"]) > 1 else 1
-        target_index = int(torch.randint(first, n_times, (1,), **draw))
+        # On the generator's device: a CUDA generator draws on CUDA.
+        target_index = int(torch.randint(first, n_times, (1,), generator=self._generator, device=self._generator.device))
         losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times))
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
         # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and
@@ -146,7 +150,7 @@ GRADIENT_CLIP = 1.0  # gradient norm clipped at 1, as every preset trained (the 
 
 
 def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, *, max_steps: int | None,
-                  accelerator: str, devices, num_nodes: int, strategy: str, precision: str, progress: bool):
+                  accelerator: str, devices, num_nodes: int, strategy: str, precision: TrainPrecision, progress: bool):
     """The Lightning trainer for one fit, with its best/last checkpoints in ``root`` and early stopping.
 
     With a step budget (``min_steps``) the epochs are stretched to reach it, validation comes about every

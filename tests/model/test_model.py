@@ -15,6 +15,7 @@ from sctrace.config import load_config, preset_names
 from sctrace.estimator import TRACE
 from sctrace.generate import _first_claim, maskgit_generate
 from sctrace.model.module import CLS_ID, N_SPECIAL, PAD_ID, TraceNet, add_cls
+from sctrace.rundir import INPUTS_FILE
 
 
 def _random_net(vocab=43, max_len=30, seed=0) -> TraceNet:
@@ -282,6 +283,18 @@ def test_resume_continues_from_last_checkpoint(small_timecourse, tiny_fast_confi
     assert resumed.history["epoch"].max() == 1  # epoch 0 came from the checkpoint, epoch 1 was trained now
     with pytest.raises(SctraceInputError, match="nothing to resume"):
         TRACE(small_timecourse, "time", holdout=holdout, **config).fit(run_dir=tmp_path / "new", resume=True)
+
+
+def test_a_loaded_model_refuses_to_train(fitted, tmp_path):
+    """A run directory keeps no training counts: fitting a loaded model says so instead of failing in the data
+    loader, or, resuming a run without a data fingerprint, in the resume check."""
+    _, run_dir, _ = fitted
+    old_run = tmp_path / "old"
+    shutil.copytree(run_dir, old_run)
+    (old_run / INPUTS_FILE).unlink()  # as a run from before the fingerprint
+    for loaded, options in ((TRACE.load(run_dir), {}), (TRACE.load(old_run), {"run_dir": old_run, "resume": True})):
+        with pytest.raises(SctraceInputError, match="keeps no training counts"):
+            loaded.fit(progress=False, **options)
 
 
 def test_lognorm_data_needs_a_lognorm_likelihood(small_timecourse):

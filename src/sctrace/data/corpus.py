@@ -133,11 +133,10 @@ def prepare_corpus(
     train_times, holdout = split_times(timecourse.time_values, task, holdout)
     train_rows = np.flatnonzero(np.isin(timecourse.times, train_times))
     matrix = timecourse.expression()
-    gene_choice = genes
-    genes = np.asarray(timecourse.gene_names()).astype(str)
+    gene_names = np.asarray(timecourse.gene_names()).astype(str)
 
     hvg_idx = chosen_gene_columns(
-        genes, gene_choice,
+        gene_names, genes,
         lambda n: select_hvgs_streamed(MatrixRows(matrix, train_rows), n, timecourse.count_kind, chunk_size), n_top_genes)
     if len(hvg_idx) == 0:
         raise SctraceInputError("no gene is expressed in the training cells; check that X (or the layer) holds expression.")
@@ -145,7 +144,7 @@ def prepare_corpus(
     is_lognorm = timecourse.count_kind == "lognorm"
     medians = nonzero_gene_medians(MatrixRows(matrix, train_rows, hvg_idx, np.expm1 if is_lognorm else None))
     if gene_medians is not None:
-        user = pd.Series(gene_medians).reindex(genes[hvg_idx])
+        user = pd.Series(gene_medians).reindex(gene_names[hvg_idx])
         found = user.notna().to_numpy()
         medians = np.where(found, user.to_numpy(dtype=np.float64), medians)
 
@@ -171,7 +170,7 @@ def prepare_corpus(
     mean_lengths = [float(all_lengths[np.isclose(cell_times, t)].mean()) for t in train_times]
 
     spec = CorpusSpec(
-        genes=genes[hvg_idx].tolist(),
+        genes=gene_names[hvg_idx].tolist(),
         gene_medians=[float(m) for m in medians],
         time_values=[float(t) for t in train_times],
         task=task,
@@ -184,6 +183,7 @@ def prepare_corpus(
         mean_lengths=mean_lengths,
     )
     if directory is None:
+        assert isinstance(obs_names, np.ndarray)  # collected in memory without a directory
         return Corpus(spec, tokens, lengths, cell_times, pairs, counts, obs_names)
     spec.to_json(directory / "corpus.json")
     np.save(directory / "cell_times.npy", cell_times)
@@ -233,6 +233,7 @@ def _tokenize_and_collect(
         "counts_indices": (np.int32 if n_genes <= np.iinfo(np.int32).max else np.int64, ()),
         "counts_indptr": (np.int64, ()),
     }
+    sinks: dict[str, _ArrayCollector | _NpyWriter]
     if directory is None:
         sinks = {name: _ArrayCollector(dtype, shape) for name, (dtype, shape) in columns.items()}
     else:
@@ -259,7 +260,7 @@ def _tokenize_and_collect(
     return arrays["tokens"], arrays["lengths"], csr, np.concatenate(totals) if totals else np.zeros(0)
 
 
-def _collect_names(names: pd.Index, rows: np.ndarray, directory: Path | None, chunk_size: int) -> np.ndarray:
+def _collect_names(names: pd.Index, rows: np.ndarray, directory: Path | None, chunk_size: int) -> np.ndarray | NpyFile:
     """``(len(rows),)`` fixed-width unicode names of the chosen rows; written to ``obs_names.npy`` with a directory."""
     width = max(1, int(names[rows].str.len().max())) if rows.size else 1
     dtype = np.dtype(f"<U{width}")

@@ -108,7 +108,7 @@ class NpyFile:
 
     def _read_into(self, buffer: np.ndarray, first_row: int) -> None:
         """Fill the uint8 ``buffer`` from the bytes of the rows starting at ``first_row``."""
-        offset, view, done = self._offset + first_row * self._row_bytes, memoryview(buffer), 0
+        offset, view, done = self._offset + first_row * self._row_bytes, buffer.data, 0
         while done < len(view):  # a read may return less than asked for
             n_read = os.preadv(self._descriptor, [view[done:]], offset + done)
             if n_read == 0:

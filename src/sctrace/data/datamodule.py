@@ -42,6 +42,7 @@ class PairCollator:
         cells = self.corpus.pairs[np.asarray(rows)]  # (batch, n_times)
         flat = cells.ravel()
         sentences = gather_sentences(self.corpus.tokens, self.corpus.lengths, flat)
+        assert self.corpus.counts is not None, "training batches need the corpus's counts"
         counts = self.corpus.counts[flat]
         counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
         batch, n_times = cells.shape

@@ -201,11 +201,11 @@ def _values_in_windows(
     """
     n_windows = windows.low.size
     window_type = np.min_scalar_type(n_windows)
-    kept_windows, kept_bits = [], []
+    window_chunks, kept_bits = [], []
     for window, bits in _bits_in_windows(counts, chunk_size, target_sum, windows):
-        kept_windows.append(window.astype(window_type))
+        window_chunks.append(window.astype(window_type))
         kept_bits.append(bits)
-    kept_windows = np.concatenate(kept_windows)
+    kept_windows = np.concatenate(window_chunks)
     # A stable sort of 8- or 16-bit integers is a radix sort in numpy, so grouping is cheap.
     by_window = np.argsort(kept_windows, kind="stable")
     bounds = np.concatenate(([0], np.cumsum(np.bincount(kept_windows, minlength=n_windows))))

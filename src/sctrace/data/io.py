@@ -140,7 +140,7 @@ def check_expression(adata: anndata.AnnData, layer: str | None, count_kind: str)
     _check_expression(adata.X if layer is None else adata.layers[layer], layer, count_kind, list(adata.layers))
 
 
-def check_holdout(tc: TimeCourse, holdout: float) -> float:
+def check_holdout(tc: TimeCourse, holdout: float | str) -> float:
     """Match a held-out time to one of the observed time values.
 
     Parameters

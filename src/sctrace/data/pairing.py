@@ -42,7 +42,7 @@ def check_pairing(mode: str, stratify: Sequence[str] | None) -> None:
 
 def pair_cells(
     times: np.ndarray,
-    time_values: Sequence[float],
+    time_values: np.ndarray | Sequence[float],
     *,
     strata: pd.DataFrame | None = None,
     mode: str = "random",
@@ -135,6 +135,7 @@ def pair_cells(
             pairs[:, k] = _draw_without_reuse(cells_by_time[k], source_cells.size, rng)
         return pairs
     if mode == "ot":
+        assert coordinates is not None  # checked above
         for k in range(1, time_values.size):
             pairs[:, k] = _transport_partners(pairs[:, k - 1], cells_by_time[k], coordinates, rng)
         return pairs

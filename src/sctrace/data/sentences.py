@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sctrace.data.corpus_files import NpyFile
 from sctrace.data.tokenize import CLS_ID, N_SPECIAL
 
 __all__ = ["add_cls", "gather_sentences", "sentence_ranks"]
@@ -20,10 +21,10 @@ def add_cls(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([cls, tokens], dim=1)
 
 
-def gather_sentences(tokens: np.ndarray, lengths: np.ndarray, rows: np.ndarray | slice) -> torch.Tensor:
+def gather_sentences(tokens: np.ndarray | NpyFile, lengths: np.ndarray, rows: np.ndarray | slice) -> torch.Tensor:
     """[CLS]-prefixed int64 sentences of ``rows``, trimmed to the longest of them (less padding to attend over).
 
-    tokens: (n_cells, max_len) gene token ids (may be a memory map); lengths: (n_cells,).
+    tokens: (n_cells, max_len) gene token ids (may be a memory map or an :class:`NpyFile`); lengths: (n_cells,).
     Returns (len(rows), width + 1) int64.
     """
     row_lengths = lengths[rows]

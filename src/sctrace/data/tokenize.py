@@ -15,9 +15,11 @@ tokenized in seconds without a per-cell Python loop.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from sctrace._errors import SctraceInputError
 from sctrace.data.count_chunks import _check_chunk_size, _check_matrix, _iter_csr_chunks, _row_sliceable
@@ -112,7 +114,7 @@ def rank_value_tokenize(
     return tokens, lengths
 
 
-def save_tokenized(directory, tokens: np.ndarray, lengths: np.ndarray) -> None:
+def save_tokenized(directory, tokens: ArrayLike, lengths: ArrayLike) -> None:
     """Write ``tokens.npy`` and ``lengths.npy`` into ``directory`` (created if needed) for mmap loading."""
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
@@ -134,7 +136,7 @@ def load_tokenized(directory, mmap: bool = True) -> tuple[np.ndarray, np.ndarray
         raise SctraceInputError(
             f"{directory} has no {' or '.join(missing)}; point to a directory written by save_tokenized."
         )
-    mmap_mode = "r" if mmap else None
+    mmap_mode: Literal["r"] | None = "r" if mmap else None
     return (
         np.load(directory / "tokens.npy", mmap_mode=mmap_mode),
         np.load(directory / "lengths.npy", mmap_mode=mmap_mode),

@@ -111,7 +111,7 @@ def _bracketing_times(times: np.ndarray, target_time: float, name: str = "linear
             "baseline is only defined for interpolation between two observed time points."
         )
     # At an observed time, start the interval there (a = 0); only the last time closes an interval (a = 1).
-    left = min(np.searchsorted(observed, target_time, side="right") - 1, observed.size - 2)
+    left = min(int(np.searchsorted(observed, target_time, side="right")) - 1, observed.size - 2)
     return float(observed[left]), float(observed[left + 1])
 
 

@@ -258,8 +258,9 @@ def run_benchmark(
         raise SctraceInputError(f"{out_dir} already holds benchmark results; pass --overwrite or choose another --out.")
 
     timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
-    holdout = check_holdout(timecourse, holdout)
-    task, holdout = resolve_task(timecourse.time_values, task, holdout)
+    task, resolved = resolve_task(timecourse.time_values, task, check_holdout(timecourse, holdout))
+    assert resolved is not None  # a given held-out time stays held out
+    holdout = resolved
     train_times, _ = split_times(timecourse.time_values, task, holdout)
     overrides, loaded = sctrace_options(preset, config, max_epochs, count_kind, sctrace_overrides)
     for variant in variants:

@@ -74,8 +74,8 @@ def _run_job(job: dict) -> list[dict]:
             outputs.append((variant["label"], time.perf_counter() - predict_started, arrays))
     else:
         expression = lognorm_over_genes(train.X, train.var_names, job["genes"], job["count_kind"])
-        predict = fit_method(method, expression, times, seed, job.get(method) or {})
-        cells = predict(target, n_cells)
+        predict_cells = fit_method(method, expression, times, seed, job.get(method) or {})
+        cells = predict_cells(target, n_cells)
         fit_seconds = 0.0  # the baselines and the peer fit and predict in one call, timed as prediction
         outputs.append((job["variants"][0]["label"], time.perf_counter() - started, {"expression": cells}))
     records = []

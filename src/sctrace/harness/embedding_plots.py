@@ -158,7 +158,7 @@ class EmbeddingView:
     gene_names: list[str]
 
     @classmethod
-    def from_prediction(cls, generated_embeddings: np.ndarray, generated_expression, gene_names: Sequence[str],
+    def from_prediction(cls, generated_embeddings: np.ndarray, generated_expression, gene_names: Sequence[str] | np.ndarray,
                         time: float, generated_types: np.ndarray | None = None) -> EmbeddingView:
         """Generated cells alone (their ``obsm['X_sctrace']``), coloured by ``generated_types`` when given."""
         label = np.full(len(generated_embeddings), f"generated t={time:g}")

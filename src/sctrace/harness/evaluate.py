@@ -62,7 +62,8 @@ METRIC_LABELS: dict[str, str] = {
 LOWER_IS_BETTER = ("mmd", "emd", "e_distance", "c2st_auc", "c2st_auc_iid")
 
 
-def genes_in_order(gene_names: Sequence[str], genes: Sequence[str], what: str = "the data") -> np.ndarray:
+def genes_in_order(gene_names: Sequence[str] | np.ndarray, genes: Sequence[str] | np.ndarray,
+                   what: str = "the data") -> np.ndarray:
     """Column positions of ``genes`` in ``gene_names``, or an error that says how many are missing.
 
     Parameters
@@ -90,8 +91,8 @@ def genes_in_order(gene_names: Sequence[str], genes: Sequence[str], what: str = 
     return positions
 
 
-def lognorm_over_genes(matrix, gene_names: Sequence[str], genes: Sequence[str], count_kind: str = "counts",
-                       what: str = "the data") -> sp.csr_matrix:
+def lognorm_over_genes(matrix, gene_names: Sequence[str] | np.ndarray, genes: Sequence[str] | np.ndarray,
+                       count_kind: str = "counts", what: str = "the data") -> sp.csr_matrix:
     """Subset the columns to ``genes`` (by name, in that order), then log-normalise over those genes.
 
     Parameters
@@ -145,8 +146,9 @@ class ScoringCells:
     real_rows: np.ndarray
 
 
-def scoring_cells(matrix, times: np.ndarray, gene_names: Sequence[str], genes: Sequence[str], time: float,
-                  count_kind: str = "counts", observed_times: Sequence[float] | None = None) -> ScoringCells:
+def scoring_cells(matrix, times: np.ndarray, gene_names: Sequence[str] | np.ndarray, genes: Sequence[str] | np.ndarray,
+                  time: float, count_kind: str = "counts",
+                  observed_times: Sequence[float] | np.ndarray | None = None) -> ScoringCells:
     """Log-normalised real cells at ``time`` and at the previous observed time, over ``genes``.
 
     Parameters

@@ -84,7 +84,7 @@ def score(pred, real, reference=None, genes=None, per_gene: bool = False, mmd_ma
                 f"{'none' if genes is None else len(genes)}; pass genes=<the gene names>."
             )
     gene_distances = emd_per_gene(pred, real)
-    scores = {
+    scores: dict[str, float | dict[str, float]] = {
         "mmd": mmd_rbf(pred, real, max_cells=mmd_max_cells, seed=seed),
         "emd": float(gene_distances.mean()),
         "e_distance": e_distance(pred, real),

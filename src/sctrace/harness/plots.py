@@ -110,7 +110,7 @@ def pca_cell_types(real, real_cell_types: np.ndarray, methods: dict[str, np.ndar
     return _save(fig, path)
 
 
-def time_variable_genes(expression, times: np.ndarray, genes: Sequence[str], n_genes: int = 8) -> list[str]:
+def time_variable_genes(expression, times: np.ndarray, genes: Sequence[str] | np.ndarray, n_genes: int = 8) -> list[str]:
     """The genes whose mean expression varies most across time points.
 
     Parameters
@@ -135,7 +135,7 @@ def time_variable_genes(expression, times: np.ndarray, genes: Sequence[str], n_g
     return [str(genes[i]) for i in order]
 
 
-def violin_genes(real, methods: dict[str, np.ndarray], genes: Sequence[str], chosen: Sequence[str],
+def violin_genes(real, methods: dict[str, np.ndarray], genes: Sequence[str] | np.ndarray, chosen: Sequence[str],
                  path: str | Path, title: str = "") -> Path:
     """One panel per chosen gene: the distribution of its expression in the real cells and in each method's."""
     columns = [list(map(str, genes)).index(g) for g in chosen]
@@ -162,8 +162,8 @@ def violin_genes(real, methods: dict[str, np.ndarray], genes: Sequence[str], cho
     return _save(fig, path)
 
 
-def prediction_plots(plot_dir: str | Path, real, predictions: dict[str, np.ndarray], genes: Sequence[str], time: float,
-                     all_expression, all_times: np.ndarray, real_cell_types: np.ndarray | None = None,
+def prediction_plots(plot_dir: str | Path, real, predictions: dict[str, np.ndarray], genes: Sequence[str] | np.ndarray,
+                     time: float, all_expression, all_times: np.ndarray, real_cell_types: np.ndarray | None = None,
                      embedding: EmbeddingView | None = None, layout: str = "umap") -> list[Path]:
     """Write every plot of predictions at one time point to ``plot_dir``; returns the files written.
 

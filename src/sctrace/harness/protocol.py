@@ -47,7 +47,8 @@ DEFAULT_PROTOCOL_METHODS = ("sctrace", "identity", "mixture", "linear", "otcfm",
 PROFILES: dict[str, tuple[int, ...]] = {"quick": (0,), "full": (0, 1, 2)}
 
 
-def protocol_splits(time_values: Sequence[float], times: Sequence[float] | None = None) -> list[tuple[str, float]]:
+def protocol_splits(time_values: Sequence[float] | np.ndarray,
+                    times: Sequence[float] | None = None) -> list[tuple[str, float]]:
     """``(task, held-out time)`` of every split: each interior observed time interpolated, the last extrapolated.
 
     ``times`` keeps only the splits at those time values (for a quick look at one or two).

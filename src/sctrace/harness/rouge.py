@@ -63,7 +63,8 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return values[np.r_[True, values[1:] != values[:-1]][: values.size]]
 
 
-def rouge1(generated: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> dict[str, float]:
+def rouge1(generated: Sequence[Sequence[int]] | np.ndarray,
+           reference: Sequence[Sequence[int]] | np.ndarray) -> dict[str, float]:
     """ROUGE-1 between paired gene-token sequences, on token sets.
 
     A gene appears at most once in a cell's sequence, so unigram overlap is set intersection:
@@ -120,7 +121,8 @@ def _left_align(tokens: np.ndarray, padding: int) -> np.ndarray:
     return aligned
 
 
-def rouge_l(generated: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> dict[str, float]:
+def rouge_l(generated: Sequence[Sequence[int]] | np.ndarray,
+            reference: Sequence[Sequence[int]] | np.ndarray) -> dict[str, float]:
     """ROUGE-L between paired gene-token sequences: longest common subsequence of the ordered tokens.
 
     Per pair ``precision = LCS / |G|``, ``recall = LCS / |R|``, ``f1 = 2 P R / (P + R)`` with |.| the number of

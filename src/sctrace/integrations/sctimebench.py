@@ -11,7 +11,7 @@ scTimeBench").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -21,6 +21,9 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError
 from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS
 from sctrace.data.io import detect_count_kind
+
+if TYPE_CHECKING:
+    from sctrace.estimator import TRACE
 
 try:
     from scTimeBench.method_utils.method_runner import BaseMethod, main
@@ -55,7 +58,7 @@ class SctraceMethod(BaseMethod):
         self.config_file = metadata.get("config")
         self.max_steps = metadata.get("max_steps")
         self.overrides = {"genes": "all", **{k: v for k, v in metadata.items() if k not in OWN_KEYS}}
-        self.model = None
+        self.model: TRACE | None = None
 
     def train(self, ann_data: ad.AnnData, all_tps: list | None = None) -> None:
         """Fit TRACE on every training time point (task ``none``), or load the run a previous call saved."""

@@ -127,7 +127,7 @@ class GeneCopula:
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.numpy import save_file
 
-        tensors = {"times": self.times, **{f"factor_{k}": f for k, f in enumerate(self.factors)}}
+        tensors: dict[str, np.ndarray] = {"times": self.times, **{f"factor_{k}": f for k, f in enumerate(self.factors)}}
         save_file(tensors, str(path), metadata={"format": "sctrace-copula", "version": "1"})
 
     @classmethod

@@ -7,12 +7,12 @@ logit ``pi_logits``. The ZINB negative log-likelihood is eq. (3) of the paper's 
 
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution
 
 from sctrace._errors import SctraceInputError
 from sctrace.config import CHOICES, LOGNORM_LIKELIHOODS
@@ -29,6 +29,9 @@ from sctrace.model.distributions import (  # noqa: F401  (re-exported: callers i
     normal_to_values,
     values_to_normal,
 )
+
+if TYPE_CHECKING:
+    from sctrace.data.corpus_files import NpyFile
 
 LIKELIHOODS = CHOICES["likelihood"]
 ZINB_MEANS = ("nb", "scale")
@@ -116,6 +119,10 @@ class RunningStandardise(nn.Module):
     later ones with weight ``momentum``.
     """
 
+    mean: torch.Tensor  # buffers
+    mean_square: torch.Tensor
+    n_batches: torch.Tensor
+
     def __init__(self, n_features: int, momentum: float = 0.02, eps: float = 1e-5):
         super().__init__()
         self.momentum, self.eps = momentum, eps
@@ -164,6 +171,9 @@ class CountDecoder(nn.Module):
         mean is ``library_size * scale / (1 - pi)``, so the expected counts are ``library_size * scale``
         and sum to the library size; zero-inflation shapes the zeros without moving the mean.
     """
+
+    marginal_quantiles: torch.Tensor  # buffers, with hurdle_marginal="quantile"
+    marginals_fitted: torch.Tensor
 
     def __init__(
         self,
@@ -285,7 +295,7 @@ class CountDecoder(nn.Module):
         self.marginals_fitted.fill_(True)
 
     @torch.no_grad()
-    def fit_sentence_offsets(self, values, tokens: np.ndarray, seed: int = 0) -> dict[str, float]:
+    def fit_sentence_offsets(self, values, tokens: "np.ndarray | NpyFile", seed: int = 0) -> dict[str, float]:
         """Start the sentence offsets where the training cells put them (``count_sentence``).
 
         Why: they are a handful of parameters on a log scale that the optimiser, at the count head's rate, moves
@@ -410,6 +420,7 @@ class CountDecoder(nn.Module):
 
         def shifted(values: torch.Tensor, which: int) -> torch.Tensor:
             if level is not None:
+                assert expressed is not None  # set with level
                 # which 0: the counts' scale logits or the hurdle's off logits; 1: the log-normalised mean.
                 values = values + (level if which == 1 or self.likelihood not in LOGNORM_LIKELIHOODS else -expressed)
             if offsets is None:
@@ -439,7 +450,7 @@ class CountDecoder(nn.Module):
                 params["mu"] = params["mu"] * torch.exp(inflation)
         return params
 
-    def distribution(self, params: dict[str, torch.Tensor]) -> Distribution:
+    def distribution(self, params: dict[str, torch.Tensor]) -> NegativeBinomial | Gaussian | Hurdle:
         """The cells' distributions (:mod:`sctrace.model.distributions`) for the parameters of :meth:`forward`."""
         if self.likelihood == "zinb":
             return ZeroInflatedNegativeBinomial(params["mu"], params["theta"], params["pi_logits"])

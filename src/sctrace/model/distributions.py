@@ -201,17 +201,16 @@ def _standard_gamma(shape: torch.Tensor, generator: torch.Generator | None) -> t
     c = 1.0 / torch.sqrt(9.0 * d)
     draws = torch.empty_like(flat_shape)
     pending = torch.arange(flat_shape.numel(), device=shape.device)
-    options = {"generator": generator, "device": shape.device, "dtype": shape.dtype}
     while pending.numel() > 0:
         d_p, c_p = d[pending], c[pending]
-        normal = torch.randn(pending.numel(), **options)
-        uniform = torch.rand(pending.numel(), **options)
+        normal = torch.randn(pending.numel(), generator=generator, device=shape.device, dtype=shape.dtype)
+        uniform = torch.rand(pending.numel(), generator=generator, device=shape.device, dtype=shape.dtype)
         v = (1.0 + c_p * normal) ** 3
         log_v = torch.log(v.clamp(min=torch.finfo(v.dtype).tiny))
         accept = (v > 0) & (torch.log(uniform) < 0.5 * normal**2 + d_p - d_p * v + d_p * log_v)
         draws[pending[accept]] = (d_p * v)[accept]
         pending = pending[~accept]
-    boost_uniform = torch.rand(flat_shape.numel(), **options)
+    boost_uniform = torch.rand(flat_shape.numel(), generator=generator, device=shape.device, dtype=shape.dtype)
     draws = torch.where(boosted, draws * boost_uniform ** (1.0 / flat_shape), draws)
     return draws.reshape(shape.shape)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -43,6 +44,8 @@ class CellEmbedding(nn.Module):
     no time code of its own. ``block`` is the real time in units of the mean gap between the ``time_steps + 1``
     observed times, so observed times sit about one sentence apart and an unseen time falls between them.
     """
+
+    rank_table: torch.Tensor  # buffer, with rank_encoding="sinusoidal"
 
     def __init__(
         self,
@@ -114,8 +117,9 @@ class RelativeTimeBias(nn.Module):
         self.time_steps = max(int(time_steps), 1)
         self.slope = nn.Parameter(torch.full((n_heads,), math.log(math.expm1(2.0))))  # softplus = 2
         self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.GELU(), nn.Linear(hidden, n_heads))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        head = cast(nn.Linear, self.mlp[2])
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
     def forward(self, time: torch.Tensor, memory_time: torch.Tensor) -> torch.Tensor:
         """time: (batch,) target times; memory_time: (batch, n_key). Returns (batch, n_heads, 1, n_key) float."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,8 +102,8 @@ class TraceNet(nn.Module):
             raise ValueError(f"count_pooling must be one of {', '.join(COUNT_POOLINGS)}, got {count_pooling!r}")
         self.count_pooling = count_pooling
         self.vocab_size, self.n_genes, self.max_len = vocab_size, n_genes, max_len
-        embed_args = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span, time_scale=time_scale,
-                          time_steps=time_steps)
+        embed_args: dict[str, Any] = dict(rank_encoding=rank_encoding, time_origin=time_origin, time_span=time_span,
+                                          time_scale=time_scale, time_steps=time_steps)
         # The source cell and the target/context cells get their own embeddings: they play different roles.
         # Created in this order so that a seed gives the same initial weights as before the pretrained option.
         self.pretrained = pretrained
@@ -203,7 +204,7 @@ class TraceNet(nn.Module):
 
     @torch.no_grad()
     def build_context(
-        self, z0: torch.Tensor, z0_pad: torch.Tensor, context: Sequence[tuple[torch.Tensor, float]],
+        self, z0: torch.Tensor, z0_pad: torch.Tensor, context: Sequence[tuple[torch.Tensor, torch.Tensor | float]],
         source_time: torch.Tensor | float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory, its pad

@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import pandas as pd
@@ -176,6 +176,10 @@ def _is_number(text: str) -> bool:
     return True
 
 
+@overload
+def _parse_value(value: Any, kind: type[int], key: str, path: Path, what: str) -> int: ...
+@overload
+def _parse_value(value: Any, kind: type[float], key: str, path: Path, what: str) -> float: ...
 def _parse_value(value: Any, kind: type, key: str, path: Path, what: str) -> int | float:
     """``value`` as a finite int (``kind=int``) or float, or a one-line error naming the entry."""
     if isinstance(value, str):
@@ -335,7 +339,7 @@ def _normalise_gene(gene: str) -> str:
     return (match.group(1) if match else gene).upper()
 
 
-def _match_keys(genes: Sequence[str], keys) -> list[str | None]:
+def _match_keys(genes: Sequence[str] | np.ndarray, keys) -> list[str | None]:
     """For each gene, the key of ``keys`` it names: exactly, else after :func:`_normalise_gene` on both sides.
 
     A normalised form shared by several keys (symbols that differ only in case) matches none of them, since
@@ -353,7 +357,7 @@ def _gene_entries(token_dictionary: Mapping[str, int]) -> dict[str, int]:
     return {key: token for key, token in token_dictionary.items() if not _SPECIAL_NAME.match(key)}
 
 
-def map_genes(genes: Sequence[str], token_dictionary: Mapping[str, int]) -> tuple[np.ndarray, int]:
+def map_genes(genes: Sequence[str] | np.ndarray, token_dictionary: Mapping[str, int]) -> tuple[np.ndarray, int]:
     """Geneformer token id of each of our genes.
 
     Ensembl ids match with or without a version suffix; symbols (for a dictionary keyed by symbols) match
@@ -372,7 +376,8 @@ def map_genes(genes: Sequence[str], token_dictionary: Mapping[str, int]) -> tupl
     return ids, int((ids >= 0).sum())
 
 
-def geneformer_medians_for(genes: Sequence[str], medians: pd.Series, token_dictionary: Mapping[str, int]) -> pd.Series:
+def geneformer_medians_for(genes: Sequence[str] | np.ndarray, medians: pd.Series,
+                           token_dictionary: Mapping[str, int]) -> pd.Series:
     """Geneformer's medians for our genes, ready for ``prepare_corpus(gene_medians=...)``.
 
     Only genes the encoder knows (in the token dictionary) and that have a median are included, indexed by our gene
@@ -453,6 +458,8 @@ class PretrainedEncoder(nn.Module):
         Time scaling, as in :class:`sctrace.model.embeddings.CellEmbedding`.
     """
 
+    token_map: torch.Tensor  # buffer: the token_map argument, int64
+
     def __init__(
         self,
         bert: BertModel | BertConfig | Mapping[str, Any],
@@ -472,23 +479,23 @@ class PretrainedEncoder(nn.Module):
             raise SctraceInputError(f"pretrained encoder mode must be one of {', '.join(MODES)}, got {mode!r}.")
         self.bert = bert if isinstance(bert, BertModel) else BertModel(_bert_config(bert), add_pooling_layer=False)
         config = self.bert.config
-        token_map = torch.as_tensor(np.asarray(token_map, dtype=np.int64))
-        if token_map.ndim != 1 or len(token_map) < N_SPECIAL or int(token_map[PAD_ID]) < 0:
+        ids = torch.as_tensor(np.asarray(token_map, dtype=np.int64))
+        if ids.ndim != 1 or len(ids) < N_SPECIAL or int(ids[PAD_ID]) < 0:
             raise SctraceInputError("token_map must give one Geneformer id per sctrace token id, with <pad> at PAD_ID.")
-        if int(token_map.max()) >= config.vocab_size or (eos_id is not None and eos_id >= config.vocab_size):
+        if int(ids.max()) >= config.vocab_size or (eos_id is not None and eos_id >= config.vocab_size):
             raise SctraceInputError(
-                f"the token dictionary has ids up to {max(int(token_map.max()), eos_id or 0)} but the encoder's "
+                f"the token dictionary has ids up to {max(int(ids.max()), eos_id or 0)} but the encoder's "
                 f"vocabulary has {config.vocab_size} tokens; use the token dictionary that belongs to this model."
             )
-        self.register_buffer("token_map", token_map, persistent=False)
-        self.pad_id = int(token_map[PAD_ID])
+        self.register_buffer("token_map", ids, persistent=False)
+        self.pad_id = int(ids[PAD_ID])
         self.eos_id = eos_id
         self.mode = mode
         self.d_model = d_model
         self.time_origin = float(time_origin)
         self.time_span = float(time_span) if time_span > 0 else 1.0
         self.time_scale = float(time_scale)
-        self.has_cls = int(token_map[CLS_ID]) >= 0
+        self.has_cls = int(ids[CLS_ID]) >= 0
         # Longest gene sentence (without [CLS]) that fits BERT's position table with the special tokens around it.
         self.max_genes = config.max_position_embeddings - int(self.has_cls) - int(eos_id is not None)
         self.projection = nn.Linear(config.hidden_size, d_model)

@@ -41,6 +41,11 @@ _LOG_EPS = 1e-7
 class TimePrior(nn.Module):
     """Per-time, per-gene statistics (buffers, saved with the weights) and their interpolation in time."""
 
+    times: torch.Tensor
+    stats: torch.Tensor
+    fitted: torch.Tensor
+    kind: torch.Tensor
+
     def __init__(self, time_values, n_genes: int):
         super().__init__()
         times = torch.as_tensor(np.asarray(time_values, dtype=np.float32))

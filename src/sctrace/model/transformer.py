@@ -7,6 +7,8 @@ express; ``F.scaled_dot_product_attention`` still picks fused (flash / memory-ef
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -126,7 +128,9 @@ class Stack(nn.Module):
         """memory_kv (decoder stacks): :meth:`project_memory` of the memory in ``memory_args``; memory_bias: added
         to every decoder layer's cross-attention logits."""
         for i, layer in enumerate(self.layers):
-            extra = {} if memory_bias is None else {"memory_bias": memory_bias}
+            extra: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = (
+                {} if memory_bias is None else {"memory_bias": memory_bias}
+            )
             if memory_kv is not None:
                 extra["memory_kv"] = memory_kv[i]
             x = layer(x, padding_mask, *memory_args, **extra)
@@ -135,4 +139,4 @@ class Stack(nn.Module):
     def project_memory(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every decoder layer's cross-attention keys and values of memory (batch, n_key, d), for callers that
         decode against one memory many times: the projections then run once instead of on every call."""
-        return [layer.cross_attn.project_memory(memory) for layer in self.layers]
+        return [cast(DecoderLayer, layer).cross_attn.project_memory(memory) for layer in self.layers]

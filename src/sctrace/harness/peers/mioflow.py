@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import numpy as np
@@ -38,6 +39,9 @@ import torch
 
 from sctrace._errors import SctraceInputError
 from sctrace.harness.peers._pca_space import PCASpace, scaled_pca
+
+if TYPE_CHECKING:
+    from mioflow.core.models.ode_model import ODEFunc
 
 __all__ = ["INSTALL_HINT", "MIOFlowModel", "MIOFlowSettings", "fit_mioflow", "mioflow_available",
            "predict_mioflow"]
@@ -108,7 +112,7 @@ class MIOFlowModel(PCASpace):
         Training loss per epoch (mean over the intervals).
     """
 
-    ode_func: torch.nn.Module
+    ode_func: ODEFunc
     settings: MIOFlowSettings
     losses: list[float] = field(default_factory=list)
 
