@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 
 def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
     """The pretrained encoder's gene medians for the data's genes: sentences must be ranked as it was trained."""
-    from sctrace.model.pretrained import (
+    from sctrace.model.encoder_files import (
         find_encoder_files,
         geneformer_medians_for,
         load_gene_medians,

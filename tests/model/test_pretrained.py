@@ -14,8 +14,7 @@ import torch
 from sctrace._errors import SctraceInputError
 from sctrace.data.tokenize import CLS_ID, N_SPECIAL, PAD_ID
 from sctrace.model.embeddings import sinusoidal_time_encoding
-from sctrace.model.pretrained import (
-    PretrainedEncoder,
+from sctrace.model.encoder_files import (
     find_encoder_files,
     geneformer_medians_for,
     load_gene_medians,
@@ -23,6 +22,7 @@ from sctrace.model.pretrained import (
     map_genes,
     special_tokens,
 )
+from sctrace.model.pretrained import PretrainedEncoder
 
 transformers = pytest.importorskip("transformers")
 
