@@ -32,9 +32,9 @@ import torch
 
 from sctrace.config import DEFAULT_PRESET, load_config
 from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL
-from sctrace.estimator import _build_net
 from sctrace.generate import maskgit_generate
 from sctrace.model.module import TraceNet
+from sctrace.network import build_net
 
 
 def random_sentences(batch: int, max_len: int, n_genes: int, generator: torch.Generator) -> torch.Tensor:
@@ -68,7 +68,7 @@ def run_preset(preset: str, threads: int, args: argparse.Namespace) -> dict[str,
     spec = SimpleNamespace(vocab_size=args.n_genes + N_SPECIAL, n_genes=args.n_genes, max_len=config.max_len,
                            time_values=[float(t) for t in range(n_times)])
     torch.manual_seed(0)
-    net: TraceNet = _build_net(spec, config).eval()
+    net: TraceNet = build_net(spec, config).eval()
     generator = torch.Generator().manual_seed(1)
     source = random_sentences(batch, config.max_len, args.n_genes, generator)
     context = [(random_sentences(batch, config.max_len, args.n_genes, generator), float(k)) for k in range(1, n_times)]

@@ -34,9 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sctrace.config import DEFAULT_PRESET, TraceConfig, load_config
 from sctrace.data.tokenize import CLS_ID, N_SPECIAL
-from sctrace.estimator import _build_net
 from sctrace.model.masking import mask_ratio
 from sctrace.model.module import TraceNet
+from sctrace.network import build_net
 from sctrace.train import GRADIENT_CLIP
 
 
@@ -152,7 +152,7 @@ def build(config: TraceConfig, n_genes: int, n_times: int, device: torch.device)
     spec = SimpleNamespace(
         vocab_size=n_genes + N_SPECIAL, n_genes=n_genes, max_len=config.max_len, time_values=list(range(n_times))
     )
-    return _build_net(spec, config).to(device).train()
+    return build_net(spec, config).to(device).train()
 
 
 class Trainer:

@@ -14,7 +14,7 @@ import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import anndata as ad
 import numpy as np
@@ -43,7 +43,8 @@ from sctrace.data.preprocess import read_gene_choice
 from sctrace.generate import generate_cells
 from sctrace.model.copula import GeneCopula, reorder_levels
 from sctrace.model.counts import StratifiedLevels
-from sctrace.model.module import N_SPECIAL, TraceNet, gather_sentences
+from sctrace.model.module import N_SPECIAL, gather_sentences
+from sctrace.network import build_net, geneformer_medians, pretrained_encoder
 from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API, as before)
     _OWN_ENTRIES,
     _RESUMABLE_KEYS,
@@ -75,92 +76,6 @@ from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API,
     staging_dir,
     swap_in_run,
 )
-
-if TYPE_CHECKING:
-    from sctrace.model.pretrained import PretrainedEncoder
-
-
-def _geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series:
-    """The pretrained encoder's gene medians for the data's genes: sentences must be ranked as it was trained."""
-    from sctrace.model.encoder_files import (
-        find_encoder_files,
-        geneformer_medians_for,
-        load_gene_medians,
-        load_token_dictionary,
-    )
-
-    files = find_encoder_files(_encoder_dir(config))
-    return geneformer_medians_for(gene_names, load_gene_medians(files.gene_medians), load_token_dictionary(files.token_dictionary))
-
-
-def _encoder_dir(config: TraceConfig) -> Path:
-    if not config.encoder_path:
-        raise SctraceInputError(f"encoder 'geneformer' needs its directory; pass {option('encoder_path', 'DIR')}.")
-    path = Path(config.encoder_path)
-    if not path.is_dir():
-        raise SctraceInputError(f"pretrained encoder directory {path} does not exist; pass the folder holding its config.json.")
-    return path
-
-
-def _build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None = None) -> TraceNet:
-    """The network for a corpus; ``encoder_config`` rebuilds a saved pretrained encoder without its directory."""
-    times = spec.time_values
-    pretrained = None
-    if config.encoder == "geneformer":
-        from sctrace.model.pretrained import PretrainedEncoder
-
-        if encoder_config is not None:
-            pretrained = PretrainedEncoder(**encoder_config)
-        else:
-            pretrained = PretrainedEncoder.from_directory(
-                _encoder_dir(config), spec.genes, config.d_model, mode=config.encoder_mode,
-                time_origin=times[0], time_span=times[-1] - times[0], time_scale=config.time_scale,
-            )
-        if spec.max_len > pretrained.max_genes:
-            raise SctraceInputError(
-                f"sentences of {spec.max_len} genes are longer than the pretrained encoder takes ({pretrained.max_genes}); "
-                "lower max_len."
-            )
-    net = TraceNet(
-        spec.vocab_size,
-        spec.n_genes,
-        spec.max_len,
-        d_model=config.d_model,
-        n_heads=config.n_heads,
-        head_dim=config.head_dim,
-        n_encoder_layers=config.n_encoder_layers,
-        n_decoder_layers=config.n_decoder_layers,
-        dropout=config.dropout,
-        rank_encoding=config.rank_encoding,
-        time_origin=times[0],
-        time_span=times[-1] - times[0],
-        time_scale=config.time_scale,
-        time_steps=len(times) - 1,
-        count_hidden=config.count_hidden,
-        count_dropout=config.count_dropout,
-        likelihood=config.likelihood,
-        zinb_mean=config.zinb_mean,
-        count_pooling=config.count_pooling,
-        hurdle_marginal=config.hurdle_marginal,
-        time_bias=config.time_bias,
-        time_values=None if config.count_prior == "none" else times,
-        centre_prior=config.count_prior == "centred",
-        count_time=config.count_time,
-        count_sentence=config.count_sentence,
-        count_standardise=config.count_standardise,
-        pretrained=pretrained,
-    )
-    if config.encoder == "random":
-        # Left out of the optimiser (train.py keeps only parameters that require a gradient); saved with the rest.
-        net.source_embedding.requires_grad_(False)
-        net.encoder.requires_grad_(False)
-    return net
-
-
-def _pretrained_encoder(net: TraceNet) -> PretrainedEncoder | None:
-    """The network's pretrained source encoder: :func:`_build_net` gives it a PretrainedEncoder or none."""
-    return cast("PretrainedEncoder | None", net.pretrained)
-
 
 # Lightning precisions fit accepts; "auto" picks bf16 autocast on a GPU and fp32 on CPU.
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
@@ -235,7 +150,7 @@ class TRACE:
         holdout_value = None if holdout is None else parse_time(holdout)
         gene_medians = None
         if self.config.encoder == "geneformer":
-            gene_medians = _geneformer_medians(self.config, self.timecourse.gene_names())
+            gene_medians = geneformer_medians(self.config, self.timecourse.gene_names())
         self.corpus: Corpus = prepare_corpus(
             self.timecourse,
             task=task,
@@ -250,7 +165,7 @@ class TRACE:
         )
         self.inputs: dict | None = fit_inputs(self.timecourse, self.corpus.spec, seed)
         torch.manual_seed(seed)
-        self.net = _build_net(self.corpus.spec, self.config)
+        self.net = build_net(self.corpus.spec, self.config)
         if self.net.count_decoder.quantile_marginal:
             self.net.count_decoder.fit_marginals(self.corpus.counts, seed=seed)
         if self.net.count_decoder.sentence_offsets and self.corpus.counts is not None:
@@ -270,7 +185,7 @@ class TRACE:
         return self.corpus.spec
 
     def __repr__(self) -> str:
-        spec, encoder = self.spec, _pretrained_encoder(self.net)
+        spec, encoder = self.spec, pretrained_encoder(self.net)
         return (
             f"TRACE({spec.n_genes} genes, times {spec.time_values}, task={spec.task}, holdout={spec.holdout}, "
             f"{len(self.corpus.pairs)} pairs, trained={self.is_trained}"
@@ -611,7 +526,7 @@ class TRACE:
             tmp = run_dir / (COPULA_FILE + ".tmp")
             self.copula.save(tmp)
             os.replace(tmp, run_dir / COPULA_FILE)  # atomic, as the weights
-        encoder = _pretrained_encoder(self.net)
+        encoder = pretrained_encoder(self.net)
         if encoder is not None:
             (run_dir / ENCODER_FILE).write_text(json.dumps(encoder.to_config()))
 
@@ -674,7 +589,7 @@ class TRACE:
         mismatch = (f"model weights in {run_dir} do not match its config and corpus ({{}}); the run directory is "
                     "corrupt or mixed from two runs, re-run `sctrace fit`.")
         try:
-            self.net = _build_net(self.corpus.spec, self.config, encoder_config)
+            self.net = build_net(self.corpus.spec, self.config, encoder_config)
         except SctraceInputError:
             raise
         except (ValueError, RuntimeError, TypeError, AssertionError) as err:
