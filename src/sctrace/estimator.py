@@ -45,6 +45,7 @@ from sctrace.model.copula import GeneCopula, reorder_levels
 from sctrace.model.counts import StratifiedLevels
 from sctrace.model.module import N_SPECIAL, gather_sentences
 from sctrace.network import build_net, geneformer_medians, pretrained_encoder
+from sctrace.persistence import load_trace, write_description, write_weights
 from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API, as before)
     _OWN_ENTRIES,
     _RESUMABLE_KEYS,
@@ -255,7 +256,7 @@ class TRACE:
             if is_rank_zero():
                 if resume:
                     self._check_resume(root)
-                self._write_description(root)
+                write_description(self, root)
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
         L.seed_everything(self.seed, workers=True, verbose=False)
@@ -292,7 +293,7 @@ class TRACE:
             scratch.cleanup()
         elif trainer.is_global_zero:
             assert run_dir is not None  # no scratch directory: the run has one
-            self._write_weights(root)
+            write_weights(self.net, root)
             swap_in_run(root, Path(run_dir))
         return self
 
@@ -515,103 +516,20 @@ class TRACE:
         out.varm["sctrace_genes"] = table
         return out
 
-    # ------------------------------------------------------------------ persistence
-    def _write_description(self, run_dir: Path) -> None:
-        """Everything but the weights: corpus, config and, with a pretrained encoder, its architecture."""
-        self.corpus.save(run_dir / CORPUS_DIR)
-        self.config.to_yaml(run_dir / CONFIG_FILE)
-        if self.inputs is not None:
-            (run_dir / INPUTS_FILE).write_text(json.dumps(self.inputs, indent=1))
-        if self.copula is not None:
-            tmp = run_dir / (COPULA_FILE + ".tmp")
-            self.copula.save(tmp)
-            os.replace(tmp, run_dir / COPULA_FILE)  # atomic, as the weights
-        encoder = pretrained_encoder(self.net)
-        if encoder is not None:
-            (run_dir / ENCODER_FILE).write_text(json.dumps(encoder.to_config()))
-
-    def _write_weights(self, run_dir: Path) -> None:
-        from safetensors.torch import save_file
-
-        tmp = run_dir / (WEIGHTS_FILE + ".tmp")
-        # clone: tied tables are one tensor under two names, and safetensors refuses shared memory.
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": "sctrace", "version": "1"})
-        os.replace(tmp, run_dir / WEIGHTS_FILE)  # atomic: a kill never leaves a half-written model
-
+    # ------------------------------------------------------------------ persistence (sctrace.persistence)
     def save(self, run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write weights (safetensors), config (YAML) and the tokenized corpus; enough to predict later."""
         self._require_trained("save")
         root = stage_run_dir(run_dir, overwrite=overwrite)
-        self._write_description(root)
-        self._write_weights(root)
+        write_description(self, root)
+        write_weights(self.net, root)
         swap_in_run(root, Path(run_dir))
         return Path(run_dir)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> TRACE:
         """Load a saved run without the training data (no pickle is read: safetensors + JSON/YAML + .npy)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise SctraceInputError(
-                f"run directory {run_dir} does not exist; pass "
-                + in_words("the run_dir that fit() or save() wrote.", "the --out directory of `sctrace fit`.")
-            )
-        config = TraceConfig.from_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
-        needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if config and config.encoder == "geneformer" else ())
-        for name in needed:
-            if not (run_dir / name).exists():
-                raise SctraceInputError(
-                    f"run directory {run_dir} is incomplete: {name} is missing (was fit interrupted? resume it with "
-                    f"{option('resume', True)})."
-                )
-        _check_config_keys(run_dir)
-        assert config is not None  # its file is among those needed
-        self = cls.__new__(cls)
-        self.config = config
-        self.corpus = Corpus.load(run_dir / CORPUS_DIR)
-        self.timecourse = None
-        self.seed = 0
-        self.history = None
-        try:
-            self.inputs = json.loads((run_dir / INPUTS_FILE).read_text()) if (run_dir / INPUTS_FILE).exists() else None
-        except (OSError, json.JSONDecodeError):
-            self.inputs = None  # only a later resume reads it, and refuses it there
-        encoder_config = None
-        if self.config.encoder == "geneformer":
-            try:
-                encoder_config = json.loads((run_dir / ENCODER_FILE).read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise SctraceInputError(f"{run_dir / ENCODER_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
-        mismatch = (f"model weights in {run_dir} do not match its config and corpus ({{}}); the run directory is "
-                    "corrupt or mixed from two runs, re-run `sctrace fit`.")
-        try:
-            self.net = build_net(self.corpus.spec, self.config, encoder_config)
-        except SctraceInputError:
-            raise
-        except (ValueError, RuntimeError, TypeError, AssertionError) as err:
-            raise SctraceInputError(mismatch.format(f"the network cannot be built: {err}")) from err
-        try:
-            state = load_file(str(run_dir / WEIGHTS_FILE))
-        except (SafetensorError, OSError) as err:
-            raise SctraceInputError(f"model weights {run_dir / WEIGHTS_FILE} are corrupt ({err}); re-run `sctrace fit`.") from err
-        try:
-            missing, unexpected = self.net.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # tensors of other shapes
-            wrong = [k for k, v in self.net.state_dict().items() if k in state and state[k].shape != v.shape]
-            raise SctraceInputError(mismatch.format(f"{len(wrong)} tensors of another shape, e.g. {wrong[:1]}")) from err
-        if missing or unexpected:
-            raise SctraceInputError(mismatch.format(f"{len(missing)} missing, {len(unexpected)} unexpected tensors"))
-        try:
-            self.copula = GeneCopula.load(run_dir / COPULA_FILE) if (run_dir / COPULA_FILE).exists() else None
-        except (SafetensorError, OSError, KeyError) as err:
-            raise SctraceInputError(f"{run_dir / COPULA_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
-        self.net.eval()
-        self.is_trained = True
-        return self
+        return load_trace(cls, run_dir)
 
 
 @contextlib.contextmanager
