@@ -112,6 +112,33 @@ def test_finished_splits_are_kept_and_rerun_refits_only_what_is_asked(protocol_r
     assert {row["method"] for row in summary_only["rows"]} == set(METHODS)
 
 
+def test_a_kept_split_scored_over_other_genes_runs_again(protocol_run, four_times, tiny_fast_config, monkeypatch,
+                                                         tmp_path):
+    """A finished split whose genes differ from today's choice (another gene rule or sctrace version) is not mixed
+    with today's runs: its scores and means would be over other genes."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(protocol_run[0], out)
+    calls = []
+    real = protocol.run_benchmark
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["holdout"], tuple(kwargs["methods"])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "run_benchmark", recording)
+    lines: list[str] = []
+    fewer = {**tiny_fast_config, "n_top_genes": 100}
+    summary = run_protocol(four_times, "time", out_dir=out, methods=["identity"], times=[2.5],
+                           sctrace_overrides=fewer, echo=lines.append)
+    assert calls == [(2.5, ("identity",))]
+    assert any("scored other genes; running again" in line for line in lines)
+    (row,) = summary["rows"]
+    assert len(json.loads((out / "splits" / "interpolate-2.5" / "identity" / "results.json").read_text())["genes"]) == 100
+    assert np.isfinite(row["emd"])
+
+
 def test_detect_count_kind():
     assert detect_count_kind(sp.csr_matrix(np.array([[0, 3], [5, 0]], dtype=np.int32))) == "counts"
     assert detect_count_kind(np.array([[0.0, 3.0], [5.0, 0.0]], dtype=np.float32)) == "counts"

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.data.io import detect_count_kind, read_h5ad, read_timecourse
-from sctrace.harness.benchmark import INTERPOLATION_ONLY, METHODS, run_benchmark
+from sctrace.harness.benchmark import INTERPOLATION_ONLY, METHODS, run_benchmark, sctrace_options, training_hvgs
 from sctrace.harness.benchmark_jobs import _file_label
 from sctrace.harness.evaluate import lognorm_over_genes
 
@@ -170,13 +170,20 @@ def run_protocol(
     echo(f"protocol ({profile}, seeds {', '.join(map(str, seeds))}): {len(splits)} splits x {len(methods)} methods; "
          f"data read as {detected}")
     for task, time in splits if run else ():
+        genes_now: list[str] | None = None
         for method in methods:
             if method in INTERPOLATION_ONLY and task == "extrapolate":
                 continue
             folder = out_dir / "splits" / _split_name(task, time) / method
             if (folder / "results.json").exists() and method not in rerun:
-                echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
-                continue
+                if genes_now is None:
+                    genes_now = _split_genes(timecourse, time, preset, config, max_epochs, kind, sctrace_overrides)
+                if _kept_genes(folder) == genes_now:
+                    echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
+                    continue
+                # Scored over other genes (another gene choice or sctrace version): its scores and its cells'
+                # means would not compare with today's, so it runs again.
+                echo(f"[{_split_name(task, time)} {method}] earlier run scored other genes; running again")
             if folder.exists():
                 shutil.rmtree(folder)  # an unfinished or re-run split starts clean
             echo(f"[{_split_name(task, time)} {method}] running")
@@ -195,6 +202,21 @@ def run_protocol(
     (out_dir / "protocol.md").write_text(protocol_markdown(summary))
     echo(protocol_markdown(summary))
     return summary
+
+
+def _kept_genes(folder: Path) -> list[str] | None:
+    try:
+        return json.loads((folder / "results.json").read_text()).get("genes")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _split_genes(timecourse, held_out: float, preset: str, config, max_epochs: int | None, count_kind: str,
+                 overrides: dict | None) -> list[str]:
+    """The genes a benchmark of this split chooses today (as :func:`run_benchmark` does)."""
+    _, loaded = sctrace_options(preset, config, max_epochs, count_kind, overrides)
+    train_rows = np.flatnonzero(~np.isclose(timecourse.times, held_out))
+    return training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
 
 
 def _time_means(timecourse, genes: Sequence[str], times: Sequence[float]) -> dict[float, np.ndarray]:
