@@ -276,11 +276,11 @@ def test_otcfm_without_torchcfm_names_the_install_command(monkeypatch):
 def test_python_and_cli_run_the_same_methods_by_default():
     import inspect
 
-    from sctrace import cli
+    from sctrace import cli_harness
     from sctrace.harness.benchmark import DEFAULT_METHODS, METHODS
 
     assert inspect.signature(run_benchmark).parameters["methods"].default == DEFAULT_METHODS
-    assert inspect.signature(cli.benchmark).parameters["methods"].default == ",".join(DEFAULT_METHODS)
+    assert inspect.signature(cli_harness.benchmark).parameters["methods"].default == ",".join(DEFAULT_METHODS)
     assert set(DEFAULT_METHODS) < set(METHODS) and "mioflow" not in DEFAULT_METHODS
 
 

@@ -1,0 +1,25 @@
+"""What the command modules share: option help texts and small parsers."""
+
+from __future__ import annotations
+
+from sctrace._errors import SctraceInputError
+
+TASK_HELP = ("auto (from --holdout: none without one, extrapolate for the last observed time, else "
+             "interpolate) | interpolate | extrapolate | none")
+PAIRING_HELP = ("random | stratified | ot (default: the preset's; stratified with --stratify). ot chains each source "
+                "cell's partners by optimal transport between consecutive times, so a training row follows one lineage.")
+
+
+def simulated():
+    """The built-in data: the package's simulator (a command's DATA argument left out)."""
+    from sctrace.data.simulate import simulate_timecourse
+
+    return simulate_timecourse(seed=0)
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """Items of a comma-separated option (``--what``), refused when empty."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise SctraceInputError(f"--{what} is empty; give a comma-separated list.")
+    return items
