@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from sctrace.harness.benchmark import benchmark_split
     from sctrace.harness.evaluate import genes_in_order, lognorm_over_genes
     from sctrace.harness.metrics import score
-    from sctrace.model.copula import GeneCopula
+    from sctrace.model.sampling import GeneCopula
 
     torch.set_num_threads(args.threads)
     for run in args.runs:

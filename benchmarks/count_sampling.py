@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from _timing import fastest
 
-from sctrace.model.copula import COPULA_CELLS, GeneCopula, normal_scores, reorder_levels
-from sctrace.model.counts import CountDecoder, StratifiedLevels
+from sctrace.model.counts import CountDecoder
+from sctrace.model.sampling import COPULA_CELLS, GeneCopula, StratifiedLevels, normal_scores, reorder_levels
 
 
 def _decoder(likelihood: str, n_genes: int, n_input: int = 64) -> CountDecoder:

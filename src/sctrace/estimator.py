@@ -41,9 +41,8 @@ from sctrace.data.io import (
 from sctrace.data.pairing import check_pairing
 from sctrace.data.preprocess import read_gene_choice
 from sctrace.generate import generate_cells
-from sctrace.model.copula import GeneCopula, reorder_levels
-from sctrace.model.counts import StratifiedLevels
 from sctrace.model.module import N_SPECIAL, gather_sentences
+from sctrace.model.sampling import GeneCopula, StratifiedLevels, reorder_levels
 from sctrace.network import build_net, geneformer_medians, pretrained_encoder
 from sctrace.persistence import load_trace, write_description, write_weights
 from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API, as before)
@@ -371,10 +370,10 @@ class TRACE:
 
         ``sampling``: ``iid`` draws every value on its own; ``stratified`` draws each gene's values across the
         ``n_cells`` cells of this call (in blocks of 4,096 cells) as a Latin hypercube
-        (:class:`sctrace.model.counts.StratifiedLevels`): each cell's draw keeps its distribution, the
+        (:class:`sctrace.model.sampling.StratifiedLevels`): each cell's draw keeps its distribution, the
         population's per-gene spread carries less sampling noise; ``copula`` draws the same stratified levels
         and re-orders each gene's across the cells so that genes co-vary as in the training cells of the nearest
-        observed times (:mod:`sctrace.model.copula`).
+        observed times (:mod:`sctrace.model.sampling`).
         Default: the config's ``count_sampling``.
         """
         self._require_trained("predict")

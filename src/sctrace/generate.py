@@ -224,7 +224,7 @@ def generate_cells(
 
     Each cell starts from its row's source cell (or ``starts``: (tokens, lengths) of user source cells, one per
     row, in order) with the row's cells at ``context_columns`` as context. ``library``: each cell's depth;
-    ``strata``: a :class:`sctrace.model.counts.StratifiedLevels` for stratified/copula draws, or None for iid.
+    ``strata``: a :class:`sctrace.model.sampling.StratifiedLevels` for stratified/copula draws, or None for iid.
     Returns per batch: tokens (int32, [CLS] first), [CLS] states, expected values and sampled values.
     Batches are drawn in order from one ``generator``, so a seed gives the same cells whatever calls this.
     """

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from sctrace._errors import SctraceInputError, in_words, option
 from sctrace.config import TraceConfig
 from sctrace.data.corpus import Corpus
-from sctrace.model.copula import GeneCopula
 from sctrace.model.module import TraceNet
+from sctrace.model.sampling import GeneCopula
 from sctrace.network import build_net, pretrained_encoder
 from sctrace.rundir import (
     CONFIG_FILE,

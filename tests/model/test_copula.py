@@ -11,7 +11,7 @@ from sctrace import SctraceInputError
 from sctrace.estimator import COPULA_FILE, TRACE
 from sctrace.harness.evaluate import lognorm_over_genes
 from sctrace.harness.metrics import emd, gene_correlation
-from sctrace.model.copula import GeneCopula, normal_scores, reorder_levels
+from sctrace.model.sampling import GeneCopula, normal_scores, reorder_levels
 
 
 def test_normal_scores_keep_ranks_average_ties_and_zero_constant_columns():
@@ -121,7 +121,7 @@ def test_copula_errors_name_the_fix(fitted, tmp_path):
 
 
 def test_each_block_of_levels_stays_a_latin_hypercube_after_the_copula_reorders_it():
-    from sctrace.model.counts import StratifiedLevels
+    from sctrace.model.sampling import StratifiedLevels
 
     copula = GeneCopula.fit(_correlated(300, 0, 0.9), np.zeros(300), [0.0], "lognorm")
     levels = StratifiedLevels(40, 3, np.random.default_rng(0), block=16,

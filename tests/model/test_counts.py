@@ -7,16 +7,15 @@ from sctrace._errors import SctraceInputError
 from sctrace.model.counts import (
     LIKELIHOODS,
     CountDecoder,
-    StratifiedLevels,
     _standard_gamma,
     gaussian_log_prob,
     log_hurdle_gaussian,
     log_nb_positive,
     log_zinb_positive,
     normal_to_values,
-    stratified_uniforms,
     values_to_normal,
 )
+from sctrace.model.sampling import StratifiedLevels, stratified_uniforms
 
 torch.set_num_threads(1)
 

@@ -197,7 +197,7 @@ def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp
         model.predict(holdout, n_cells=3, sampling="sobol")
     # Calls longer than one block of levels (4,096 cells; 16 here) draw block by block; the batch straddles them.
     import sctrace.estimator as estimator_module
-    from sctrace.model.counts import StratifiedLevels
+    from sctrace.model.sampling import StratifiedLevels
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(estimator_module, "StratifiedLevels", functools.partial(StratifiedLevels, block=16))

@@ -6,7 +6,6 @@ logit ``pi_logits``. The ZINB negative log-likelihood is eq. (3) of the paper's 
 """
 
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,65 +44,6 @@ SENTENCE_FIT_CELLS = 2_000  # cells the sentence offsets start from (dense float
 # Largest log factor by which zinb_mean="scale" raises the NB mean (pi = 1 - e^-20): keeps mu finite where the
 # dropout logit runs away.
 _MAX_LOG_INFLATION = 20.0
-
-
-def stratified_uniforms(n_cells: int, n_genes: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_cells, n_genes) levels in (0, 1) for :meth:`CountDecoder.sample`: a Latin hypercube (scipy's qmc).
-
-    Why: each gene's levels fall one in each of ``n_cells`` equal strata, in an independent random order per
-    gene, so every cell's level is still uniform, but the population of generated cells covers each gene's
-    distribution evenly. With a hundred cells, independent draws leave per-gene means and spreads noisy
-    enough to move the scores against real cells; stratified ones give what the model predicts.
-    """
-    from scipy.stats import qmc
-
-    if n_cells < 1 or n_genes < 1:
-        raise ValueError(f"need at least one cell and one gene, got {n_cells} x {n_genes}")
-    return qmc.LatinHypercube(d=n_genes, rng=rng).random(n_cells)
-
-
-STRATIFIED_BLOCK = 4096
-
-
-class StratifiedLevels:
-    """Levels for :meth:`CountDecoder.sample` over ``n_cells`` cells, one Latin hypercube per block of cells.
-
-    Why blocks: the levels of a whole call would be one more float64 (cells x genes) array, 1.6 GB for 100,000
-    cells x 2,000 genes; a block of ``block`` cells bounds that (65 MB at 2,000 genes) and keeps nearly all of the
-    noise reduction, which is already large at a few hundred cells. Blocks are drawn from ``rng`` in order, as
-    :meth:`rows` reaches them, so a call of at most ``block`` cells draws exactly
-    ``stratified_uniforms(n_cells, n_genes, rng)``.
-    """
-
-    def __init__(self, n_cells: int, n_genes: int, rng: np.random.Generator, block: int = STRATIFIED_BLOCK,
-                 transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:
-        if n_cells < 1 or n_genes < 1 or block < 1:
-            raise ValueError(f"need at least one cell, gene and block row, got {n_cells} x {n_genes}, block {block}")
-        self.n_cells, self.n_genes, self.block, self._rng = n_cells, n_genes, block, rng
-        self._transform = transform  # applied to each block as drawn (e.g. the gene copula's re-ordering)
-        self._drawn: dict[int, np.ndarray] = {}
-        self._next_block = 0
-
-    def _block(self, index: int) -> np.ndarray:
-        while self._next_block <= index:
-            size = min(self.block, self.n_cells - self._next_block * self.block)
-            levels = stratified_uniforms(size, self.n_genes, self._rng)
-            self._drawn[self._next_block] = levels if self._transform is None else self._transform(levels, self._rng)
-            self._next_block += 1
-        return self._drawn[index]
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, n_genes) levels of cells ``start:stop``; earlier blocks are released once passed."""
-        if not 0 <= start < stop <= self.n_cells:
-            raise ValueError(f"rows {start}:{stop} outside 0:{self.n_cells}")
-        first, last = start // self.block, (stop - 1) // self.block
-        parts = []
-        for index in range(first, last + 1):
-            offset = index * self.block
-            parts.append(self._block(index)[max(start - offset, 0) : min(stop - offset, self.block)])
-        for index in [k for k in self._drawn if k < first]:
-            del self._drawn[index]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 class RunningStandardise(nn.Module):
@@ -491,7 +431,7 @@ class CountDecoder(nn.Module):
 
         With ``uniforms`` (batch, n_genes), values in (0, 1), each entry is instead the distribution's quantile
         at that level (inverse-CDF sampling, :meth:`quantile`); ``generator`` is then not used. Stratified
-        uniforms (:func:`stratified_uniforms`) make a population whose per-gene spread follows the model
+        uniforms (:func:`sctrace.model.sampling.stratified_uniforms`) make a population whose per-gene spread follows the model
         with less sampling noise, while every cell's own draw keeps its distribution.
 
         NB draws are a Gamma-Poisson mixture (rate ``~ Gamma(theta, theta / mu)``, count ``~ Poisson(rate)``),

@@ -1,4 +1,10 @@
-"""Gene-gene dependence for generated cells: a Gaussian copula of the training cells, imposed by rank (Iman-Conover).
+"""How generated cells' values are drawn from the count decoder's distributions (``count_sampling``): ``iid``,
+each value on its own; ``stratified``, levels from a Latin hypercube per block of cells (:class:`StratifiedLevels`);
+``copula``, those levels re-ordered across cells so genes co-vary as in the nearest times' training cells
+(:class:`GeneCopula`).
+
+The copula: gene-gene dependence for generated cells, a Gaussian copula of the training cells imposed by rank
+(Iman-Conover).
 
 Why: the count decoder gives nearly one profile per time point (BENCHMARKS.md, "The count decoder barely tells
 cells apart"), so values drawn gene by gene from it have the right marginals but no co-variation between genes:
@@ -17,11 +23,72 @@ time is borrowed from its neighbours: what the transformer does not learn here, 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.special
 import scipy.stats
+
+
+def stratified_uniforms(n_cells: int, n_genes: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_cells, n_genes) levels in (0, 1) for :meth:`CountDecoder.sample`: a Latin hypercube (scipy's qmc).
+
+    Why: each gene's levels fall one in each of ``n_cells`` equal strata, in an independent random order per
+    gene, so every cell's level is still uniform, but the population of generated cells covers each gene's
+    distribution evenly. With a hundred cells, independent draws leave per-gene means and spreads noisy
+    enough to move the scores against real cells; stratified ones give what the model predicts.
+    """
+    from scipy.stats import qmc
+
+    if n_cells < 1 or n_genes < 1:
+        raise ValueError(f"need at least one cell and one gene, got {n_cells} x {n_genes}")
+    return qmc.LatinHypercube(d=n_genes, rng=rng).random(n_cells)
+
+
+STRATIFIED_BLOCK = 4096
+
+
+class StratifiedLevels:
+    """Levels for :meth:`CountDecoder.sample` over ``n_cells`` cells, one Latin hypercube per block of cells.
+
+    Why blocks: the levels of a whole call would be one more float64 (cells x genes) array, 1.6 GB for 100,000
+    cells x 2,000 genes; a block of ``block`` cells bounds that (65 MB at 2,000 genes) and keeps nearly all of the
+    noise reduction, which is already large at a few hundred cells. Blocks are drawn from ``rng`` in order, as
+    :meth:`rows` reaches them, so a call of at most ``block`` cells draws exactly
+    ``stratified_uniforms(n_cells, n_genes, rng)``.
+    """
+
+    def __init__(self, n_cells: int, n_genes: int, rng: np.random.Generator, block: int = STRATIFIED_BLOCK,
+                 transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:
+        if n_cells < 1 or n_genes < 1 or block < 1:
+            raise ValueError(f"need at least one cell, gene and block row, got {n_cells} x {n_genes}, block {block}")
+        self.n_cells, self.n_genes, self.block, self._rng = n_cells, n_genes, block, rng
+        self._transform = transform  # applied to each block as drawn (e.g. the gene copula's re-ordering)
+        self._drawn: dict[int, np.ndarray] = {}
+        self._next_block = 0
+
+    def _block(self, index: int) -> np.ndarray:
+        while self._next_block <= index:
+            size = min(self.block, self.n_cells - self._next_block * self.block)
+            levels = stratified_uniforms(size, self.n_genes, self._rng)
+            self._drawn[self._next_block] = levels if self._transform is None else self._transform(levels, self._rng)
+            self._next_block += 1
+        return self._drawn[index]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, n_genes) levels of cells ``start:stop``; earlier blocks are released once passed."""
+        if not 0 <= start < stop <= self.n_cells:
+            raise ValueError(f"rows {start}:{stop} outside 0:{self.n_cells}")
+        first, last = start // self.block, (stop - 1) // self.block
+        parts = []
+        for index in range(first, last + 1):
+            offset = index * self.block
+            parts.append(self._block(index)[max(start - offset, 0) : min(stop - offset, self.block)])
+        for index in [k for k in self._drawn if k < first]:
+            del self._drawn[index]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
 
 # Training cells per time point whose normal scores define the copula: enough for a correlation matrix whose
 # leading structure is stable, few enough that (cells x genes) float32 per time stays a few MB.
