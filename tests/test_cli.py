@@ -181,16 +181,17 @@ def test_prepare_without_a_file_uses_the_simulator():
     assert rows[max(rows)][1] == "held out"  # extrapolation holds out the last time point
 
 
-def test_prepare_reads_lognormalised_data_with_gaussian(sim_file, tmp_path, monkeypatch, capsys):
+def test_prepare_reads_lognormalised_data_as_such(sim_file, tmp_path, monkeypatch, capsys):
     adata = ad.read_h5ad(sim_file)
     totals = np.asarray(adata.X.sum(axis=1))
     adata.X = adata.X.multiply(1e4 / totals).log1p().tocsr().astype(np.float32)
     adata.write_h5ad(tmp_path / "lognorm.h5ad")
     args = ["prepare", tmp_path / "lognorm.h5ad", "--n-top-genes", 100, "--max-len", 40]
-    assert_one_line_error(monkeypatch, capsys, args, "holds non-integer values")
-    for likelihood in ("gaussian", "hurdle"):
-        output = invoke(*args, "--likelihood", likelihood)
+    for kind in ("auto", "lognorm"):
+        output = invoke(*args, "--count-kind", kind)
         assert sum(n for n, _, _ in _summary_rows(output).values()) == N_CELLS
+    assert_one_line_error(monkeypatch, capsys, [*args, "--count-kind", "counts"],
+                          "holds non-integer values")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -203,7 +204,9 @@ def test_prepare_reads_lognormalised_data_with_gaussian(sim_file, tmp_path, monk
         (["prepare", "{sim}", "--time-map", "day2"], "--time-map entries look like LABEL=VALUE"),
         (["prepare", "{sim}", "--time-map", "day2=two"], "--time-map value for 'day2' must be a number"),
         (["prepare", "{sim}", "--task", "sideways"], "unknown task 'sideways'"),
-        (["prepare", "{sim}", "--likelihood", "poisson"], "unknown likelihood 'poisson'; choose one of zinb, nb, gaussian, hurdle"),
+        (["prepare", "{sim}", "--count-kind", "tpm"], "unknown --count-kind 'tpm'; choose auto or one of 'counts', 'lognorm'"),
+        (["fit", "{sim}", "--out", "{dir}/r", "--likelihood", "poisson"],
+         "config key 'likelihood' in overrides must be one of auto, zinb, nb, gaussian, hurdle, got 'poisson'"),
         (["benchmark", "{sim}", "--holdout", "4", "--out", "{dir}/b", "--pairing", "sideways"],
          "config key 'pairing' in overrides must be one of random, stratified, ot, got 'sideways'"),
         (["benchmark", "{sim}", "--holdout", "4", "--out", "{dir}/b", "--likelihood", "hurdle"],

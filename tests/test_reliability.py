@@ -126,12 +126,17 @@ def test_errors_name_the_fix_in_the_interface_called(sim_file, run_dir, tiny_yam
                                  "pass --time-key as one of the obs columns")
     assert "time_key" not in line
 
+    # A log-normalised file is read as such by default, through the API and the CLI alike; declared as counts it
+    # is refused with the same hint in each interface's words.
     lognorm = _lognormalised(sim_file, tmp_path / "lognorm.h5ad")
-    with pytest.raises(SctraceInputError, match=r"count_kind='lognorm' \(likelihood 'hurdle'\): they look log-normalised"):
-        TRACE(lognorm, "time", holdout=HOLDOUT)
-    line = assert_one_line_error(monkeypatch, capsys, fit_args(lognorm, tmp_path / "r", tiny_yaml),
-                                 "--likelihood hurdle: they look log-normalised")
-    assert "--likelihood hurdle" in line and "count_kind" not in line and "layer='counts'" not in line
+    assert TRACE(lognorm, "time", holdout=HOLDOUT).config.likelihood == "hurdle"
+    invoke(*fit_args(lognorm, tmp_path / "fitted", tiny_yaml))
+    assert TRACE.load(tmp_path / "fitted").spec.count_kind == "lognorm"
+    with pytest.raises(SctraceInputError, match=r"or count_kind='lognorm': they look log-normalised"):
+        TRACE(lognorm, "time", holdout=HOLDOUT, count_kind="counts")
+    line = assert_one_line_error(monkeypatch, capsys, fit_args(lognorm, tmp_path / "r", tiny_yaml, "--count-kind", "counts"),
+                                 "or --count-kind lognorm: they look log-normalised")
+    assert "count_kind" not in line and "layer='counts'" not in line
     assert "--layer counts" in line
 
     line = assert_one_line_error(monkeypatch, capsys, fit_args(sim_file, run_dir, tiny_yaml),
@@ -202,7 +207,7 @@ def test_embed_refuses_a_missing_time_column_and_unfit_values(run_dir, sim_file,
     lognorm = _lognormalised(sim_file, tmp_path / "lognorm.h5ad")
     line = assert_one_line_error(monkeypatch, capsys, ["embed", run_dir, lognorm, "--out", out],
                                  "X holds non-integer values")
-    assert "a run fitted with --likelihood hurdle: they look log-normalised" in line and "count_kind" not in line
+    assert "a run fitted with --count-kind lognorm: they look log-normalised" in line and "count_kind" not in line
     assert_one_line_error(monkeypatch, capsys, ["embed", run_dir, sim_file, "--out", out, "--layer", "raw"],
                           "layer 'raw' is not in adata.layers, which is empty; leave out --layer")
     assert not out.exists()

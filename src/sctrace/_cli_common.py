@@ -6,6 +6,8 @@ from sctrace._errors import SctraceInputError
 
 TASK_HELP = ("auto (from --holdout: none without one, extrapolate for the last observed time, else "
              "interpolate) | interpolate | extrapolate | none")
+COUNT_KIND_HELP = ("auto (read from the values: integers are raw counts, small non-integers log-normalised) | counts | "
+                   "lognorm. The likelihood follows: zinb for counts, hurdle for log-normalised values.")
 PAIRING_HELP = ("random | stratified | ot (default: the preset's; stratified with --stratify). ot chains each source "
                 "cell's partners by optimal transport between consecutive times, so a training row follows one lineage.")
 

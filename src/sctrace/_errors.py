@@ -13,10 +13,8 @@ _CLI_COMMAND: ContextVar[str | None] = ContextVar("sctrace_cli_command", default
 
 # Python arguments whose command-line option has another name.
 _CLI_NAMES = {"run_dir": "--out", "out_dir": "--out", "data": "DATA"}
-# Commands that take --count-kind; the others say what the data hold through --likelihood.
-_COUNT_KIND_COMMANDS = ("benchmark",)
-# Commands that take --likelihood; the others read data into a fitted run, whose likelihood is fixed.
-_FIT_COMMANDS = ("fit", "prepare", "")
+# Commands that take --count-kind; the others read data into a fitted run, which says what its data held.
+_COUNT_KIND_COMMANDS = ("fit", "prepare", "benchmark", "protocol", "")
 
 
 class SctraceInputError(ValueError):
@@ -51,14 +49,13 @@ def option(name: str, value: object) -> str:
     """An argument with its value as the caller writes it: ``layer='counts'`` or ``--layer counts``.
 
     ``None`` on the command line is leaving the option out; ``True`` is the bare flag. ``count_kind`` is named
-    as the likelihood that reads such data on commands without ``--count-kind``.
+    as the run that reads such data on commands without ``--count-kind``.
     """
     if cli_command() is None:
         placeholder = isinstance(value, str) and value.isupper()  # e.g. VALUE, DIR: not a literal to quote
         return f"{name}={value if placeholder else repr(value)}"
     if name == "count_kind" and cli_command() not in _COUNT_KIND_COMMANDS:
-        flag = "--likelihood hurdle" if value == "lognorm" else "--likelihood zinb"
-        return flag if cli_command() in _FIT_COMMANDS else f"a run fitted with {flag}"
+        return f"a run fitted with --count-kind {value}"
     flag = option_name(name)
     if value is None:
         return f"no {flag}"

@@ -9,12 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from sctrace._cli_common import PAIRING_HELP, TASK_HELP, simulated
+from sctrace._cli_common import COUNT_KIND_HELP, PAIRING_HELP, TASK_HELP, simulated
 from sctrace._errors import SctraceInputError, reset_cli_command, set_cli_command
 from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
 from sctrace.cli_harness import register as register_harness_commands
-from sctrace.config import LOGNORM_LIKELIHOODS
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -69,7 +68,7 @@ def prepare(
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
     holdout: Annotated[Optional[str], typer.Option(help="Held-out time value.")] = None,
     task: Annotated[str, typer.Option(help=TASK_HELP)] = "auto",
-    layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
     stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
     pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
@@ -78,7 +77,7 @@ def prepare(
     genes: Annotated[Optional[str], typer.Option(help="Genes modelled: auto (every expressed gene up to 3,000, else hvg) | hvg (the "
                      "preset's number of most variable) | all (every expressed gene) | FILE (one gene name per line). "
                      "Default: auto.")] = None,
-    likelihood: Annotated[Optional[str], typer.Option(help="As for fit: hurdle or gaussian reads log-normalised data.")] = None,
+    count_kind: Annotated[str, typer.Option(help=COUNT_KIND_HELP)] = "auto",
     preset: Annotated[str, typer.Option(help="Preset whose data settings to use, as fit would.")] = "cpu-small",
     config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the preset.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -91,21 +90,17 @@ def prepare(
     """
     from sctrace.config import load_config
     from sctrace.data.corpus import prepare_corpus
-    from sctrace.data.io import parse_time, read_timecourse
+    from sctrace.data.io import parse_time, read_h5ad, read_timecourse, resolve_count_kind
     from sctrace.data.pairing import check_pairing
     from sctrace.data.preprocess import read_gene_choice
     from sctrace.harness.report import corpus_summary
-    from sctrace.model.counts import LIKELIHOODS
 
     _set_threads(threads)
-    if likelihood is not None and likelihood not in LIKELIHOODS:  # fit checks this when it builds the model
-        raise SctraceInputError(f"unknown likelihood '{likelihood}'; choose one of {', '.join(LIKELIHOODS)}.")
     settings = load_config(preset, config, n_top_genes=n_top_genes, genes=genes, max_len=max_len)
-    likelihood = likelihood or settings.likelihood
-    source = data if data is not None else simulated()
+    source = read_h5ad(data) if data is not None else simulated()
+    kind, _ = resolve_count_kind(source, layer, count_kind, settings.likelihood)  # as fit decides it
     timecourse = read_timecourse(
-        source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map),
-        count_kind="lognorm" if likelihood in LOGNORM_LIKELIHOODS else "counts",
+        source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map), count_kind=kind,
     )
     pairing = pairing or ("stratified" if stratify else settings.pairing)
     check_pairing(pairing, stratify)
@@ -119,7 +114,7 @@ def prepare(
 
 @app.command()
 def fit(
-    data: Annotated[Path, typer.Argument(help=".h5ad file with raw counts.")],
+    data: Annotated[Path, typer.Argument(help=".h5ad file with raw counts or log-normalised values.")],
     out: Annotated[Path, typer.Option(help="Run directory to create.")],
     time_key: Annotated[str, typer.Option(help="obs column with the time.")] = "time",
     holdout: Annotated[Optional[str], typer.Option(help="Held-out time value (not seen in training).")] = None,
@@ -130,10 +125,12 @@ def fit(
     seed: Annotated[int, typer.Option()] = 0,
     stratify: Annotated[Optional[list[str]], typer.Option(help="obs column(s) for stratified pairing.")] = None,
     pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
     time_map: Annotated[Optional[list[str]], typer.Option(help="LABEL=VALUE for text time labels.")] = None,
+    count_kind: Annotated[str, typer.Option(help=COUNT_KIND_HELP)] = "auto",
     likelihood: Annotated[Optional[str], typer.Option(
-        help="zinb | nb (raw counts) | hurdle | gaussian (log-normalised data; hurdle models its exact zeros).")] = None,
+        help="auto (zinb for raw counts, hurdle for log-normalised data) | zinb | nb (raw counts) | hurdle | "
+             "gaussian (log-normalised data; hurdle models its exact zeros). Default: the preset's (auto).")] = None,
     genes: Annotated[Optional[str], typer.Option(help="Genes modelled: auto (every expressed gene up to 3,000, else hvg) | hvg (the "
                      "preset's number of most variable) | all (every expressed gene) | FILE (one gene name per line). "
                      "Default: auto.")] = None,
@@ -156,7 +153,6 @@ def fit(
 
     _set_threads(threads)
     check_run_dir(out, overwrite=overwrite, resume=resume)
-    count_kind = None if likelihood is None else ("lognorm" if likelihood in LOGNORM_LIKELIHOODS else "counts")
     model = TRACE(
         data, time_key, task=task, holdout=holdout, layer=layer, time_map=_parse_time_map(time_map),
         stratify=stratify or (), count_kind=count_kind, preset=preset, config=config, seed=seed,
@@ -209,7 +205,7 @@ def embed(
     data: Annotated[Path, typer.Argument(help=".h5ad with the model's genes.")],
     out: Annotated[Path, typer.Option(help="Output .h5ad (obsm['X_sctrace'], varm['sctrace_genes']).")],
     time_key: Annotated[Optional[str], typer.Option(help="obs column with the time (default: the model's).")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Layer with raw counts (default X).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     threads: Threads = 1,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sctrace._cli_common import PAIRING_HELP, parse_list, simulated
+from sctrace._cli_common import COUNT_KIND_HELP, PAIRING_HELP, parse_list, simulated
 from sctrace._errors import SctraceInputError
 from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
@@ -50,8 +50,8 @@ def benchmark(
     max_epochs: Annotated[Optional[int], typer.Option(help="sctrace training epochs.")] = None,
     pairing: Annotated[Optional[str], typer.Option(help=PAIRING_HELP)] = None,
     likelihood: Annotated[Optional[str], typer.Option(
-        help="sctrace's likelihood (default: the preset's, or hurdle with --count-kind lognorm).")] = None,
-    count_kind: Annotated[str, typer.Option(help="counts | lognorm (what X or the layer holds).")] = "counts",
+        help="sctrace's likelihood (default: the preset's, auto: zinb for counts, hurdle for log-normalised).")] = None,
+    count_kind: Annotated[str, typer.Option(help=COUNT_KIND_HELP)] = "auto",
     layer: Annotated[Optional[str], typer.Option(help="Layer with the expression (default X).")] = None,
     ablate: Annotated[Optional[str], typer.Option(
         help="Vary sctrace: schedule | pos-encoding | iterations | length | encoder.")] = None,

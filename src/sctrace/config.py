@@ -26,7 +26,7 @@ DEFAULT_LOGNORM_LIKELIHOOD = "hurdle"
 CHOICES: dict[str, tuple[str, ...]] = {
     "pairing": ("random", "stratified", "ot"),
     "rank_encoding": ("learnable", "sinusoidal", "unified"),
-    "likelihood": ("zinb", "nb", "gaussian", "hurdle"),
+    "likelihood": ("auto", "zinb", "nb", "gaussian", "hurdle"),
     "zinb_mean": ("nb", "scale"),
     "count_pooling": ("cls", "cls+mean"),
     "hurdle_marginal": ("gaussian", "quantile"),
@@ -54,7 +54,7 @@ CONFIG_VERSION = 2
 LEGACY_DEFAULTS: dict[str, Any] = {
     "n_top_genes": 2000, "max_len": 128, "dropout": 0.1, "max_epochs": 30, "time_scale": 100.0, "context_dropout": 0.0,
     "pairing": "random", "zinb_mean": "nb", "count_pooling": "cls", "hurdle_marginal": "gaussian",
-    "count_sampling": "iid", "genes": "hvg",
+    "count_sampling": "iid", "genes": "hvg", "likelihood": "zinb",
 }
 
 # Probabilities of leaving something out: 1 would leave out everything.
@@ -119,7 +119,9 @@ class TraceConfig:
     count_standardise: bool = False
     count_hidden: int = 128
     count_dropout: float = 0.1
-    likelihood: str = "zinb"
+    # "auto": zinb for raw counts, the hurdle for log-normalised values, as the data hold (decided once, by
+    # sctrace.data.io.resolve_count_kind; a saved run records the likelihood it was fitted with).
+    likelihood: str = "auto"
     # "nb": scVI's link, the NB part's mean is library x scale (the paper presets); "scale": the ZINB's own mean is
     # library x scale, so generated cells keep their library size.
     zinb_mean: str = "scale"

@@ -22,7 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sctrace._errors import SctraceInputError, in_words, option, option_name
+from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.config import (
     CHOICES,
     DEFAULT_PRESET,
@@ -37,6 +37,7 @@ from sctrace.data.io import (
     parse_time,
     read_h5ad,
     read_timecourse,
+    resolve_count_kind,
 )
 from sctrace.data.pairing import check_pairing
 from sctrace.data.preprocess import read_gene_choice
@@ -114,7 +115,7 @@ class TRACE:
         layer: str | None = None,
         time_map: Mapping[str, float] | None = None,
         stratify: Sequence[str] = (),
-        count_kind: str | None = None,
+        count_kind: str | None = "auto",
         preset: str = DEFAULT_PRESET,
         config: str | os.PathLike | None = None,
         seed: int = 0,
@@ -124,22 +125,15 @@ class TRACE:
             overrides["pairing"] = "stratified"
         self.config = load_config(preset, config, **overrides)
         check_pairing(self.config.pairing, stratify)
-        # The likelihood decides what the matrix must hold unless the caller says otherwise.
-        count_kind = count_kind or ("lognorm" if self.config.likelihood in LOGNORM_LIKELIHOODS else "counts")
-        if count_kind == "lognorm" and self.config.likelihood not in LOGNORM_LIKELIHOODS:
-            raise SctraceInputError(
-                "the data hold log-normalised values, not counts; use "
-                + in_words("likelihood='hurdle' or 'gaussian'.", "--likelihood hurdle or gaussian.")
-            )
-        if count_kind == "counts" and self.config.likelihood in LOGNORM_LIKELIHOODS:
-            raise SctraceInputError(
-                f"likelihood '{self.config.likelihood}' models log-normalised values, and these data hold raw counts; "
-                "use zinb or nb, or pass " + in_words("count_kind='lognorm'", "log-normalised data") + " with this likelihood."
-            )
         self.seed = seed
         # Data on disk stay there: the matrix is read a block of cells at a time and the corpus is written to a
         # directory of its own and read back by rows, so memory does not grow with the number of cells.
         on_disk = not isinstance(adata, ad.AnnData) or adata.isbacked
+        if not isinstance(adata, ad.AnnData):
+            adata = read_h5ad(adata, backed=True)
+        # What the matrix holds, read from its values unless the caller says, and the likelihood that follows.
+        count_kind, likelihood = resolve_count_kind(adata, layer, count_kind, self.config.likelihood)
+        self.config = self.config.update({"likelihood": likelihood})
         self.timecourse: TimeCourse | None = read_timecourse(
             adata, time_key, layer=layer, time_map=time_map, stratify=stratify, count_kind=count_kind, backed=on_disk
         )

@@ -363,7 +363,7 @@ def test_non_integer_counts_refused_with_layers_named(sparse):
         SctraceInputError,
         match=(
             r"X holds non-integer values \(\d+ of them\), but raw counts are required; pass layer='counts' if raw "
-            r"counts are in a layer \(available layers: 'counts'\), or count_kind='lognorm' \(likelihood 'hurdle'\)"
+            r"counts are in a layer \(available layers: 'counts'\), or count_kind='lognorm'"
         ),
     ):
         read_timecourse(adata)

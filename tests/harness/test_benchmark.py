@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, load_config
+from sctrace.data.io import resolve_count_kind
 from sctrace.harness.baselines import identity_baseline
 from sctrace.harness.benchmark import (
     ablation_variants,
@@ -292,10 +293,14 @@ def test_lognorm_benchmark_keeps_a_log_normalised_likelihood_from_the_config(tmp
         chosen, _ = sctrace_options("cpu-small", config_path, None, count_kind, overrides)
         return load_config("cpu-small", config_path, **chosen).likelihood
 
-    assert likelihood(None, "lognorm") == DEFAULT_LOGNORM_LIKELIHOOD  # cpu-small's zinb replaced
+    # cpu-small's "auto" is kept: TRACE turns it into the data's likelihood, hurdle for log-normalised values.
+    assert likelihood(None, "lognorm") == likelihood(None, "counts") == "auto"
+    assert resolve_count_kind(ad.AnnData(np.array([[0.5, 1.25]], np.float32)), None, "lognorm", "auto") == (
+        "lognorm", DEFAULT_LOGNORM_LIKELIHOOD)
+    assert resolve_count_kind(ad.AnnData(np.array([[0.5, 1.25]], np.float32)), None, "counts", "auto") == (
+        "counts", "zinb")
     assert likelihood(config, "lognorm") == "hurdle"  # before, the default overrode the file
     assert likelihood(None, "lognorm", {"likelihood": "hurdle"}) == "hurdle"
-    assert likelihood(None, "counts") == "zinb"
     for count_kind, asked in (("lognorm", "zinb"), ("counts", "hurdle"), ("counts", "gaussian")):
         with pytest.raises(SctraceInputError, match=f"likelihood '{asked}' does not fit --count-kind {count_kind}"):
             likelihood(None, count_kind, {"likelihood": asked})

@@ -297,17 +297,39 @@ def test_a_loaded_model_refuses_to_train(fitted, tmp_path):
             loaded.fit(progress=False, **options)
 
 
-def test_lognorm_data_needs_a_lognorm_likelihood(small_timecourse):
-    with pytest.raises(SctraceInputError, match="likelihood='hurdle' or 'gaussian'"):
-        TRACE(small_timecourse, "time", holdout=2.5, count_kind="lognorm")
+def _lognormalised(adata):
+    lognorm = adata.copy()
+    totals = np.asarray(lognorm.X.sum(axis=1))
+    lognorm.X = lognorm.X.multiply(1e4 / totals).log1p().tocsr().astype(np.float32)
+    return lognorm
+
+
+def test_the_data_say_what_they_hold_and_the_likelihood_follows(small_timecourse):
+    """count_kind auto (the default) reads the values; likelihood auto gives zinb for counts, hurdle for logs."""
+    counts = TRACE(small_timecourse, "time", holdout=2.5)
+    assert (counts.spec.count_kind, counts.config.likelihood) == ("counts", "zinb")
+    logs = TRACE(_lognormalised(small_timecourse), "time", holdout=2.5)
+    assert (logs.spec.count_kind, logs.config.likelihood) == ("lognorm", "hurdle")
+    # FPKM-like values are neither: refused with their fix.
+    values = small_timecourse.copy()
+    values.X = values.X.astype(np.float32) * 37.25
+    with pytest.raises(SctraceInputError, match=r"neither raw counts nor log-normalised .*np.log1p\(adata.X\)"):
+        TRACE(values, "time", holdout=2.5)
+
+
+def test_lognorm_data_refuse_a_count_likelihood(small_timecourse):
+    with pytest.raises(SctraceInputError, match="log-normalised values, and likelihood 'zinb' models raw counts; use "
+                                                "likelihood='hurdle' or 'gaussian'"):
+        TRACE(_lognormalised(small_timecourse), "time", holdout=2.5, likelihood="zinb")
 
 
 def test_count_data_refuse_a_lognorm_likelihood(small_timecourse):
-    with pytest.raises(SctraceInputError, match="likelihood 'hurdle' models log-normalised values.*raw counts"):
-        TRACE(small_timecourse, "time", holdout=2.5, likelihood="hurdle", count_kind="counts")
-    # Without count_kind the likelihood says what X holds; raw counts are then refused by their size.
-    with pytest.raises(SctraceInputError, match="far above any log-normalised expression.*likelihood 'zinb' or 'nb'"):
+    with pytest.raises(SctraceInputError, match="likelihood 'hurdle' models log-normalised values, and X holds raw "
+                                                "counts.*count_kind='lognorm'"):
         TRACE(small_timecourse, "time", holdout=2.5, likelihood="hurdle")
+    # Counts declared log-normalised are refused by their size, with the fix.
+    with pytest.raises(SctraceInputError, match="far above any log-normalised expression.*count_kind='counts'"):
+        TRACE(small_timecourse, "time", holdout=2.5, count_kind="lognorm")
 
 
 @pytest.mark.parametrize("marginal", ["gaussian", "quantile"])

@@ -25,7 +25,7 @@ from sctrace.data.timecourse import MatrixRows, TimeCourse
 from sctrace.data.times import _format_names, _format_times, _times_from_column, parse_time
 
 __all__ = ["COUNT_KINDS", "MatrixRows", "TimeCourse", "check_expression", "check_holdout", "detect_count_kind", "parse_time",
-           "read_h5ad", "read_timecourse"]
+           "read_h5ad", "read_timecourse", "resolve_count_kind"]
 
 COUNT_KINDS = ("counts", "lognorm")
 """What the expression matrix holds: raw integer ``counts``, or already log-normalised values (``lognorm``)."""
@@ -261,16 +261,15 @@ def _check_expression(matrix, layer: str | None, count_kind: str, layers: list[s
         )
     if count_kind == "counts" and n_noninteger:
         looks = f": they look log-normalised (max {max_value:g})" if max_value <= _LOGNORM_MAX_PLAUSIBLE else ""
-        lognorm_fix = in_words("count_kind='lognorm' (likelihood 'hurdle')", option("count_kind", "lognorm"))
+        lognorm_fix = option("count_kind", "lognorm")
         raise SctraceInputError(
             f"{where} holds non-integer values ({n_noninteger} of them), but raw counts are required; pass "
             f"{option('layer', 'counts')} if raw counts are in a layer (available layers: "
             f"{_format_names(layers) if layers else 'none'}), or {lognorm_fix}{looks}."
         )
     if count_kind == "lognorm" and max_value > _LOGNORM_MAX:
-        read_as = in_words("count_kind='lognorm', or a likelihood of log-normalised values",
-                           "a --likelihood of log-normalised values")
-        counts_fix = in_words("likelihood 'zinb' or 'nb' (count_kind='counts')", "--likelihood zinb or nb")
+        read_as = option("count_kind", "lognorm")
+        counts_fix = option("count_kind", "counts")
         raise SctraceInputError(
             f"{where} holds values up to {max_value:g}, far above any log-normalised expression, but is read as "
             f"log-normalised ({read_as}); for raw counts use {counts_fix}, or log-normalise the matrix first."
@@ -337,3 +336,48 @@ def detect_count_kind(matrix) -> str:
     if integer:
         return "counts"
     return "lognorm" if max_value <= _LOGNORM_MAX_PLAUSIBLE else "values"
+
+
+def resolve_count_kind(adata: anndata.AnnData, layer: str | None, count_kind: str | None,
+                       likelihood: str) -> tuple[str, str]:
+    """What the matrix holds and the likelihood that reads it: the one place both are decided.
+
+    ``count_kind`` ``auto`` (or None) reads it from the values (:func:`detect_count_kind`); ``likelihood``
+    ``auto`` follows it: ``zinb`` for raw counts, the hurdle for log-normalised values. A likelihood named
+    explicitly must fit the data. Values that are neither (FPKM, TPM) are refused with the fix: their log1p is
+    log-normalised-like and is read as such.
+    """
+    from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, LOGNORM_LIKELIHOODS
+
+    kind = count_kind or "auto"
+    if kind not in ("auto", *COUNT_KINDS):
+        raise SctraceInputError(f"unknown {option_name('count_kind')} {kind!r}; choose auto or one of "
+                                f"{_format_names(COUNT_KINDS)}.")
+    where = "X" if layer is None else f"layer {layer!r}"
+    if kind == "auto":
+        _check_matrix_present(adata, layer)
+        try:
+            kind = detect_count_kind(adata.X if layer is None else adata.layers[layer])
+        except OSError as err:  # a backed matrix whose file is damaged past the header
+            raise _unreadable(Path(adata.filename or "data"), "input file", err) from err
+        if kind == "values":
+            store = in_words("adata.X = np.log1p(adata.X)", "a layer with log1p of them, passed as --layer NAME")
+            raise SctraceInputError(
+                f"{where} holds values that are neither raw counts nor log-normalised (non-integers above "
+                f"{_LOGNORM_MAX_PLAUSIBLE:g}, e.g. FPKM or TPM); give their log1p ({store}), which is read as "
+                "log-normalised."
+            )
+    if likelihood == "auto":
+        return kind, DEFAULT_LOGNORM_LIKELIHOOD if kind == "lognorm" else "zinb"
+    if kind == "lognorm" and likelihood not in LOGNORM_LIKELIHOODS:
+        raise SctraceInputError(
+            f"{where} holds log-normalised values, and likelihood '{likelihood}' models raw counts; use "
+            + in_words("likelihood='hurdle' or 'gaussian'", "--likelihood hurdle or gaussian")
+            + f" (or leave it out), or {option('count_kind', 'counts')} if these are raw counts."
+        )
+    if kind == "counts" and likelihood in LOGNORM_LIKELIHOODS:
+        raise SctraceInputError(
+            f"likelihood '{likelihood}' models log-normalised values, and {where} holds raw counts; use zinb or nb "
+            f"(or leave it out), or {option('count_kind', 'lognorm')} if these are log-normalised."
+        )
+    return kind, likelihood

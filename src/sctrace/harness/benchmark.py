@@ -32,9 +32,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
+from sctrace.config import DEFAULT_PRESET, LOGNORM_LIKELIHOODS, TraceConfig, load_config
 from sctrace.data.corpus import resolve_task, split_times
-from sctrace.data.io import check_holdout, read_timecourse
+from sctrace.data.io import check_holdout, read_h5ad, read_timecourse, resolve_count_kind
 from sctrace.data.preprocess import chosen_gene_columns, log_normalize, read_gene_choice, select_hvgs
 from sctrace.harness.baselines import INTERPOLATION_ONLY
 from sctrace.harness.benchmark_jobs import (
@@ -161,12 +161,9 @@ def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str
     """Config overrides for TRACE (checked now, before any work) and the config they give (its genes)."""
     overrides = {**(overrides or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
     loaded = load_config(preset, config, **overrides)
-    # Log-normalised data need a likelihood of log-normalised values; one the caller, the preset or --config
-    # names is kept, and one that does not fit the data is refused below.
-    if count_kind == "lognorm" and "likelihood" not in overrides and loaded.likelihood not in LOGNORM_LIKELIHOODS:
-        overrides["likelihood"] = DEFAULT_LOGNORM_LIKELIHOOD
-        loaded = load_config(preset, config, **overrides)
-    if (loaded.likelihood in LOGNORM_LIKELIHOODS) != (count_kind == "lognorm"):
+    # "auto" (the default) becomes the likelihood of the data's kind when TRACE reads them; one the caller, the
+    # preset or --config names must fit the data.
+    if loaded.likelihood != "auto" and (loaded.likelihood in LOGNORM_LIKELIHOODS) != (count_kind == "lognorm"):
         raise SctraceInputError(
             f"likelihood '{loaded.likelihood}' does not fit --count-kind {count_kind}: raw counts take zinb or nb, "
             f"log-normalised values ({', '.join(LOGNORM_LIKELIHOODS)})."
@@ -186,7 +183,7 @@ def run_benchmark(
     preset: str = DEFAULT_PRESET,
     config: str | os.PathLike | None = None,
     max_epochs: int | None = None,
-    count_kind: str = "counts",
+    count_kind: str = "auto",
     layer: str | None = None,
     ablate: str | None = None,
     encoder_path: str | os.PathLike | None = None,
@@ -257,7 +254,11 @@ def run_benchmark(
     if (out_dir / "results.json").exists() and not overwrite:
         raise SctraceInputError(f"{out_dir} already holds benchmark results; pass --overwrite or choose another --out.")
 
-    timecourse = read_timecourse(data, time_key, layer=layer, count_kind=count_kind)
+    source = data
+    if count_kind in (None, "auto"):  # read from the values, once (the results keep the path given)
+        source = data if isinstance(data, ad.AnnData) else read_h5ad(data)
+        count_kind, _ = resolve_count_kind(source, layer, "auto", "auto")
+    timecourse = read_timecourse(source, time_key, layer=layer, count_kind=count_kind)
     task, resolved = resolve_task(timecourse.time_values, task, check_holdout(timecourse, holdout))
     assert resolved is not None  # a given held-out time stays held out
     holdout = resolved

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
-from sctrace.config import DEFAULT_LOGNORM_LIKELIHOOD, DEFAULT_PRESET, LOGNORM_LIKELIHOODS
+from sctrace.config import DEFAULT_PRESET
 from sctrace.data.io import detect_count_kind
 
 if TYPE_CHECKING:
@@ -75,12 +75,9 @@ class SctraceMethod(BaseMethod):
                 "scTimeBench's X holds neither raw counts nor log-normalised values (e.g. FPKM or TPM); add "
                 "LogNormPreprocessor to the dataset's data_preprocessing_steps."
             )
-        overrides = dict(self.overrides)
-        if kind == "lognorm" and overrides.get("likelihood") not in LOGNORM_LIKELIHOODS:
-            # The preset's likelihood models counts; hurdle models log-normalised values and their exact zeros.
-            overrides["likelihood"] = DEFAULT_LOGNORM_LIKELIHOOD
+        # The likelihood follows the kind (auto: zinb for counts, the hurdle for log-normalised values).
         model = TRACE(ann_data, TIME_KEY, task="none", count_kind=kind, preset=self.preset, config=self.config_file,
-                      seed=self.seed, **overrides)
+                      seed=self.seed, **self.overrides)
         self.model = model.fit(run_dir=run_dir, overwrite=True, progress=False, max_steps=self.max_steps)
 
     def generate_next_tp_gex(self, test_ann_data: ad.AnnData) -> np.ndarray:

@@ -32,7 +32,8 @@ from sctrace.model.distributions import (  # noqa: F401  (re-exported: callers i
 if TYPE_CHECKING:
     from sctrace.data.corpus_files import NpyFile
 
-LIKELIHOODS = CHOICES["likelihood"]
+# What the decoder can be built with ("auto" is resolved from the data before a network is built).
+LIKELIHOODS = tuple(name for name in CHOICES["likelihood"] if name != "auto")
 ZINB_MEANS = ("nb", "scale")
 HURDLE_MARGINALS = CHOICES["hurdle_marginal"]
 # Quantiles kept per gene for hurdle_marginal="quantile": finer than the per-gene EMD can see on a few
