@@ -137,6 +137,10 @@ def test_a_kept_split_scored_over_other_genes_runs_again(protocol_run, four_time
     (row,) = summary["rows"]
     assert len(json.loads((out / "splits" / "interpolate-2.5" / "identity" / "results.json").read_text())["genes"]) == 100
     assert np.isfinite(row["emd"])
+    # A summary of a split whose methods ran over other genes measures each method's snap over its own genes.
+    mixed = run_protocol(four_times, "time", out_dir=out, methods=METHODS, times=[2.5], run=False, echo=lambda line: None)
+    assert {r["method"] for r in mixed["rows"]} == set(METHODS)
+    assert all(np.isfinite(r["snap"]["to_truth"]) for r in mixed["rows"])
 
 
 def test_detect_count_kind():

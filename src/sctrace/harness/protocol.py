@@ -244,7 +244,7 @@ def summarise_protocol(out_dir: str | os.PathLike, timecourse, splits: Sequence[
     out_dir = Path(out_dir)
     rows: list[dict] = []
     for task, time in splits:
-        means = None
+        means_by_genes: dict[tuple[str, ...], dict[float, np.ndarray]] = {}
         for method in methods:
             path = out_dir / "splits" / _split_name(task, time) / method / "results.json"
             if not path.exists():
@@ -259,8 +259,11 @@ def summarise_protocol(out_dir: str | os.PathLike, timecourse, splits: Sequence[
                 row.update({k: entry["mean"].get(k) for k in (*SUMMARY_METRICS, "wall_s", "fit_s")})
                 row["sd"] = {k: entry["sd"].get(k) for k in SUMMARY_METRICS}
                 row.update(_training_speed(path.parent, method, entry["runs"]))
-                if means is None:
-                    means = _time_means(timecourse, results["genes"], [*results["train_times"], time])
+                # Each method's own genes: a split's methods share them unless some ran under another gene choice.
+                genes = tuple(results["genes"])
+                if genes not in means_by_genes:
+                    means_by_genes[genes] = _time_means(timecourse, genes, [*results["train_times"], time])
+                means = means_by_genes[genes]
                 snaps = []
                 for run in entry["runs"]:
                     prediction = path.parent / "work" / "predictions" / f"{_file_label(method)}_seed{run['seed']}.npz"
