@@ -47,6 +47,7 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "count_loss_weight": (1.0, False),
     "gradient_clip": (1.0, False),
     "group_by_length": (False, False),
+    "time_bias": (False, True),  # its bias module has weights
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults.
@@ -96,9 +97,6 @@ class TraceConfig:
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
     context_dropout: float = 0.5
-    # Cross-attention biased by the time between the decoded cell and each memory cell (relative time), so an
-    # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
-    time_bias: bool = False
     # The source time is a training target too, decoded as another source-time cell than the one the encoder reads:
     # otherwise the decoder is never asked for the first time point, and a time between it and the second decodes
     # as the second (the simulator with time 1 held out, BENCHMARKS.md).

@@ -82,7 +82,6 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
         zinb_mean=config.zinb_mean,
         count_pooling=config.count_pooling,
         hurdle_marginal=config.hurdle_marginal,
-        time_bias=config.time_bias,
         time_values=None if config.count_prior == "none" else times,
         centre_prior=config.count_prior == "centred",
         count_time=config.count_time,

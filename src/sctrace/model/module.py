@@ -12,7 +12,7 @@ from torch import nn
 from sctrace.data.sentences import add_cls, gather_sentences, sentence_ranks
 from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
-from sctrace.model.embeddings import CellEmbedding, RelativeTimeBias
+from sctrace.model.embeddings import CellEmbedding
 from sctrace.model.masking import random_mask
 from sctrace.model.prior import N_PRIOR_FEATURES, TimePrior
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
@@ -44,10 +44,6 @@ class TraceNet(nn.Module):
         the sentence's genes directly.
     zinb_mean
         How the ZINB's NB mean relates to the decoded scale (see :class:`sctrace.model.counts.CountDecoder`).
-    time_bias
-        Cross-attention of the decoder biased by the time between the decoded cell and each memory cell
-        (:class:`sctrace.model.embeddings.RelativeTimeBias`), so that a time between two observed ones attends to
-        both by its distance to each instead of to the trained time its code resembles.
     count_sentence
         The count decoder reads the cell's own sentence: each gene in it is offset by a per-gene level plus a
         slope in log rank, each gene outside it by another level (:class:`sctrace.model.counts.CountDecoder`).
@@ -90,7 +86,6 @@ class TraceNet(nn.Module):
         count_pooling: str = "cls",
         hurdle_marginal: str = "gaussian",
         pretrained: nn.Module | None = None,
-        time_bias: bool = False,
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
         count_time: bool = False,
@@ -114,7 +109,6 @@ class TraceNet(nn.Module):
             self.encoder = Stack(EncoderLayer, n_encoder_layers, d_model, n_heads, head_dim, dropout)
         self.decoder = Stack(DecoderLayer, n_decoder_layers, d_model, n_heads, head_dim, dropout)
         self.token_head = nn.Linear(d_model, vocab_size)
-        self.time_bias = RelativeTimeBias(n_heads, time_span, time_steps) if time_bias else None
         self.count_decoder = CountDecoder(
             d_model * (1 if count_pooling == "cls" else 2),
             n_genes,
@@ -153,21 +147,15 @@ class TraceNet(nn.Module):
         memory: torch.Tensor,
         memory_pad: torch.Tensor,
         memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        memory_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """target: (batch, length) with [CLS] first (may hold [MASK]). Returns hidden states (batch, length, d).
 
         memory_kv: ``self.decoder.project_memory(memory)``, passed by callers that decode against the same
-        memory many times (generation), so its keys and values are projected once. memory_time: (batch, n_key)
-        time of each memory cell, read by the relative time bias (None: no bias, as for a memory of one time).
+        memory many times (generation), so its keys and values are projected once.
         """
         pad = target == PAD_ID
-        times = self._times(time, target.shape[0], target.device)
-        x = self.target_embedding(target, times)
-        bias = None
-        if self.time_bias is not None and memory_time is not None:
-            bias = self.time_bias(times, memory_time)
-        return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv, memory_bias=bias)
+        x = self.target_embedding(target, self._times(time, target.shape[0], target.device))
+        return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv)
 
     def count_state(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The count decoder's input for complete sentences: hidden (batch, length, d) from :meth:`decode` of
@@ -205,23 +193,18 @@ class TraceNet(nn.Module):
     @torch.no_grad()
     def build_context(
         self, z0: torch.Tensor, z0_pad: torch.Tensor, context: Sequence[tuple[torch.Tensor, torch.Tensor | float]],
-        source_time: torch.Tensor | float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory, its pad
-        mask and the time of each memory cell ((batch, n_key): ``source_time`` for Z_0, each context's time).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory and
+        its pad mask.
 
         context: (tokens with [CLS] (batch, length), time) for every context time point, in time order.
         """
-        batch, device = z0.shape[0], z0.device
         memory, memory_pad = [z0.detach()], [z0_pad]
-        memory_time = [self._times(source_time, batch, device)[:, None].expand(-1, z0.shape[1])]
         for tokens, time in context:
-            hidden = self.decode(tokens, time, torch.cat(memory, 1), torch.cat(memory_pad, 1),
-                                 memory_time=torch.cat(memory_time, 1))
+            hidden = self.decode(tokens, time, torch.cat(memory, 1), torch.cat(memory_pad, 1))
             memory.append(hidden)
             memory_pad.append(tokens == PAD_ID)
-            memory_time.append(self._times(time, batch, device)[:, None].expand(-1, tokens.shape[1]))
-        return torch.cat(memory, 1), torch.cat(memory_pad, 1), torch.cat(memory_time, 1)
+        return torch.cat(memory, 1), torch.cat(memory_pad, 1)
 
     def training_losses(
         self,
@@ -263,7 +246,7 @@ class TraceNet(nn.Module):
         n_times = sentences.shape[1]
         keep = [True] * n_times if context_keep is None else list(context_keep)
         context = [(sentences[:, k], times[k]) for k in range(1, n_times) if k != target_index and keep[k]]
-        memory, memory_pad, memory_time = self.build_context(z0, z0_pad, context, times[0])
+        memory, memory_pad = self.build_context(z0, z0_pad, context)
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
         if target_index == 0:
@@ -274,13 +257,12 @@ class TraceNet(nn.Module):
             target_tokens = sentences[:, target_index]
         target_time = times[target_index]
         masked, labels = random_mask(target_tokens, schedule, generator)
-        hidden = self.decode(masked, target_time, memory, memory_pad, memory_time=memory_time)
+        hidden = self.decode(masked, target_time, memory, memory_pad)
         chosen = labels != -100
         logits = self.token_head(hidden[chosen])
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
-        state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad, memory_time=memory_time),
-                                 target_tokens)
+        state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad), target_tokens)
         params = self.count_params(state, library_size, target_time, exclude=target_index, tokens=target_tokens)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}
