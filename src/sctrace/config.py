@@ -48,6 +48,7 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "gradient_clip": (1.0, False),
     "group_by_length": (False, False),
     "time_bias": (False, True),  # its bias module has weights
+    "count_time": (False, True),  # the count head's first layer took one more input
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults.
@@ -106,9 +107,6 @@ class TraceConfig:
     # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
     # centred over the cells decoded together: the prior sets the population, the network each cell's deviation).
     count_prior: str = "none"
-    # The count decoder also reads the decoded time ((t - t0) / span) beside the decoder state, so the population it
-    # decodes can move with time even where the states barely do (small courses).
-    count_time: bool = False
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False

@@ -84,7 +84,6 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
         hurdle_marginal=config.hurdle_marginal,
         time_values=None if config.count_prior == "none" else times,
         centre_prior=config.count_prior == "centred",
-        count_time=config.count_time,
         count_sentence=config.count_sentence,
         count_standardise=config.count_standardise,
         pretrained=pretrained,

@@ -50,9 +50,6 @@ class TraceNet(nn.Module):
     count_standardise
         The count decoder's input is standardised by running statistics over training batches of every time
         (:class:`sctrace.model.counts.RunningStandardise`), so the small differences between times' states count.
-    count_time
-        The count decoder also reads the decoded time, scaled to the observed span ((t - t0) / span): a small
-        course's decoder states barely carry the time, and a head reading only them decodes one profile for all.
     time_values
         The observed training times, in order: given, the count decoder's outputs are offsets from each gene's
         statistics interpolated in time (:class:`sctrace.model.prior.TimePrior`), fitted with
@@ -88,7 +85,6 @@ class TraceNet(nn.Module):
         pretrained: nn.Module | None = None,
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
-        count_time: bool = False,
         count_sentence: bool = False,
         count_standardise: bool = False,
     ):
@@ -119,12 +115,9 @@ class TraceNet(nn.Module):
             hurdle_marginal=hurdle_marginal,
             n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
             centre_prior=centre_prior,
-            n_time_features=1 if count_time else 0,
             sentence_offsets=count_sentence,
             standardise=count_standardise,
         )
-        self.time_origin, self.time_span = float(time_origin), float(time_span) or 1.0
-        self.count_time = count_time
         self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
 
     @staticmethod
@@ -175,16 +168,12 @@ class TraceNet(nn.Module):
         prior = None
         if self.count_prior is not None:
             prior = self.count_prior(time, state.shape[0], exclude)
-        time_features = None
-        if self.count_time:
-            scaled = (self._times(time, state.shape[0], state.device) - self.time_origin) / self.time_span
-            time_features = scaled[:, None]
         ranks = None
         if self.count_decoder.sentence_offsets:
             if tokens is None:
                 raise ValueError("this network's count decoder reads the sentence; pass tokens.")
             ranks = self.sentence_ranks(tokens)
-        return self.count_decoder(state, library_size, prior, time_features, ranks)
+        return self.count_decoder(state, library_size, prior, ranks)
 
     def sentence_ranks(self, tokens: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) each gene's rank in the sentence (1 for the gene after [CLS]), 0 where it is absent."""
