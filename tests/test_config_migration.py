@@ -55,7 +55,7 @@ def test_an_old_run_of_a_network_no_longer_built_is_refused(tmp_path):
 
 # Keys removed after losing on the leave-one-time-out protocol; version-2 runs saved before that hold them.
 PRUNED_NETWORK_KEYS = ("time_bias", "count_time")  # another value built another network: refused
-PRUNED_TRAINING_KEYS: tuple[str, ...] = ()  # training only: dropped with a warning
+PRUNED_TRAINING_KEYS = ("source_time_target",)  # training only: dropped with a warning
 PRUNED_KEYS = PRUNED_NETWORK_KEYS + PRUNED_TRAINING_KEYS
 
 

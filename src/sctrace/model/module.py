@@ -205,7 +205,6 @@ class TraceNet(nn.Module):
         schedule: str,
         generator: torch.Generator | None = None,
         context_keep: Sequence[bool] | None = None,
-        source_partner: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Masked-token and count losses for one batch.
 
@@ -216,17 +215,13 @@ class TraceNet(nn.Module):
         times
             (n_times,) real time values.
         target_index
-            Which time point is reconstructed; the others become context. 0, the source time, needs
-            ``source_partner``: the decoder then reconstructs another source-time cell, never the one it reads.
+            Which time point (>= 1) is reconstructed; the others become context.
         target_counts
             (batch, n_genes) counts (or log-normalised values) of the target cells.
         library_size
             (batch,) total counts of the target cells over the modelled genes.
         context_keep
             (n_times,) which time points may serve as context (default: all); the target and the source never do.
-        source_partner
-            (batch, length) sentences of source-time cells other than each row's source, the target when
-            ``target_index`` is 0.
 
         The count decoder reads a second pass over the complete target sentence, as at generation, where the
         sentence is fully generated.
@@ -238,13 +233,7 @@ class TraceNet(nn.Module):
         memory, memory_pad = self.build_context(z0, z0_pad, context)
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
-        if target_index == 0:
-            if source_partner is None:
-                raise ValueError("the source time as target needs source_partner (other source-time cells).")
-            target_tokens = source_partner
-        else:
-            target_tokens = sentences[:, target_index]
-        target_time = times[target_index]
+        target_tokens, target_time = sentences[:, target_index], times[target_index]
         masked, labels = random_mask(target_tokens, schedule, generator)
         hidden = self.decode(masked, target_time, memory, memory_pad)
         chosen = labels != -100
