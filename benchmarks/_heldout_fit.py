@@ -75,6 +75,6 @@ def count_state_of_sentences(model, tokens, lengths, time: float, rng):
     z0, pad = net.encode(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, 0]), spec.source_time)
     context = [(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, k]), spec.time_values[k])
                for k in context_columns]
-    memory, memory_pad, memory_time = net.build_context(z0, pad, context, spec.source_time)
+    memory, memory_pad = net.build_context(z0, pad, context)
     target = gather_sentences(tokens, lengths, slice(0, n_cells))
-    return net.count_state(net.decode(target, float(time), memory, memory_pad, memory_time=memory_time), target), target
+    return net.count_state(net.decode(target, float(time), memory, memory_pad), target), target

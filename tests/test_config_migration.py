@@ -51,3 +51,51 @@ def test_an_old_run_of_a_network_no_longer_built_is_refused(tmp_path):
     path.write_text(f"config_version: {CONFIG_VERSION + 1}\n")
     with pytest.raises(SctraceInputError, match="newer than this sctrace reads"):
         TraceConfig.from_yaml(path)
+
+
+# Keys removed after losing on the leave-one-time-out protocol; version-2 runs saved before that hold them.
+PRUNED_NETWORK_KEYS = ("time_bias", "count_time")  # another value built another network: refused
+PRUNED_TRAINING_KEYS = ("source_time_target",)  # training only: dropped with a warning
+PRUNED_KEYS = PRUNED_NETWORK_KEYS + PRUNED_TRAINING_KEYS
+
+
+def _version_2_run_config(tmp_path, **removed):
+    """A version-2 config.yaml as fit wrote it while the pruned keys existed (at their defaults), updated by ``removed``."""
+    fields = {"config_version": 2, **TraceConfig(d_model=48).__dict__, **dict.fromkeys(PRUNED_KEYS, False), **removed}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    return path
+
+
+def test_the_pruned_keys_are_removed_keys_off_by_default():
+    for key in PRUNED_KEYS:
+        assert key not in TraceConfig().__dict__
+        assert REMOVED_KEYS[key] == (False, key in PRUNED_NETWORK_KEYS)
+
+
+def test_a_version_2_run_with_the_pruned_keys_off_loads_silently(tmp_path, recwarn):
+    assert CONFIG_VERSION == 2
+    assert TraceConfig.from_yaml(_version_2_run_config(tmp_path)) == TraceConfig(d_model=48)
+    assert not [w for w in recwarn if "no longer supported" in str(w.message)]
+
+
+@pytest.mark.parametrize("key", PRUNED_NETWORK_KEYS)
+def test_a_version_2_run_whose_pruned_key_built_another_network_is_refused(tmp_path, key):
+    with pytest.raises(SctraceInputError, match=f"{key}: True, which sctrace no longer builds; re-fit the run"):
+        TraceConfig.from_yaml(_version_2_run_config(tmp_path, **{key: True}))
+
+
+@pytest.mark.parametrize("key", PRUNED_TRAINING_KEYS)
+def test_a_version_2_run_trained_with_a_pruned_training_key_loads_with_a_warning(tmp_path, key):
+    with pytest.warns(UserWarning, match=f"{key}: True, no longer supported; its weights predict as trained"):
+        assert TraceConfig.from_yaml(_version_2_run_config(tmp_path, **{key: True})) == TraceConfig(d_model=48)
+
+
+def test_a_users_config_naming_the_pruned_keys_is_refused_with_their_names(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({**dict.fromkeys(PRUNED_KEYS, True), "d_model": 32}))
+    with pytest.raises(SctraceInputError, match=f"{', '.join(sorted(PRUNED_KEYS))} in .*mine.yaml were removed"):
+        load_config(config_file=path)
+    for key in PRUNED_KEYS:
+        with pytest.raises(SctraceInputError, match=f"{key} in overrides were removed"):
+            load_config(**{key: False})

@@ -47,6 +47,9 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "count_loss_weight": (1.0, False),
     "gradient_clip": (1.0, False),
     "group_by_length": (False, False),
+    "time_bias": (False, True),  # its bias module has weights
+    "count_time": (False, True),  # the count head's first layer took one more input
+    "source_time_target": (False, False),  # training only
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults.
@@ -96,21 +99,11 @@ class TraceConfig:
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
     context_dropout: float = 0.5
-    # Cross-attention biased by the time between the decoded cell and each memory cell (relative time), so an
-    # unseen time attends to the observed times by its distance to each (sctrace.model.embeddings.RelativeTimeBias).
-    time_bias: bool = False
-    # The source time is a training target too, decoded as another source-time cell than the one the encoder reads:
-    # otherwise the decoder is never asked for the first time point, and a time between it and the second decodes
-    # as the second (the simulator with time 1 held out, BENCHMARKS.md).
-    source_time_target: bool = False
     # The count decoder's outputs are offsets from each gene's training-time statistics interpolated to the decoded
     # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior):
     # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
     # centred over the cells decoded together: the prior sets the population, the network each cell's deviation).
     count_prior: str = "none"
-    # The count decoder also reads the decoded time ((t - t0) / span) beside the decoder state, so the population it
-    # decodes can move with time even where the states barely do (small courses).
-    count_time: bool = False
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False

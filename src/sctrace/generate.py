@@ -149,7 +149,7 @@ def maskgit_generate(
     device = source.device
     batch = source.shape[0]
     z0, z0_pad = net.encode(source, source_time)
-    memory, memory_pad, memory_time = net.build_context(z0, z0_pad, context, source_time)  # once per batch
+    memory, memory_pad = net.build_context(z0, z0_pad, context)  # once per batch, not per iteration
     memory_kv = net.decoder.project_memory(memory)  # likewise its cross-attention keys and values
 
     width = int(lengths.max()) + 1
@@ -162,7 +162,7 @@ def maskgit_generate(
 
     step = 0
     while bool(masked.any()):
-        hidden = net.decode(tokens, target_time, memory, memory_pad, memory_kv, memory_time)
+        hidden = net.decode(tokens, target_time, memory, memory_pad, memory_kv)
         # Logits and draws only at masked positions (row-major, as boolean indexing orders them): the others
         # are never candidates, and (positions x vocab) work is most of what a step costs beyond the decoder.
         logits = net.token_head(hidden[masked]).float()
@@ -199,7 +199,7 @@ def maskgit_generate(
         masked &= ~reveal
         step += 1
 
-    hidden = net.decode(tokens, target_time, memory, memory_pad, memory_kv, memory_time)
+    hidden = net.decode(tokens, target_time, memory, memory_pad, memory_kv)
     return tokens, hidden
 
 

@@ -34,12 +34,6 @@ class TracePlan(L.LightningModule):
         context_keep: list[bool] | None = None,
     ) -> dict[str, torch.Tensor]:
         counts, library_size = batch["counts"][:, target_index], batch["library_size"][:, target_index]
-        partner = None
-        if target_index == 0:
-            # Another source-time cell as the target: each row's source rolled by one row of the batch, so the
-            # decoder learns the source time's cells without ever copying the cell it reads.
-            partner = torch.roll(batch["sentences"][:, 0], 1, 0)
-            counts, library_size = torch.roll(counts, 1, 0), torch.roll(library_size, 1, 0)
         losses = self.net.training_losses(
             batch["sentences"],
             batch["times"],
@@ -49,7 +43,6 @@ class TracePlan(L.LightningModule):
             self.config.mask_schedule,
             generator,
             context_keep,
-            source_partner=partner,
         )
         # Per-gene scale keeps the count term comparable to the token cross-entropy whatever the gene number.
         losses["count_loss"] = losses["count_loss"] / self.net.n_genes
@@ -84,11 +77,8 @@ class TracePlan(L.LightningModule):
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)
         n_times = batch["sentences"].shape[1]
-        # With source_time_target the source time is a target too (another source cell), so the decoder's time
-        # code is trained at the first time point and a time between it and the next is between trained times.
-        first = 0 if self.config.source_time_target and len(batch["sentences"]) > 1 else 1
         # On the generator's device: a CUDA generator draws on CUDA.
-        target_index = int(torch.randint(first, n_times, (1,), generator=self._generator, device=self._generator.device))
+        target_index = int(torch.randint(1, n_times, (1,), generator=self._generator, device=self._generator.device))
         losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times))
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
         # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and

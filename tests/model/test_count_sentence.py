@@ -47,9 +47,9 @@ def test_the_values_follow_the_sentence_and_shuffled_sentences_lose_them(small_t
             z0, pad = net.encode(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, 0]), spec.source_time)
             context = [(gather_sentences(corpus.tokens, corpus.lengths, pairs[:, k]), spec.time_values[k])
                        for k in context_columns]
-            memory, memory_pad, memory_time = net.build_context(z0, pad, context, spec.source_time)
+            memory, memory_pad = net.build_context(z0, pad, context)
             target = gather_sentences(tokens[order], lengths[order], slice(0, len(order)))
-            state = net.count_state(net.decode(target, holdout, memory, memory_pad, memory_time=memory_time), target)
+            state = net.count_state(net.decode(target, holdout, memory, memory_pad), target)
             mean = net.count_decoder.mean(net.count_params(state, depth, holdout, tokens=target)).numpy()
         return np.asarray(log_normalize(mean).todense() if hasattr(log_normalize(mean), "todense") else log_normalize(mean))
 

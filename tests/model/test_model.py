@@ -438,9 +438,9 @@ def test_context_dropout_leaves_context_time_points_out_in_training_only(small_t
     contexts = []
     original = TraceNet.build_context
 
-    def spy(self, z0, z0_pad, context, *args):
+    def spy(self, z0, z0_pad, context):
         contexts.append((self.training, len(context)))
-        return original(self, z0, z0_pad, context, *args)
+        return original(self, z0, z0_pad, context)
 
     monkeypatch.setattr(TraceNet, "build_context", spy)
     times = sorted(small_timecourse.obs["time"].unique())

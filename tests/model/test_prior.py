@@ -96,7 +96,7 @@ def test_a_fitted_model_with_the_prior_moves_between_its_neighbours(small_timeco
     from sctrace.estimator import TRACE
 
     times = sorted(small_timecourse.obs["time"].unique())
-    model = TRACE(small_timecourse, "time", holdout=times[3], seed=0, count_prior="residual", time_bias=True,
+    model = TRACE(small_timecourse, "time", holdout=times[3], seed=0, count_prior="residual",
                   **{**tiny_fast_config, "max_epochs": 1})
     model.fit(progress=False)
     stats = model.net.count_prior.stats[:, 0]

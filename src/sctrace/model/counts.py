@@ -127,7 +127,6 @@ class CountDecoder(nn.Module):
         hurdle_marginal: str = "gaussian",
         n_prior_features: int = 0,
         centre_prior: bool = False,
-        n_time_features: int = 0,
         sentence_offsets: bool = False,
         standardise: bool = False,
     ):
@@ -154,12 +153,9 @@ class CountDecoder(nn.Module):
         # cells differ around it; why: a freely learned offset, fitted at the few training times, transferred badly
         # to unseen ones (Shalek LPS 4 h: Pearson-delta 0.69 against 0.81 for the prior alone, BENCHMARKS.md).
         self.centre_prior = centre_prior
-        # The decoded time itself, next to the state (count_time): the states of a small course's cells barely
-        # carry it, and a head reading only them decodes one profile for every time.
-        self.n_time_features = n_time_features
         self.standardise = RunningStandardise(n_input) if standardise else None
         self.hidden = nn.Sequential(
-            nn.Linear(n_input + n_prior_features + n_time_features, n_hidden),
+            nn.Linear(n_input + n_prior_features, n_hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(n_hidden, n_hidden),
@@ -307,7 +303,6 @@ class CountDecoder(nn.Module):
 
     def forward(self, cls_embedding: torch.Tensor, library_size: torch.Tensor | None = None,
                 prior: tuple[torch.Tensor, torch.Tensor] | None = None,
-                time_features: torch.Tensor | None = None,
                 sentence_ranks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Distribution parameters for each cell.
 
@@ -323,8 +318,6 @@ class CountDecoder(nn.Module):
             :class:`sctrace.model.prior.TimePrior`, required when the decoder was built with prior features:
             offsets[:, 0] is added to the scale logits (counts) or the off logits (hurdle), offsets[:, 1] to the
             mean (log-normalised likelihoods).
-        time_features
-            (batch, n_time_features) the decoded time, required when the decoder was built with time features.
         sentence_ranks
             (batch, n_genes) each gene's rank in the cell's sentence (1 for the first), 0 for genes not in it;
             required with ``sentence_offsets``.
@@ -344,10 +337,6 @@ class CountDecoder(nn.Module):
                 raise ValueError("this count decoder was built with a time prior; pass prior=(offsets, features).")
             offsets, features = prior
             state = torch.cat([state, features.to(state.dtype)], dim=-1)
-        if self.n_time_features:
-            if time_features is None:
-                raise ValueError("this count decoder was built with time features; pass time_features.")
-            state = torch.cat([state, time_features.to(state.dtype)], dim=-1)
         hidden = self.hidden(state)
         batch = cls_embedding.shape[0]
         level, expressed = None, None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import cast
 
 import torch
 from torch import nn
@@ -97,33 +96,3 @@ class CellEmbedding(nn.Module):
         time_code = sinusoidal_time_encoding(self.scale_time(time), self.d_model)
         return self.dropout(self.token(tokens) + rank[None] + time_code[:, None, :])
 
-
-class RelativeTimeBias(nn.Module):
-    """Per-head cross-attention bias from the time between the decoded cell and each memory cell.
-
-    Why: an absolute time code added to the tokens moves by ~0.25 in norm across the observed span against ~8 for
-    a token embedding, and training only ever asks for the observed times, so the decoder learns a lookup of those
-    times and an unseen one gets the sentences of a trained neighbour. A bias on the attention logits that depends
-    only on ``delta = (t_target - t_memory) / span`` is learned from every pair of observed times and is smooth in
-    ``delta``, so a time between two observed ones attends to both by its distance to each. Each head's bias is
-    ``-softplus(slope) * |delta| * n_steps + mlp(delta)``: it starts out favouring the nearest times (``n_steps``,
-    the observed gaps, puts one mean gap at ``|delta| * n_steps = 1``) and the small MLP, starting at zero, learns
-    any other shape (e.g. earlier times over later ones).
-    """
-
-    def __init__(self, n_heads: int, time_span: float, time_steps: int, hidden: int = 16):
-        super().__init__()
-        self.time_span = float(time_span) if time_span > 0 else 1.0
-        self.time_steps = max(int(time_steps), 1)
-        self.slope = nn.Parameter(torch.full((n_heads,), math.log(math.expm1(2.0))))  # softplus = 2
-        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.GELU(), nn.Linear(hidden, n_heads))
-        head = cast(nn.Linear, self.mlp[2])
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-
-    def forward(self, time: torch.Tensor, memory_time: torch.Tensor) -> torch.Tensor:
-        """time: (batch,) target times; memory_time: (batch, n_key). Returns (batch, n_heads, 1, n_key) float."""
-        delta = (time.float()[:, None] - memory_time.float()) / self.time_span  # (batch, n_key)
-        features = torch.stack([delta, delta.abs()], dim=-1)
-        bias = -nn.functional.softplus(self.slope) * (delta.abs() * self.time_steps)[..., None] + self.mlp(features)
-        return bias.permute(0, 2, 1).unsqueeze(2)

@@ -12,7 +12,7 @@ from torch import nn
 from sctrace.data.sentences import add_cls, gather_sentences, sentence_ranks
 from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
-from sctrace.model.embeddings import CellEmbedding, RelativeTimeBias
+from sctrace.model.embeddings import CellEmbedding
 from sctrace.model.masking import random_mask
 from sctrace.model.prior import N_PRIOR_FEATURES, TimePrior
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
@@ -44,19 +44,12 @@ class TraceNet(nn.Module):
         the sentence's genes directly.
     zinb_mean
         How the ZINB's NB mean relates to the decoded scale (see :class:`sctrace.model.counts.CountDecoder`).
-    time_bias
-        Cross-attention of the decoder biased by the time between the decoded cell and each memory cell
-        (:class:`sctrace.model.embeddings.RelativeTimeBias`), so that a time between two observed ones attends to
-        both by its distance to each instead of to the trained time its code resembles.
     count_sentence
         The count decoder reads the cell's own sentence: each gene in it is offset by a per-gene level plus a
         slope in log rank, each gene outside it by another level (:class:`sctrace.model.counts.CountDecoder`).
     count_standardise
         The count decoder's input is standardised by running statistics over training batches of every time
         (:class:`sctrace.model.counts.RunningStandardise`), so the small differences between times' states count.
-    count_time
-        The count decoder also reads the decoded time, scaled to the observed span ((t - t0) / span): a small
-        course's decoder states barely carry the time, and a head reading only them decodes one profile for all.
     time_values
         The observed training times, in order: given, the count decoder's outputs are offsets from each gene's
         statistics interpolated in time (:class:`sctrace.model.prior.TimePrior`), fitted with
@@ -90,10 +83,8 @@ class TraceNet(nn.Module):
         count_pooling: str = "cls",
         hurdle_marginal: str = "gaussian",
         pretrained: nn.Module | None = None,
-        time_bias: bool = False,
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
-        count_time: bool = False,
         count_sentence: bool = False,
         count_standardise: bool = False,
     ):
@@ -114,7 +105,6 @@ class TraceNet(nn.Module):
             self.encoder = Stack(EncoderLayer, n_encoder_layers, d_model, n_heads, head_dim, dropout)
         self.decoder = Stack(DecoderLayer, n_decoder_layers, d_model, n_heads, head_dim, dropout)
         self.token_head = nn.Linear(d_model, vocab_size)
-        self.time_bias = RelativeTimeBias(n_heads, time_span, time_steps) if time_bias else None
         self.count_decoder = CountDecoder(
             d_model * (1 if count_pooling == "cls" else 2),
             n_genes,
@@ -125,12 +115,9 @@ class TraceNet(nn.Module):
             hurdle_marginal=hurdle_marginal,
             n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
             centre_prior=centre_prior,
-            n_time_features=1 if count_time else 0,
             sentence_offsets=count_sentence,
             standardise=count_standardise,
         )
-        self.time_origin, self.time_span = float(time_origin), float(time_span) or 1.0
-        self.count_time = count_time
         self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
 
     @staticmethod
@@ -153,21 +140,15 @@ class TraceNet(nn.Module):
         memory: torch.Tensor,
         memory_pad: torch.Tensor,
         memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        memory_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """target: (batch, length) with [CLS] first (may hold [MASK]). Returns hidden states (batch, length, d).
 
         memory_kv: ``self.decoder.project_memory(memory)``, passed by callers that decode against the same
-        memory many times (generation), so its keys and values are projected once. memory_time: (batch, n_key)
-        time of each memory cell, read by the relative time bias (None: no bias, as for a memory of one time).
+        memory many times (generation), so its keys and values are projected once.
         """
         pad = target == PAD_ID
-        times = self._times(time, target.shape[0], target.device)
-        x = self.target_embedding(target, times)
-        bias = None
-        if self.time_bias is not None and memory_time is not None:
-            bias = self.time_bias(times, memory_time)
-        return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv, memory_bias=bias)
+        x = self.target_embedding(target, self._times(time, target.shape[0], target.device))
+        return self.decoder(x, pad, memory, memory_pad, memory_kv=memory_kv)
 
     def count_state(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The count decoder's input for complete sentences: hidden (batch, length, d) from :meth:`decode` of
@@ -187,16 +168,12 @@ class TraceNet(nn.Module):
         prior = None
         if self.count_prior is not None:
             prior = self.count_prior(time, state.shape[0], exclude)
-        time_features = None
-        if self.count_time:
-            scaled = (self._times(time, state.shape[0], state.device) - self.time_origin) / self.time_span
-            time_features = scaled[:, None]
         ranks = None
         if self.count_decoder.sentence_offsets:
             if tokens is None:
                 raise ValueError("this network's count decoder reads the sentence; pass tokens.")
             ranks = self.sentence_ranks(tokens)
-        return self.count_decoder(state, library_size, prior, time_features, ranks)
+        return self.count_decoder(state, library_size, prior, ranks)
 
     def sentence_ranks(self, tokens: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) each gene's rank in the sentence (1 for the gene after [CLS]), 0 where it is absent."""
@@ -205,23 +182,18 @@ class TraceNet(nn.Module):
     @torch.no_grad()
     def build_context(
         self, z0: torch.Tensor, z0_pad: torch.Tensor, context: Sequence[tuple[torch.Tensor, torch.Tensor | float]],
-        source_time: torch.Tensor | float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory, its pad
-        mask and the time of each memory cell ((batch, n_key): ``source_time`` for Z_0, each context's time).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """C_t = decoder(Y_t | Z_0, C_<t) in time order, without gradient; returns the concatenated memory and
+        its pad mask.
 
         context: (tokens with [CLS] (batch, length), time) for every context time point, in time order.
         """
-        batch, device = z0.shape[0], z0.device
         memory, memory_pad = [z0.detach()], [z0_pad]
-        memory_time = [self._times(source_time, batch, device)[:, None].expand(-1, z0.shape[1])]
         for tokens, time in context:
-            hidden = self.decode(tokens, time, torch.cat(memory, 1), torch.cat(memory_pad, 1),
-                                 memory_time=torch.cat(memory_time, 1))
+            hidden = self.decode(tokens, time, torch.cat(memory, 1), torch.cat(memory_pad, 1))
             memory.append(hidden)
             memory_pad.append(tokens == PAD_ID)
-            memory_time.append(self._times(time, batch, device)[:, None].expand(-1, tokens.shape[1]))
-        return torch.cat(memory, 1), torch.cat(memory_pad, 1), torch.cat(memory_time, 1)
+        return torch.cat(memory, 1), torch.cat(memory_pad, 1)
 
     def training_losses(
         self,
@@ -233,7 +205,6 @@ class TraceNet(nn.Module):
         schedule: str,
         generator: torch.Generator | None = None,
         context_keep: Sequence[bool] | None = None,
-        source_partner: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Masked-token and count losses for one batch.
 
@@ -244,17 +215,13 @@ class TraceNet(nn.Module):
         times
             (n_times,) real time values.
         target_index
-            Which time point is reconstructed; the others become context. 0, the source time, needs
-            ``source_partner``: the decoder then reconstructs another source-time cell, never the one it reads.
+            Which time point (>= 1) is reconstructed; the others become context.
         target_counts
             (batch, n_genes) counts (or log-normalised values) of the target cells.
         library_size
             (batch,) total counts of the target cells over the modelled genes.
         context_keep
             (n_times,) which time points may serve as context (default: all); the target and the source never do.
-        source_partner
-            (batch, length) sentences of source-time cells other than each row's source, the target when
-            ``target_index`` is 0.
 
         The count decoder reads a second pass over the complete target sentence, as at generation, where the
         sentence is fully generated.
@@ -263,24 +230,17 @@ class TraceNet(nn.Module):
         n_times = sentences.shape[1]
         keep = [True] * n_times if context_keep is None else list(context_keep)
         context = [(sentences[:, k], times[k]) for k in range(1, n_times) if k != target_index and keep[k]]
-        memory, memory_pad, memory_time = self.build_context(z0, z0_pad, context, times[0])
+        memory, memory_pad = self.build_context(z0, z0_pad, context)
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
-        if target_index == 0:
-            if source_partner is None:
-                raise ValueError("the source time as target needs source_partner (other source-time cells).")
-            target_tokens = source_partner
-        else:
-            target_tokens = sentences[:, target_index]
-        target_time = times[target_index]
+        target_tokens, target_time = sentences[:, target_index], times[target_index]
         masked, labels = random_mask(target_tokens, schedule, generator)
-        hidden = self.decode(masked, target_time, memory, memory_pad, memory_time=memory_time)
+        hidden = self.decode(masked, target_time, memory, memory_pad)
         chosen = labels != -100
         logits = self.token_head(hidden[chosen])
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
-        state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad, memory_time=memory_time),
-                                 target_tokens)
+        state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad), target_tokens)
         params = self.count_params(state, library_size, target_time, exclude=target_index, tokens=target_tokens)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}

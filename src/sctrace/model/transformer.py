@@ -40,13 +40,11 @@ class Attention(nn.Module):
         memory: torch.Tensor,
         key_padding_mask: torch.Tensor | None,
         memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (batch, n_query, d); memory: (batch, n_key, d); key_padding_mask: (batch, n_key) bool.
 
         memory_kv: :meth:`project_memory` of ``memory``, computed once by a caller that attends to the same
-        memory many times (MaskGIT generation); the result is the same. bias: added to the attention logits,
-        broadcastable to (batch, n_heads, n_query, n_key) (the relative time bias of cross-attention).
+        memory many times (MaskGIT generation); the result is the same.
         """
         batch, n_query, _ = x.shape
         q = self.q(x).view(batch, n_query, self.n_heads, self.head_dim).transpose(1, 2)
@@ -55,9 +53,6 @@ class Attention(nn.Module):
         if key_padding_mask is not None:
             # Boolean SDPA masks mean "may attend"; broadcast over heads and queries.
             attn_mask = (~key_padding_mask)[:, None, None, :]
-        if bias is not None:
-            bias = bias.to(q.dtype)
-            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out(out.transpose(1, 2).reshape(batch, n_query, -1))
 
@@ -101,11 +96,10 @@ class DecoderLayer(nn.Module):
         memory: torch.Tensor,
         memory_padding_mask: torch.Tensor,
         memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        memory_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.norm1(x)
         x = x + self.drop(self.self_attn(h, h, padding_mask))
-        x = x + self.drop(self.cross_attn(self.norm2(x), memory, memory_padding_mask, memory_kv, memory_bias))
+        x = x + self.drop(self.cross_attn(self.norm2(x), memory, memory_padding_mask, memory_kv))
         return x + self.drop(self.ff(self.norm3(x)))
 
 
@@ -123,17 +117,11 @@ class Stack(nn.Module):
         padding_mask: torch.Tensor,
         *memory_args: torch.Tensor,
         memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        memory_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """memory_kv (decoder stacks): :meth:`project_memory` of the memory in ``memory_args``; memory_bias: added
-        to every decoder layer's cross-attention logits."""
+        """memory_kv (decoder stacks): :meth:`project_memory` of the memory in ``memory_args``."""
         for i, layer in enumerate(self.layers):
-            extra: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = (
-                {} if memory_bias is None else {"memory_bias": memory_bias}
-            )
-            if memory_kv is not None:
-                extra["memory_kv"] = memory_kv[i]
-            x = layer(x, padding_mask, *memory_args, **extra)
+            layer_kv = () if memory_kv is None else (memory_kv[i],)
+            x = layer(x, padding_mask, *memory_args, *layer_kv)
         return self.norm(x)
 
     def project_memory(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
