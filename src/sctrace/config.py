@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
@@ -22,20 +22,19 @@ LOGNORM_LIKELIHOODS = ("gaussian", "hurdle")
 # Shalek LPS, 3 seeds: EMD 0.483 (interpolation) and 0.429 (extrapolation) vs 0.582 and 0.547 with gaussian.
 DEFAULT_LOGNORM_LIKELIHOOD = "hurdle"
 
-# Keys that take one of a few words: a typo is named at load time, not deep inside a fit.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "pairing": ("random", "stratified", "ot"),
-    "rank_encoding": ("learnable", "sinusoidal", "unified"),
-    "likelihood": ("auto", "zinb", "nb", "gaussian", "hurdle"),
-    "zinb_mean": ("nb", "scale"),
-    "count_pooling": ("cls", "cls+mean"),
-    "hurdle_marginal": ("gaussian", "quantile"),
-    "count_sampling": ("iid", "stratified", "copula"),
-    "count_prior": ("none", "residual", "centred"),
-    "mask_schedule": ("cosine", "exponential", "cubic", "linear"),
-    "encoder": ("scratch", "random", "geneformer"),
-    "encoder_mode": ("frozen", "finetune"),
-}
+# Keys that take one of a few words, typed as such (mypy checks the code's uses) and checked at load time, so a
+# typo is named there, not deep inside a fit. CHOICES is read off the annotations: one list per key.
+Pairing = Literal["random", "stratified", "ot"]
+RankEncoding = Literal["learnable", "sinusoidal", "unified"]
+Likelihood = Literal["auto", "zinb", "nb", "gaussian", "hurdle"]
+ZinbMean = Literal["nb", "scale"]
+CountPooling = Literal["cls", "cls+mean"]
+HurdleMarginal = Literal["gaussian", "quantile"]
+CountSampling = Literal["iid", "stratified", "copula"]
+CountPrior = Literal["none", "residual", "centred"]
+MaskSchedule = Literal["cosine", "exponential", "cubic", "linear"]
+Encoder = Literal["scratch", "random", "geneformer"]
+EncoderMode = Literal["frozen", "finetune"]
 
 # Keys removed with the benchmarks they lost (CHANGELOG.md): the value the kept code always uses, and whether
 # another value built a different network (whose saved weights the kept code cannot load).
@@ -79,14 +78,14 @@ class TraceConfig:
     # path of a file listing gene names, one per line. Runs saved before "auto" existed keep the "hvg" they wrote.
     genes: str = "auto"
     max_len: int = 64
-    pairing: str = "ot"
+    pairing: Pairing = "ot"
     # model
     d_model: int = 64
     # "scratch": trained with the rest; "random": the same encoder left at its random initialisation (a control:
     # what learning to read the source adds); "geneformer": a pretrained Geneformer-format BERT reads the source.
-    encoder: str = "scratch"
+    encoder: Encoder = "scratch"
     encoder_path: str = ""  # directory of the pretrained encoder (config.json, safetensors, token dictionary, medians)
-    encoder_mode: str = "frozen"  # frozen | finetune
+    encoder_mode: EncoderMode = "frozen"  # frozen | finetune
     n_heads: int = 4
     head_dim: int = 16
     n_encoder_layers: int = 2
@@ -94,7 +93,7 @@ class TraceConfig:
     dropout: float = 0.0
     # Gene-rank code: "learnable" (the paper's), "sinusoidal", or "unified" (one sinusoidal code over all time
     # points laid end to end, no separate time code; the paper's section 5.3).
-    rank_encoding: str = "learnable"
+    rank_encoding: RankEncoding = "learnable"
     time_scale: float = 1.0
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
@@ -103,7 +102,7 @@ class TraceConfig:
     # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior):
     # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
     # centred over the cells decoded together: the prior sets the population, the network each cell's deviation).
-    count_prior: str = "none"
+    count_prior: CountPrior = "none"
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False
@@ -114,23 +113,23 @@ class TraceConfig:
     count_dropout: float = 0.1
     # "auto": zinb for raw counts, the hurdle for log-normalised values, as the data hold (decided once, by
     # sctrace.data.io.resolve_count_kind; a saved run records the likelihood it was fitted with).
-    likelihood: str = "auto"
+    likelihood: Likelihood = "auto"
     # "nb": scVI's link, the NB part's mean is library x scale (the paper presets); "scale": the ZINB's own mean is
     # library x scale, so generated cells keep their library size.
-    zinb_mean: str = "scale"
+    zinb_mean: ZinbMean = "scale"
     # What the count decoder reads: "cls" (the paper presets) or "cls+mean" (also the mean of the gene positions'
     # decoder states).
-    count_pooling: str = "cls+mean"
+    count_pooling: CountPooling = "cls+mean"
     # The hurdle's positive part: "gaussian" (MAST's; the paper presets) or "quantile" (the Gaussian on normal
     # scores of each gene's training values, drawn back through them).
-    hurdle_marginal: str = "quantile"
+    hurdle_marginal: HurdleMarginal = "quantile"
     # training
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     count_lr: float = 5e-3
     count_weight_decay: float = 1e-3
-    mask_schedule: str = "cosine"
+    mask_schedule: MaskSchedule = "cosine"
     max_epochs: int = 60
     # At least this many optimiser steps, whatever the data size (0: whole epochs only, the runs before this key):
     # a small course's epoch is 3-6 steps, and 60 of them stopped the token model near a uniform guess. With it,
@@ -145,7 +144,7 @@ class TraceConfig:
     # How generated cells' values are drawn from the count decoder: "iid" (each value on its own; the paper
     # presets), "stratified" (a Latin hypercube across the cells of one predict call, per gene) or "copula"
     # (the same levels, re-ordered across cells so genes co-vary as in the nearest times' training cells).
-    count_sampling: str = "copula"
+    count_sampling: CountSampling = "copula"
 
     def update(self, overrides: dict[str, Any], origin: str = "overrides") -> TraceConfig:
         """A copy with ``overrides`` applied; unknown keys and wrong types are named in the error."""
@@ -185,6 +184,12 @@ class TraceConfig:
     def from_yaml(cls, path: str | os.PathLike) -> TraceConfig:
         """A run's saved config, migrated from older formats (:func:`migrate_run_config`)."""
         return cls().update(migrate_run_config(_read_yaml(path), str(path)), origin=str(path))
+
+
+# Each Literal-typed key and the words it takes, from TraceConfig's annotations.
+CHOICES: dict[str, tuple[str, ...]] = {
+    name: get_args(hint) for name, hint in get_type_hints(TraceConfig).items() if get_args(hint)
+}
 
 
 def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
