@@ -25,3 +25,11 @@ def parse_list(text: str, what: str) -> list[str]:
     if not items:
         raise SctraceInputError(f"--{what} is empty; give a comma-separated list.")
     return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds`` as integers, refused in one sentence when an item is not one."""
+    try:
+        return [int(item) for item in parse_list(text, "seeds")]
+    except ValueError as err:
+        raise SctraceInputError(f"--seeds must be comma-separated integers (e.g. 0,1,2), got '{text}'.") from err

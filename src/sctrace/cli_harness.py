@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sctrace._cli_common import COUNT_KIND_HELP, PAIRING_HELP, parse_list, simulated
+from sctrace._cli_common import COUNT_KIND_HELP, PAIRING_HELP, parse_list, parse_seeds, simulated
 from sctrace._errors import SctraceInputError
 from sctrace._threads import Threads
 from sctrace._threads import set_threads as _set_threads
@@ -69,10 +69,7 @@ def benchmark(
     """Run every method on the same split, each seed in a fresh process; score all on the held-out cells."""
     from sctrace.harness.benchmark import run_benchmark
 
-    try:
-        seed_values = [int(s) for s in parse_list(seeds, "seeds")]
-    except ValueError as err:
-        raise SctraceInputError(f"--seeds must be comma-separated integers (e.g. 0,1,2), got '{seeds}'.") from err
+    seed_values = parse_seeds(seeds)
     _set_threads(threads)
     results = run_benchmark(
         data, time_key, task=task, holdout=holdout, out_dir=out, methods=parse_list(methods, "methods"),
@@ -210,10 +207,7 @@ def extrapolation_command(
     """Train on the first K time points, predict each later one, and report the metrics against the distance."""
     from sctrace.harness.experiments import run_extrapolation_distance
 
-    try:
-        seed_values = [int(s) for s in parse_list(seeds, "seeds")]
-    except ValueError as err:
-        raise SctraceInputError(f"--seeds must be comma-separated integers (e.g. 0,1,2), got '{seeds}'.") from err
+    seed_values = parse_seeds(seeds)
     run_extrapolation_distance(
         data if data is not None else simulated(), time_key, k=train_steps, out_dir=out, seeds=seed_values,
         methods=parse_list(methods, "methods"), preset=preset, config=config, max_epochs=max_epochs,

@@ -18,7 +18,7 @@ DEFAULT_PRESET = "cpu-small"
 
 # Likelihoods of log-normalised expression; the others model raw counts.
 LOGNORM_LIKELIHOODS = ("gaussian", "hurdle")
-# What `sctrace benchmark --count-kind lognorm` trains with unless the preset or --config names one of them.
+# What `likelihood: auto` gives log-normalised data (sctrace.data.io.resolve_count_kind).
 # Shalek LPS, 3 seeds: EMD 0.483 (interpolation) and 0.429 (extrapolation) vs 0.582 and 0.547 with gaussian.
 DEFAULT_LOGNORM_LIKELIHOOD = "hurdle"
 

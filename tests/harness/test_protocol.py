@@ -87,9 +87,8 @@ def test_win_table_counts_splits_where_both_scored():
     assert win_table(rows) == {"linear": {"emd": 1, "emd_n": 2, "pearson_delta": 1, "pearson_delta_n": 2}}
 
 
-def test_finished_splits_are_kept_and_rerun_refits_only_what_is_asked(protocol_run, four_times, tiny_fast_config,
-                                                                      monkeypatch):
-    out, summary = protocol_run
+def _record_benchmarks(monkeypatch) -> list:
+    """(held-out time, methods) of every benchmark the protocol runs from now on; each still runs."""
     calls = []
     real = protocol.run_benchmark
 
@@ -98,6 +97,13 @@ def test_finished_splits_are_kept_and_rerun_refits_only_what_is_asked(protocol_r
         return real(*args, **kwargs)
 
     monkeypatch.setattr(protocol, "run_benchmark", recording)
+    return calls
+
+
+def test_finished_splits_are_kept_and_rerun_refits_only_what_is_asked(protocol_run, four_times, tiny_fast_config,
+                                                                      monkeypatch):
+    out, summary = protocol_run
+    calls = _record_benchmarks(monkeypatch)
     again = run_protocol(four_times, "time", out_dir=out, methods=METHODS, sctrace_overrides=tiny_fast_config,
                          echo=lambda line: None)
     assert calls == []
@@ -120,14 +126,7 @@ def test_a_kept_split_scored_over_other_genes_runs_again(protocol_run, four_time
 
     out = tmp_path / "out"
     shutil.copytree(protocol_run[0], out)
-    calls = []
-    real = protocol.run_benchmark
-
-    def recording(*args, **kwargs):
-        calls.append((kwargs["holdout"], tuple(kwargs["methods"])))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(protocol, "run_benchmark", recording)
+    calls = _record_benchmarks(monkeypatch)
     lines: list[str] = []
     fewer = {**tiny_fast_config, "n_top_genes": 100}
     summary = run_protocol(four_times, "time", out_dir=out, methods=["identity"], times=[2.5],
