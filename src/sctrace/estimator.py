@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -219,10 +216,7 @@ class TRACE:
         ``precision``: Lightning's training precision; ``"auto"`` is bf16 autocast (``"bf16-mixed"``) on a GPU and
         fp32 (``"32-true"``) on CPU. Weights stay fp32 either way, and so do the saved ones.
         """
-        import lightning as L
-
-        from sctrace.data.datamodule import TraceDataModule
-        from sctrace.train import TracePlan, TrainPrecision, build_trainer
+        from sctrace.train import TrainPrecision, run_training
 
         if self.corpus.counts is None:
             raise SctraceInputError(
@@ -252,39 +246,21 @@ class TRACE:
                 write_description(self, root)
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
-        L.seed_everything(self.seed, workers=True, verbose=False)
-        datamodule = TraceDataModule(self.corpus, self.config.batch_size, self.config.val_fraction, self.seed)
-        plan = TracePlan(self.net, self.config, self.seed)
-        try:
-            with _quiet_lightning():
-                trainer, checkpoint = build_trainer(
-                    self.config, plan, datamodule, root, max_steps=max_steps, accelerator=accelerator, devices=devices,
-                    num_nodes=num_nodes, strategy=strategy, precision=cast(TrainPrecision, precision), progress=progress,
-                )
-                fit_options = {}
-                if ckpt_path is not None:
-                    _check_checkpoint(Path(ckpt_path), plan)
-                    if "weights_only" in inspect.signature(trainer.fit).parameters:  # Lightning >= 2.5
-                        fit_options["weights_only"] = True  # never unpickle arbitrary objects, whatever torch's default
-                trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path, **fit_options)
-        except BaseException:
+        def discard_unfinished() -> None:
             if run_dir is not None and is_rank_zero():
                 _discard_unfinished(root, Path(run_dir), created=new_dir)
-            raise
-        if trainer.interrupted:
-            warnings.warn(f"training was interrupted; resume it with fit(resume=True) from {root / CHECKPOINT_DIR}.")
-        best = checkpoint.best_model_path
-        if best and Path(best).exists():
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            plan.load_state_dict(state)
-        trainer.strategy.barrier("sctrace_best_loaded")  # every rank has read rank 0's checkpoint before cleanup
-        self.net = plan.net.cpu().eval()
+
+        trained = run_training(
+            self.net, self.corpus, self.config, self.seed, root, ckpt_path=ckpt_path, max_steps=max_steps,
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+            precision=cast(TrainPrecision, precision), progress=progress, on_failure=discard_unfinished,
+        )
+        self.net = trained.net
         self.is_trained = True
-        metrics = Path(trainer.logger.log_dir) / "metrics.csv"
-        self.history = pd.read_csv(metrics) if trainer.is_global_zero and metrics.exists() else None
+        self.history = trained.history
         if scratch is not None:
             scratch.cleanup()
-        elif trainer.is_global_zero:
+        elif trained.is_global_zero:
             assert run_dir is not None  # no scratch directory: the run has one
             write_weights(self.net, root)
             swap_in_run(root, Path(run_dir))
@@ -524,21 +500,3 @@ class TRACE:
         """Load a saved run without the training data (no pickle is read: safetensors + JSON/YAML + .npy)."""
         return load_trace(cls, run_dir)
 
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Lightning's start-up chatter (GPU/TPU availability, tips) says nothing useful to our users."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*")
-        warnings.filterwarnings("ignore", ".*treespec.*")
-        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resume, staging
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
+import logging
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import pandas as pd
 import torch
 
 from sctrace.config import TraceConfig
+from sctrace.data.corpus import Corpus
 from sctrace.model.module import TraceNet
 
 # The precisions a fit trains in, once TRACE.fit has resolved "auto": fp32, or bf16 autocast.
@@ -196,3 +204,73 @@ def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, 
             f"{option_name('precision')}."
         ) from err
     return trainer, checkpoint
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """What :func:`run_training` hands back to ``TRACE.fit``, which then writes the run directory."""
+
+    net: TraceNet  # the best checkpoint's weights, on the CPU, in eval mode
+    history: pd.DataFrame | None  # metrics.csv of this fit (rank 0 only)
+    interrupted: bool  # stopped by the user (Ctrl-C); the warning has been given
+    is_global_zero: bool  # this process is rank 0, the one that writes the run
+
+
+def run_training(net: TraceNet, corpus: Corpus, config: TraceConfig, seed: int, root: Path, *, ckpt_path: str | None,
+                 max_steps: int | None, accelerator: str, devices: int | str, num_nodes: int, strategy: str,
+                 precision: TrainPrecision, progress: bool, on_failure: Callable[[], None]) -> TrainedRun:
+    """Train ``net`` on ``corpus`` into ``root`` (checkpoints, logs) and load the best checkpoint's weights.
+
+    ``ckpt_path`` (a checked ``last.ckpt``) resumes a fit. ``on_failure`` runs when building the trainer or
+    training raises, before the error goes on: the façade uses it to drop what the failed fit left on disk.
+    """
+    from sctrace.data.datamodule import TraceDataModule
+    from sctrace.rundir import CHECKPOINT_DIR, _check_checkpoint
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    datamodule = TraceDataModule(corpus, config.batch_size, config.val_fraction, seed)
+    plan = TracePlan(net, config, seed)
+    try:
+        with _quiet_lightning():
+            trainer, checkpoint = build_trainer(
+                config, plan, datamodule, root, max_steps=max_steps, accelerator=accelerator, devices=devices,
+                num_nodes=num_nodes, strategy=strategy, precision=precision, progress=progress,
+            )
+            fit_options = {}
+            if ckpt_path is not None:
+                _check_checkpoint(Path(ckpt_path), plan)
+                if "weights_only" in inspect.signature(trainer.fit).parameters:  # Lightning >= 2.5
+                    fit_options["weights_only"] = True  # never unpickle arbitrary objects, whatever torch's default
+            trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path, **fit_options)
+    except BaseException:
+        on_failure()
+        raise
+    if trainer.interrupted:
+        warnings.warn(f"training was interrupted; resume it with fit(resume=True) from {root / CHECKPOINT_DIR}.")
+    best = checkpoint.best_model_path
+    if best and Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        plan.load_state_dict(state)
+    trainer.strategy.barrier("sctrace_best_loaded")  # every rank has read rank 0's checkpoint before cleanup
+    metrics = Path(trainer.logger.log_dir) / "metrics.csv"
+    history = pd.read_csv(metrics) if trainer.is_global_zero and metrics.exists() else None
+    return TrainedRun(plan.net.cpu().eval(), history, bool(trainer.interrupted), trainer.is_global_zero)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's start-up chatter (GPU/TPU availability, tips) says nothing useful to our users."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*treespec.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resume, staging
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
