@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -24,7 +22,6 @@ from sctrace.config import (
     CHOICES,
     DEFAULT_PRESET,
     LOGNORM_LIKELIHOODS,
-    TraceConfig,
     load_config,
 )
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
@@ -63,6 +60,7 @@ from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API,
     _describe_difference,
     _discard_unfinished,
     _exchange,
+    check_resume,
     check_run_dir,
     fit_inputs,
     is_rank_zero,
@@ -242,7 +240,8 @@ class TRACE:
             root = stage_run_dir(run_dir, overwrite=overwrite, resume=resume)
             if is_rank_zero():
                 if resume:
-                    self._check_resume(root)
+                    assert self.inputs is not None  # None only in a loaded model, which fit refuses (no counts)
+                    check_resume(root, self.inputs, self.config)
                 write_description(self, root)
         ckpt_path = str(root / CHECKPOINT_DIR / "last.ckpt") if resume else None
 
@@ -265,37 +264,6 @@ class TRACE:
             write_weights(self.net, root)
             swap_in_run(root, Path(run_dir))
         return self
-
-    def _check_resume(self, run_dir: Path) -> None:
-        """Refuse to continue a run on other data, split or config: its new epochs would train on what it held out."""
-        assert self.inputs is not None  # None only in a loaded model, which fit refuses (no counts)
-        differences = []
-        saved_inputs = run_dir / INPUTS_FILE
-        if saved_inputs.exists():
-            try:
-                saved = json.loads(saved_inputs.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise SctraceInputError(f"{saved_inputs} is corrupt ({err}); start the fit again with "
-                                        f"{option('overwrite', True)}.") from err
-            differences += [_describe_difference(k, saved[k], v) for k, v in self.inputs.items() if k in saved and saved[k] != v]
-        else:  # a run fitted before the fingerprint was saved: its corpus still records the split
-            spec = CorpusSpec.from_json(run_dir / CORPUS_DIR / "corpus.json")
-            for key in ("time_key", "task", "holdout"):
-                if getattr(spec, key) != self.inputs[key]:
-                    differences.append(_describe_difference(key, getattr(spec, key), self.inputs[key]))
-            warnings.warn(f"{run_dir} does not record the data it was fitted on ({INPUTS_FILE}); resuming without "
-                          "checking that these are the same data.", UserWarning, stacklevel=3)
-        if (run_dir / CONFIG_FILE).exists():
-            then, now = dataclasses.asdict(TraceConfig.from_yaml(run_dir / CONFIG_FILE)), dataclasses.asdict(self.config)
-            changed = [k for k in now if k not in _RESUMABLE_KEYS and then[k] != now[k]]
-            if changed:
-                shown = ", ".join(f"{k} ({then[k]!r} then, {now[k]!r} now)" for k in changed[:5])
-                differences.append(f"config key(s) {shown} differ")
-        if differences:
-            raise SctraceInputError(
-                f"cannot resume {run_dir}: {'; '.join(differences)}; resume with the data and options it was fitted "
-                f"with, or start a new fit with {option('overwrite', True)} or another {option_name('run_dir')}."
-            )
 
     # ------------------------------------------------------------------ generation
     def _require_trained(self, verb: str) -> None:

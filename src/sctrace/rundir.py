@@ -66,6 +66,40 @@ def _describe_difference(key: str, then, now) -> str:
     return f"{option_name(key)} differs ({then} then, {now} now)"
 
 
+def check_resume(run_dir: Path, inputs: dict, config: TraceConfig) -> None:
+    """Refuse to continue a run on other data, split or config: its new epochs would train on what it held out.
+
+    ``inputs``: this fit's :func:`fit_inputs`; ``config``: the config it would resume with.
+    """
+    differences = []
+    saved_inputs = run_dir / INPUTS_FILE
+    if saved_inputs.exists():
+        try:
+            saved = json.loads(saved_inputs.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SctraceInputError(f"{saved_inputs} is corrupt ({err}); start the fit again with "
+                                    f"{option('overwrite', True)}.") from err
+        differences += [_describe_difference(k, saved[k], v) for k, v in inputs.items() if k in saved and saved[k] != v]
+    else:  # a run fitted before the fingerprint was saved: its corpus still records the split
+        spec = CorpusSpec.from_json(run_dir / CORPUS_DIR / "corpus.json")
+        for key in ("time_key", "task", "holdout"):
+            if getattr(spec, key) != inputs[key]:
+                differences.append(_describe_difference(key, getattr(spec, key), inputs[key]))
+        warnings.warn(f"{run_dir} does not record the data it was fitted on ({INPUTS_FILE}); resuming without "
+                      "checking that these are the same data.", UserWarning, stacklevel=3)
+    if (run_dir / CONFIG_FILE).exists():
+        then, now = dataclasses.asdict(TraceConfig.from_yaml(run_dir / CONFIG_FILE)), dataclasses.asdict(config)
+        changed = [k for k in now if k not in _RESUMABLE_KEYS and then[k] != now[k]]
+        if changed:
+            shown = ", ".join(f"{k} ({then[k]!r} then, {now[k]!r} now)" for k in changed[:5])
+            differences.append(f"config key(s) {shown} differ")
+    if differences:
+        raise SctraceInputError(
+            f"cannot resume {run_dir}: {'; '.join(differences)}; resume with the data and options it was fitted "
+            f"with, or start a new fit with {option('overwrite', True)} or another {option_name('run_dir')}."
+        )
+
+
 SCRATCH_PREFIX = "sctrace_corpus_"
 SCRATCH_OWNER = "owner.txt"  # "host pid" of the process that uses a temporary corpus
 
