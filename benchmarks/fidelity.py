@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             state, sentences = count_state_of_sentences(model, tokens[part_a], lengths[part_a], float(t), rng)
             # Depths as at generation (the neighbouring observed times'), not A's own.
-            depth = model._library_sizes(None, float(t), n_a, rng)
+            depth = model.spec.sample_library_sizes(float(t), n_a, rng)
             params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), float(t),
                                       tokens=sentences)
             drawn = net.count_decoder.sample(params, generator=generator).numpy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,14 +13,12 @@ from typing import cast
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.config import (
     CHOICES,
     DEFAULT_PRESET,
-    LOGNORM_LIKELIHOODS,
     load_config,
 )
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
@@ -35,9 +32,9 @@ from sctrace.data.io import (
 )
 from sctrace.data.pairing import check_pairing
 from sctrace.data.preprocess import read_gene_choice
-from sctrace.generate import generate_cells
+from sctrace.generate import library_values, predict_cells, warn_if_far
 from sctrace.model.module import N_SPECIAL, gather_sentences
-from sctrace.model.sampling import GeneCopula, StratifiedLevels, reorder_levels
+from sctrace.model.sampling import GeneCopula
 from sctrace.network import build_net, geneformer_medians, pretrained_encoder
 from sctrace.persistence import load_trace, write_description, write_weights
 from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API, as before)
@@ -316,99 +313,31 @@ class TRACE:
         """
         self._require_trained("predict")
         time = parse_time(time)
-        spec, corpus = self.spec, self.corpus
         if source is None and n_cells is not None and n_cells < 1:
             raise SctraceInputError(
                 f"{option_name('n_cells')} must be at least 1, got {n_cells}; leave it out for one cell per source cell."
             )
-        self._warn_if_far(time)
-        rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed)
+        warn_if_far(self.spec, time)
+        starts, source_names = None, None
         if source is not None:
             if source.n_obs == 0:
                 raise SctraceInputError("the source AnnData has no cells; pass at least one source cell.")
             matrix = source.layers[layer] if layer is not None else source.X
-            source_tokens, source_lengths = tokenize_with_spec(spec, matrix, source.var_names)
+            starts = tokenize_with_spec(self.spec, matrix, source.var_names)
+            source_names = np.asarray(source.obs_names).astype(str)
             n_cells = source.n_obs
-        n_cells = n_cells or len(np.unique(corpus.pairs[:, 0]))
-        rows = rng.choice(len(corpus.pairs), size=n_cells, replace=n_cells > len(corpus.pairs))
-        length = length or spec.default_length(time)
-        length = int(min(length, spec.max_len, spec.n_genes))
-        library = self._library_sizes(library_size, time, n_cells, rng)
-        temperature = temperature or self.config.temperature
-        n_iter = n_iter or self.config.n_iter
-        context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, time)]
+        depths = None if library_size is None else library_values(library_size, self.config.likelihood)
         sampling = sampling or self.config.count_sampling
         if sampling not in CHOICES["count_sampling"]:
             raise SctraceInputError(f"unknown sampling {sampling!r}; choose one of {', '.join(CHOICES['count_sampling'])}.")
-        # Drawn after the rows and depths, so iid runs keep the random streams they had before this option.
-        strata = None
-        if sampling == "stratified":
-            strata = StratifiedLevels(n_cells, spec.n_genes, rng)
-        elif sampling == "copula":
-            if self.copula is None:
-                raise SctraceInputError("this run has no gene copula (copula.safetensors; runs fitted before sampling "
-                                        f"'copula' existed lack it); re-fit it, or pass {option('sampling', 'stratified')}.")
-            copula = self.copula
-            strata = StratifiedLevels(n_cells, spec.n_genes, rng,
-                                      transform=lambda levels, r: reorder_levels(levels, copula.normals(time, len(levels), r)))
-
-        starts = None if source is None else (source_tokens, source_lengths)
-        tokens_out, cls_out, mean_out, sample_out = generate_cells(
-            self.net, corpus, rows, starts, context_columns, time, length, library, strata, generator,
-            n_iter=n_iter, temperature=temperature, schedule=self.config.mask_schedule, batch_size=batch_size,
+        if sampling == "copula" and self.copula is None:
+            raise SctraceInputError("this run has no gene copula (copula.safetensors; runs fitted before sampling "
+                                    f"'copula' existed lack it); re-fit it, or pass {option('sampling', 'stratified')}.")
+        return predict_cells(
+            self.net, self.corpus, self.config, self.copula, time, n_cells, seed=seed, length=length,
+            temperature=temperature, n_iter=n_iter, batch_size=batch_size, starts=starts, source_names=source_names,
+            depths=depths, sampling=sampling,
         )
-
-        source_names = corpus.obs_names[corpus.pairs[rows, 0]] if source is None else np.asarray(source.obs_names).astype(str)
-        obs = pd.DataFrame(
-            {"time": np.full(n_cells, time), "source_cell": source_names, "library_size": library},
-            index=[f"sctrace_{i}" for i in range(n_cells)],
-        )
-        out = ad.AnnData(sp.csr_matrix(np.concatenate(sample_out).astype(np.float32)), obs=obs, var=pd.DataFrame(index=spec.genes))
-        out.layers[f"{self.config.likelihood}_mean"] = np.concatenate(mean_out).astype(np.float32)
-        out.obsm["X_sctrace"] = np.concatenate(cls_out)
-        out.obsm["sctrace_tokens"] = np.concatenate(tokens_out)
-        out.uns["sctrace"] = {
-            "time": time, "length": length, "temperature": temperature, "n_iter": n_iter, "seed": seed,
-            "likelihood": self.config.likelihood, "count_kind": spec.count_kind, "sampling": sampling,
-            "genes": self.config.genes,  # which genes were modelled: hvg, all, or the gene file given at fit
-        }
-        return out
-
-    def _warn_if_far(self, time: float) -> None:
-        """Say when the model is asked where it never saw data: before the source time, or far past the last.
-
-        Generation runs forward from the source cells, so any time before them has no meaning; past the last
-        observed time by more than the observed span, the prediction is extrapolated further than the data reach.
-        """
-        observed = list(self.spec.time_values) + ([] if self.spec.holdout is None else [self.spec.holdout])
-        first, last = min(observed), max(observed)
-        span = last - first
-        if time < first or time > last + span:
-            where = (f"before the first (source) time {first:g}" if time < first
-                     else f"past the last by more than their span of {span:g}")
-            warnings.warn(
-                f"time {time:g} is far outside the observed times {first:g} to {last:g} ({where}); the generated "
-                "cells are an extrapolation with no data near it.",
-                UserWarning, stacklevel=3,
-            )
-
-    def _library_sizes(self, library_size, time: float, n_cells: int, rng: np.random.Generator) -> np.ndarray:
-        """Each generated cell's depth: the neighbouring observed times' by default, or the caller's."""
-        if library_size is None:
-            return self.spec.sample_library_sizes(time, n_cells, rng)
-        if self.config.likelihood in LOGNORM_LIKELIHOODS:
-            raise SctraceInputError(
-                f"library_size applies to count likelihoods; this model ({self.config.likelihood}) generates "
-                f"log-normalised values; leave out {option_name('library_size')}."
-            )
-        try:
-            values = np.atleast_1d(np.asarray(library_size, dtype=float)).ravel()
-        except (TypeError, ValueError):
-            values = np.array([np.nan])
-        if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
-            raise SctraceInputError("library_size must be one or more positive, finite total counts (e.g. 5000).")
-        return np.full(n_cells, values[0]) if values.size == 1 else rng.choice(values, size=n_cells)
 
     def gene_embeddings(self) -> np.ndarray:
         """(n_genes, d) rows of the decoder's token table, in ``spec.genes`` order."""

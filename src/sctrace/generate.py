@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import anndata as ad
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 import torch
 
+from sctrace._errors import SctraceInputError, option_name
+from sctrace.config import LOGNORM_LIKELIHOODS, TraceConfig
+from sctrace.data.corpus import Corpus, CorpusSpec
 from sctrace.model.masking import mask_ratio
 from sctrace.model.module import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID, TraceNet, gather_sentences
+from sctrace.model.sampling import GeneCopula, StratifiedLevels, reorder_levels
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -254,3 +262,111 @@ def generate_cells(
         tokens_out.append(tokens.numpy().astype(np.int32))
         cls_out.append(hidden[:, 0].numpy())
     return tokens_out, cls_out, mean_out, sample_out
+
+
+def predict_cells(
+    net: TraceNet,
+    corpus: Corpus,
+    config: TraceConfig,
+    copula: GeneCopula | None,
+    time: float,
+    n_cells: int | None,
+    *,
+    seed: int,
+    length: int | None,
+    temperature: float | None,
+    n_iter: int | None,
+    batch_size: int,
+    starts: tuple[np.ndarray, np.ndarray] | None,
+    source_names: np.ndarray | None,
+    depths: np.ndarray | None,
+    sampling: str,
+) -> ad.AnnData:
+    """``TRACE.predict`` once its arguments are checked: draw the pairs, depths and levels, generate, wrap as AnnData.
+
+    ``starts`` and ``source_names``: the tokenized user source cells and their names (None: the training source
+    cells); ``depths``: the caller's :func:`library_values` (None: the neighbouring observed times'); ``sampling``
+    a valid choice, ``copula`` present when it is ``copula``. Options left None take the config's values.
+    """
+    spec = corpus.spec
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    n_cells = n_cells or len(np.unique(corpus.pairs[:, 0]))
+    rows = rng.choice(len(corpus.pairs), size=n_cells, replace=n_cells > len(corpus.pairs))
+    length = length or spec.default_length(time)
+    length = int(min(length, spec.max_len, spec.n_genes))
+    if depths is None:  # the neighbouring observed times' depths
+        library = spec.sample_library_sizes(time, n_cells, rng)
+    else:
+        library = np.full(n_cells, depths[0]) if depths.size == 1 else rng.choice(depths, size=n_cells)
+    temperature = temperature or config.temperature
+    n_iter = n_iter or config.n_iter
+    context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, time)]
+    # Drawn after the rows and depths, so iid runs keep the random streams they had before this option.
+    strata = None
+    if sampling == "stratified":
+        strata = StratifiedLevels(n_cells, spec.n_genes, rng)
+    elif sampling == "copula":
+        assert copula is not None  # TRACE.predict refuses copula sampling without one
+        fitted = copula
+        strata = StratifiedLevels(n_cells, spec.n_genes, rng,
+                                  transform=lambda levels, r: reorder_levels(levels, fitted.normals(time, len(levels), r)))
+
+    tokens_out, cls_out, mean_out, sample_out = generate_cells(
+        net, corpus, rows, starts, context_columns, time, length, library, strata, generator,
+        n_iter=n_iter, temperature=temperature, schedule=config.mask_schedule, batch_size=batch_size,
+    )
+
+    if source_names is None:
+        source_names = corpus.obs_names[corpus.pairs[rows, 0]]
+    obs = pd.DataFrame(
+        {"time": np.full(n_cells, time), "source_cell": source_names, "library_size": library},
+        index=[f"sctrace_{i}" for i in range(n_cells)],
+    )
+    out = ad.AnnData(sp.csr_matrix(np.concatenate(sample_out).astype(np.float32)), obs=obs, var=pd.DataFrame(index=spec.genes))
+    out.layers[f"{config.likelihood}_mean"] = np.concatenate(mean_out).astype(np.float32)
+    out.obsm["X_sctrace"] = np.concatenate(cls_out)
+    out.obsm["sctrace_tokens"] = np.concatenate(tokens_out)
+    out.uns["sctrace"] = {
+        "time": time, "length": length, "temperature": temperature, "n_iter": n_iter, "seed": seed,
+        "likelihood": config.likelihood, "count_kind": spec.count_kind, "sampling": sampling,
+        "genes": config.genes,  # which genes were modelled: hvg, all, or the gene file given at fit
+    }
+    return out
+
+
+def warn_if_far(spec: CorpusSpec, time: float) -> None:
+    """Say when the model is asked where it never saw data: before the source time, or far past the last.
+
+    Generation runs forward from the source cells, so any time before them has no meaning; past the last
+    observed time by more than the observed span, the prediction is extrapolated further than the data reach.
+    The warning points at the caller of ``TRACE.predict``, which calls this.
+    """
+    observed = list(spec.time_values) + ([] if spec.holdout is None else [spec.holdout])
+    first, last = min(observed), max(observed)
+    span = last - first
+    if time < first or time > last + span:
+        where = (f"before the first (source) time {first:g}" if time < first
+                 else f"past the last by more than their span of {span:g}")
+        warnings.warn(
+            f"time {time:g} is far outside the observed times {first:g} to {last:g} ({where}); the generated "
+            "cells are an extrapolation with no data near it.",
+            UserWarning, stacklevel=3,
+        )
+
+
+def library_values(library_size, likelihood: str) -> np.ndarray:
+    """The caller's depths to generate at, checked: one or more positive totals, and a count likelihood."""
+    if likelihood in LOGNORM_LIKELIHOODS:
+        raise SctraceInputError(
+            f"library_size applies to count likelihoods; this model ({likelihood}) generates "
+            f"log-normalised values; leave out {option_name('library_size')}."
+        )
+    try:
+        values = np.atleast_1d(np.asarray(library_size, dtype=float)).ravel()
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
+    if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise SctraceInputError("library_size must be one or more positive, finite total counts (e.g. 5000).")
+    return values
+

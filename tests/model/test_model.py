@@ -196,11 +196,11 @@ def test_stratified_sampling_keeps_the_sentences_and_the_model_means(fitted, tmp
     with pytest.raises(SctraceInputError, match="unknown sampling 'sobol'; choose one of iid, stratified"):
         model.predict(holdout, n_cells=3, sampling="sobol")
     # Calls longer than one block of levels (4,096 cells; 16 here) draw block by block; the batch straddles them.
-    import sctrace.estimator as estimator_module
+    import sctrace.generate as generate_module
     from sctrace.model.sampling import StratifiedLevels
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(estimator_module, "StratifiedLevels", functools.partial(StratifiedLevels, block=16))
+        patch.setattr(generate_module, "StratifiedLevels", functools.partial(StratifiedLevels, block=16))
         blocked = model.predict(holdout, n_cells=40, seed=2, sampling="stratified")
     np.testing.assert_array_equal(blocked.obsm["sctrace_tokens"], stratified.obsm["sctrace_tokens"])
     blocked_counts = blocked.X.toarray()
