@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent(
             )
 
 
-    sctrace.train.TracePlan = RecordingPlan  # fit() imports it at call time
+    sctrace.train.TracePlan = RecordingPlan  # run_training looks it up at call time
     adata = simulate_timecourse(n_cells=600, n_genes=300, seed=0)
     holdout = sorted(adata.obs["time"].unique())[2]
     model = TRACE(adata, "time", holdout=holdout, seed=0, **config)

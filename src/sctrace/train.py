@@ -31,7 +31,7 @@ class TracePlan(L.LightningModule):
         super().__init__()
         self.net, self.config, self.seed = net, config, seed
         self._generator: torch.Generator | None = None
-        # Planned optimiser steps (set by TRACE.fit with a step budget): warm-up and cosine decay span them.
+        # Planned optimiser steps (set by build_trainer with a step budget): warm-up and cosine decay span them.
         self.total_steps: int | None = None
 
     def _losses(
