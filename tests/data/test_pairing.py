@@ -168,3 +168,25 @@ def test_ot_pairing_needs_finite_aligned_coordinates():
     bad[3, 1] = np.nan
     with pytest.raises(SctraceInputError, match="NaN"):
         pair_cells(times, [0.0, 1.0], mode="ot", coordinates=bad)
+
+
+def test_entropic_ot_gives_a_repeated_source_cell_different_partners_on_its_branch():
+    times, branch, coordinates = _two_branches()
+    sources = np.flatnonzero(times == 0.0)
+    rows = np.concatenate([np.arange(times.size), np.tile(sources, 7)])  # each source cell in 8 rows
+    exact = rows[pair_cells(times[rows], [0.0, 1.0, 2.0, 3.0], mode="ot", coordinates=coordinates[rows], seed=0)]
+    soft = rows[pair_cells(times[rows], [0.0, 1.0, 2.0, 3.0], mode="ot", coordinates=coordinates[rows], seed=0,
+                           entropy=0.02)]
+
+    def distinct(pairs):
+        return np.mean([len(np.unique(pairs[pairs[:, 0] == s, 1])) for s in sources])
+
+    # The exact plan between equal-sized times is a permutation: one partner for all 8 rows of a source cell.
+    assert distinct(exact) < 1.5 and distinct(soft) > 3
+    assert (branch[soft] == branch[soft[:, :1]]).mean() > 0.95
+
+
+def test_negative_entropy_refused():
+    times, _, coordinates = _two_branches()
+    with pytest.raises(SctraceInputError, match="entropy must be at least 0"):
+        pair_cells(times, [0.0, 1.0], mode="ot", coordinates=coordinates, entropy=-1.0)

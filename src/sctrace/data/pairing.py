@@ -48,6 +48,7 @@ def pair_cells(
     mode: str = "random",
     coordinates: np.ndarray | None = None,
     seed: int = 0,
+    entropy: float = 0.0,
 ) -> np.ndarray:
     """Pair each source cell with one cell of every other time point.
 
@@ -76,6 +77,11 @@ def pair_cells(
         required for ``mode="ot"``.
     seed
         Seed of :func:`numpy.random.default_rng`; the same inputs and seed give the same pairs.
+    entropy
+        ``mode="ot"`` only: 0 for the exact plan; above 0, the entropic plan (Sinkhorn) with this regularisation
+        on the cost scaled to a maximum of 1. Between time points of equal size the exact plan is a permutation,
+        so a source cell repeated in several rows gets the same partner in each; the entropic plan spreads each
+        cell's mass over its nearest partners, and the repeated rows draw different ones.
 
     Returns
     -------
@@ -92,6 +98,8 @@ def pair_cells(
         increasing, or a time value with no cells.
     """
     check_pairing(mode, None)
+    if not entropy >= 0:
+        raise SctraceInputError(f"the OT plan's entropy must be at least 0, got {entropy}.")
     times = np.asarray(times, dtype=np.float64)
     time_values = np.asarray(time_values, dtype=np.float64)
     if time_values.ndim != 1 or time_values.size == 0 or np.any(np.diff(time_values) <= 0):
@@ -137,7 +145,7 @@ def pair_cells(
     if mode == "ot":
         assert coordinates is not None  # checked above
         for k in range(1, time_values.size):
-            pairs[:, k] = _transport_partners(pairs[:, k - 1], cells_by_time[k], coordinates, rng)
+            pairs[:, k] = _transport_partners(pairs[:, k - 1], cells_by_time[k], coordinates, rng, entropy)
         return pairs
 
     stratum_of_cell, stratum_names = _strata_codes(strata)
@@ -180,13 +188,15 @@ def pair_cells(
 
 
 def _transport_partners(
-    current: np.ndarray, targets: np.ndarray, coordinates: np.ndarray, rng: np.random.Generator
+    current: np.ndarray, targets: np.ndarray, coordinates: np.ndarray, rng: np.random.Generator, entropy: float = 0.0
 ) -> np.ndarray:
-    """For each row's current cell, one target cell drawn from its row of an exact OT plan.
+    """For each row's current cell, one target cell drawn from its row of an OT plan (exact, or entropic with
+    regularisation ``entropy`` on the cost scaled to a maximum of 1).
 
     Rows and targets are shuffled and cut into the same number of blocks of at most ``OT_BLOCK`` rows; each
     block is coupled to its share of the targets, so every target cell gets mass, as in the random modes.
-    POT's network simplex (``ot.emd``) gives the plan; the draw from its row keeps ties and splits random.
+    POT's network simplex (``ot.emd``) gives the exact plan, its Sinkhorn solver (``ot.sinkhorn``) the entropic
+    one; the draw from a row keeps ties and splits random.
     """
     import ot
 
@@ -200,8 +210,11 @@ def _transport_partners(
         source_points, target_points = coordinates[current[rows]], coordinates[block_targets]
         cost = ot.dist(source_points, target_points)  # squared Euclidean
         cost /= max(float(cost.max()), 1e-12)  # the plan does not change; the simplex's tolerances behave
-        plan = ot.emd(np.full(rows.size, 1.0 / rows.size), np.full(block_targets.size, 1.0 / block_targets.size), cost,
-                      numItermax=10_000_000)
+        weights = np.full(rows.size, 1.0 / rows.size), np.full(block_targets.size, 1.0 / block_targets.size)
+        if entropy > 0:
+            plan = ot.sinkhorn(*weights, cost, entropy, numItermax=10_000)
+        else:
+            plan = ot.emd(*weights, cost, numItermax=10_000_000)
         cumulative = np.cumsum(plan, axis=1)
         threshold = rng.random(rows.size) * cumulative[:, -1]
         choice = (cumulative < threshold[:, None]).sum(axis=1)
