@@ -345,7 +345,7 @@ import os, signal, sys
 import sctrace.train as train
 step = train.TracePlan.training_step
 def killed(self, batch, batch_idx):
-    if self.global_step == {step}:  # in the middle of the second epoch
+    if (self.current_epoch, batch_idx) == {at}:  # (epoch, batch): e.g. (1, 1) is inside the second epoch
         os.kill(os.getpid(), signal.SIGKILL)
     return step(self, batch, batch_idx)
 train.TracePlan.training_step = killed
@@ -368,7 +368,7 @@ def test_a_fit_killed_mid_epoch_resumes_to_the_weights_of_an_unbroken_fit(sim_fi
     common = ["--max-epochs", 3, "--seed", 2]
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", _KILL_AT_STEP.replace("{step}", "4"),
+    run = subprocess.run([sys.executable, "-c", _KILL_AT_STEP.replace("{at}", "(1, 1)"),
                           *map(str, fit_args(sim_file, killed, tiny_yaml, *common))],
                          capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
@@ -393,7 +393,7 @@ def test_a_killed_overwrite_fit_leaves_the_old_run_usable(sim_file, tiny_yaml, t
     link.symlink_to(out)
     weights = (out / "model.safetensors").read_bytes()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", _KILL_AT_STEP.replace("{step}", "1"),
+    run = subprocess.run([sys.executable, "-c", _KILL_AT_STEP.replace("{at}", "(0, 1)"),
                           *map(str, fit_args(sim_file, link, tiny_yaml, "--overwrite", "--max-epochs", 3))],
                          capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]

@@ -16,6 +16,7 @@ from sctrace.data.corpus import (
 )
 from sctrace.data.io import read_timecourse
 from sctrace.data.tokenize import N_SPECIAL
+from sctrace.data.training_pairs import MIN_ROWS
 
 
 def test_split_times_interpolate_and_extrapolate():
@@ -90,6 +91,9 @@ def test_corpus_shapes_and_pairs(small_timecourse):
     for k in range(1, len(spec.time_values)):
         n_at_time = np.isclose(corpus.cell_times, spec.time_values[k]).sum()
         assert len(np.unique(corpus.pairs[:, k])) == n_at_time
+    # A small course gets several partner sets per source cell, up to MIN_ROWS rows, each source used alike.
+    sources, uses = np.unique(corpus.pairs[:, 0], return_counts=True)
+    assert len(corpus.pairs) >= MIN_ROWS and uses.min() == uses.max() >= -(-MIN_ROWS // len(sources))
     assert len(spec.library_quantiles) == len(spec.time_values)
     assert all(np.all(np.diff(q) >= 0) for q in spec.library_quantiles)
 

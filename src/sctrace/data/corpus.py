@@ -117,7 +117,8 @@ def prepare_corpus(
         it fall back to the medians computed on the training cells.
     pairs_per_source
         How many pairings to draw per source cell; default enough that every target cell is used at least
-        once (``ceil(largest time point / source cells)``).
+        once (``ceil(largest time point / source cells)``) and that there are at least
+        :data:`~sctrace.data.training_pairs.MIN_ROWS` rows.
     directory
         Where to write the corpus (:meth:`Corpus.save`'s files plus the counts as ``counts_*.npy``), block by
         block; the corpus returned then reads tokens and counts from there (:meth:`Corpus.load`), so no

@@ -13,6 +13,17 @@ from sctrace.data.preprocess import log_normalize
 from sctrace.data.timecourse import MatrixRows, TimeCourse
 
 
+# At least this many rows (source cell and partners): a small course's hundred source cells, each with one set of
+# partners, were learnt by heart (training masked accuracy 1, validation token loss above a uniform guess;
+# BENCHMARKS.md, "a step budget on every set"), so each source cell gets several partner sets instead.
+MIN_ROWS = 1024
+# The OT plan's entropic regularisation (on the cost scaled to a maximum of 1): the exact plan between time points
+# of equal size is a permutation, which would give a repeated source cell the same partners in every row; at 0.02
+# the rows of one source cell draw different near partners (Shalek LPS: 9-10 distinct partners over 11 rows) at a
+# transport cost 12% of the way from the exact plan's to random pairs'.
+OT_ENTROPY = 0.02
+
+
 def _pair_training_cells(
     timecourse: TimeCourse,
     train_rows: np.ndarray,
@@ -31,7 +42,7 @@ def _pair_training_cells(
         strata = timecourse.adata.obs.iloc[train_rows][list(timecourse.stratify_keys)].reset_index(drop=True)
     n_source = int(np.isclose(cell_times, train_times[0]).sum())
     largest = max(int(np.isclose(cell_times, t).sum()) for t in train_times)
-    repeats = pairs_per_source or max(1, math.ceil(largest / max(n_source, 1)))
+    repeats = pairs_per_source or max(1, math.ceil(largest / max(n_source, 1)), math.ceil(MIN_ROWS / max(n_source, 1)))
     # Repeating the source cells inside ONE pairing call keeps the rule "every target cell is used before any
     # is reused" across the repeats (independent calls would each restart it).
     source_rows = np.flatnonzero(np.isclose(cell_times, train_times[0]))
@@ -44,6 +55,7 @@ def _pair_training_cells(
             mode=pairing,
             coordinates=None if coordinates is None else coordinates[rows],
             seed=seed,
+            entropy=OT_ENTROPY,
         )
     ]
 
