@@ -107,7 +107,7 @@ def prepare(
     corpus = prepare_corpus(
         timecourse, task=task, holdout=None if holdout is None else parse_time(holdout),
         n_top_genes=settings.n_top_genes, genes=read_gene_choice(settings.genes), max_len=settings.max_len,
-        pairing=pairing, seed=seed,
+        pairing=pairing, seed=seed, min_rows=settings.min_rows,
     )
     typer.echo(corpus_summary(timecourse, corpus, pairing))
 

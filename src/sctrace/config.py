@@ -79,6 +79,10 @@ class TraceConfig:
     genes: str = "auto"
     max_len: int = 64
     pairing: Pairing = "ot"
+    # At least this many training rows (0: one row per source cell, as before this key): each source cell of a small
+    # course then gets several partner sets, drawn from an entropic OT plan so that they differ, and its hundred
+    # fixed rows are no longer learnt by heart (BENCHMARKS.md, "Several partner sets per source cell").
+    min_rows: int = 0
     # model
     d_model: int = 64
     # "scratch": trained with the rest; "random": the same encoder left at its random initialisation (a control:

@@ -145,6 +145,7 @@ class TRACE:
             genes=read_gene_choice(self.config.genes),
             max_len=self.config.max_len,
             pairing=self.config.pairing,
+            min_rows=self.config.min_rows,
             seed=seed,
             gene_medians=gene_medians,
             directory=corpus_dir,

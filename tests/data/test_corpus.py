@@ -16,7 +16,6 @@ from sctrace.data.corpus import (
 )
 from sctrace.data.io import read_timecourse
 from sctrace.data.tokenize import N_SPECIAL
-from sctrace.data.training_pairs import MIN_ROWS
 
 
 def test_split_times_interpolate_and_extrapolate():
@@ -91,9 +90,6 @@ def test_corpus_shapes_and_pairs(small_timecourse):
     for k in range(1, len(spec.time_values)):
         n_at_time = np.isclose(corpus.cell_times, spec.time_values[k]).sum()
         assert len(np.unique(corpus.pairs[:, k])) == n_at_time
-    # A small course gets several partner sets per source cell, up to MIN_ROWS rows, each source used alike.
-    sources, uses = np.unique(corpus.pairs[:, 0], return_counts=True)
-    assert len(corpus.pairs) >= MIN_ROWS and uses.min() == uses.max() >= -(-MIN_ROWS // len(sources))
     assert len(spec.library_quantiles) == len(spec.time_values)
     assert all(np.all(np.diff(q) >= 0) for q in spec.library_quantiles)
 
@@ -170,3 +166,16 @@ def test_the_task_a_holdout_means_is_decided_in_one_place():
     assert resolve_task(times, "interpolate", 4.0) == ("interpolate", 4.0)  # split_times then refuses it
     with pytest.raises(SctraceInputError, match="unknown task 'forward'"):
         resolve_task(times, "forward", None)
+
+
+def test_min_rows_gives_each_source_cell_several_different_partner_sets(small_timecourse):
+    timecourse = read_timecourse(small_timecourse, "time")
+    one = prepare_corpus(timecourse, n_top_genes=50, max_len=20, pairing="ot", seed=0)
+    many = prepare_corpus(timecourse, n_top_genes=50, max_len=20, pairing="ot", seed=0, min_rows=1024)
+    sources, uses = np.unique(many.pairs[:, 0], return_counts=True)
+    assert len(one.pairs) < 1024 <= len(many.pairs) and uses.min() == uses.max() >= -(-1024 // len(sources))
+    # The entropic plan gives a source cell's rows different partners at a later time.
+    distinct = [len(np.unique(many.pairs[many.pairs[:, 0] == s, -1])) for s in sources]
+    assert np.mean(distinct) > 2
+    with pytest.raises(SctraceInputError, match="min_rows must be 0 or a positive integer"):
+        prepare_corpus(timecourse, n_top_genes=50, max_len=20, min_rows=-1)

@@ -96,6 +96,7 @@ def prepare_corpus(
     seed: int = 0,
     gene_medians: pd.Series | None = None,
     pairs_per_source: int | None = None,
+    min_rows: int = 0,
     directory: str | os.PathLike | None = None,
     chunk_size: int = CHUNK_CELLS,
 ) -> Corpus:
@@ -117,8 +118,9 @@ def prepare_corpus(
         it fall back to the medians computed on the training cells.
     pairs_per_source
         How many pairings to draw per source cell; default enough that every target cell is used at least
-        once (``ceil(largest time point / source cells)``) and that there are at least
-        :data:`~sctrace.data.training_pairs.MIN_ROWS` rows.
+        once (``ceil(largest time point / source cells)``) and that there are at least ``min_rows`` rows.
+    min_rows
+        At least this many rows, each source cell with several partner sets (config ``min_rows``; 0: one set).
     directory
         Where to write the corpus (:meth:`Corpus.save`'s files plus the counts as ``counts_*.npy``), block by
         block; the corpus returned then reads tokens and counts from there (:meth:`Corpus.load`), so no
@@ -128,6 +130,8 @@ def prepare_corpus(
     """
     if int(n_top_genes) != n_top_genes or n_top_genes < 1:
         raise SctraceInputError(f"{option_name('n_top_genes')} must be a positive integer, got {n_top_genes}.")
+    if int(min_rows) != min_rows or min_rows < 0:
+        raise SctraceInputError(f"{option_name('min_rows')} must be 0 or a positive integer, got {min_rows}.")
     if holdout is not None:
         holdout = check_holdout(timecourse, holdout)
     task, holdout = resolve_task(timecourse.time_values, task, holdout)
@@ -162,7 +166,7 @@ def prepare_corpus(
     if pairing == "ot":
         coordinates = _pairing_coordinates(MatrixRows(matrix, train_rows, hvg_idx), timecourse.count_kind, seed, chunk_size)
     pairs = _pair_training_cells(
-        timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source, coordinates
+        timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source, coordinates, min_rows
     )
 
     qs = np.linspace(0, 1, N_QUANTILES)

@@ -12,15 +12,11 @@ from sctrace.data.pairing import pair_cells
 from sctrace.data.preprocess import log_normalize
 from sctrace.data.timecourse import MatrixRows, TimeCourse
 
-
-# At least this many rows (source cell and partners): a small course's hundred source cells, each with one set of
-# partners, were learnt by heart (training masked accuracy 1, validation token loss above a uniform guess;
-# BENCHMARKS.md, "a step budget on every set"), so each source cell gets several partner sets instead.
-MIN_ROWS = 1024
-# The OT plan's entropic regularisation (on the cost scaled to a maximum of 1): the exact plan between time points
-# of equal size is a permutation, which would give a repeated source cell the same partners in every row; at 0.02
-# the rows of one source cell draw different near partners (Shalek LPS: 9-10 distinct partners over 11 rows) at a
-# transport cost 12% of the way from the exact plan's to random pairs'.
+# The OT plan's entropic regularisation (on the cost scaled to a maximum of 1) where rows repeat source cells on
+# purpose (config min_rows): the exact plan between time points of equal size is a permutation, which would give a
+# repeated source cell the same partners in every row; at 0.02 the rows of one source cell draw different near
+# partners (Shalek LPS: 9-10 distinct partners over 11 rows) at a transport cost 12% of the way from the exact
+# plan's to random pairs'.
 OT_ENTROPY = 0.02
 
 
@@ -33,8 +29,13 @@ def _pair_training_cells(
     seed: int,
     pairs_per_source: int | None,
     coordinates: np.ndarray | None = None,
+    min_rows: int = 0,
 ) -> np.ndarray:
-    """``(n_pairs, n_times)`` rows (into the training cells) of each source cell and its partners."""
+    """``(n_pairs, n_times)`` rows (into the training cells) of each source cell and its partners.
+
+    ``min_rows`` > 0: at least that many rows, each source cell with several partner sets, drawn from the entropic
+    OT plan (:data:`OT_ENTROPY`) so that they differ; 0 keeps one set per source cell and the exact plan.
+    """
     strata = None
     if pairing == "stratified":
         if not timecourse.stratify_keys:
@@ -42,7 +43,7 @@ def _pair_training_cells(
         strata = timecourse.adata.obs.iloc[train_rows][list(timecourse.stratify_keys)].reset_index(drop=True)
     n_source = int(np.isclose(cell_times, train_times[0]).sum())
     largest = max(int(np.isclose(cell_times, t).sum()) for t in train_times)
-    repeats = pairs_per_source or max(1, math.ceil(largest / max(n_source, 1)), math.ceil(MIN_ROWS / max(n_source, 1)))
+    repeats = pairs_per_source or max(1, math.ceil(largest / max(n_source, 1)), math.ceil(min_rows / max(n_source, 1)))
     # Repeating the source cells inside ONE pairing call keeps the rule "every target cell is used before any
     # is reused" across the repeats (independent calls would each restart it).
     source_rows = np.flatnonzero(np.isclose(cell_times, train_times[0]))
@@ -55,7 +56,7 @@ def _pair_training_cells(
             mode=pairing,
             coordinates=None if coordinates is None else coordinates[rows],
             seed=seed,
-            entropy=OT_ENTROPY,
+            entropy=OT_ENTROPY if min_rows > 0 else 0.0,
         )
     ]
 
