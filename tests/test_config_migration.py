@@ -74,7 +74,7 @@ def test_the_pruned_keys_are_removed_keys_off_by_default():
 
 
 def test_a_version_2_run_with_the_pruned_keys_off_loads_silently(tmp_path, recwarn):
-    assert CONFIG_VERSION == 2
+    assert CONFIG_VERSION == 3
     assert TraceConfig.from_yaml(_version_2_run_config(tmp_path)) == TraceConfig(d_model=48)
     assert not [w for w in recwarn if "no longer supported" in str(w.message)]
 
@@ -99,3 +99,11 @@ def test_a_users_config_naming_the_pruned_keys_is_refused_with_their_names(tmp_p
     for key in PRUNED_KEYS:
         with pytest.raises(SctraceInputError, match=f"{key} in overrides were removed"):
             load_config(**{key: False})
+
+
+def test_a_version_2_run_without_min_rows_had_one_partner_set_per_source_cell(tmp_path):
+    fields = {"config_version": 2, **{k: v for k, v in TraceConfig(d_model=48).__dict__.items() if k != "min_rows"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    assert TraceConfig.from_yaml(path) == TraceConfig(d_model=48, min_rows=0)
+    assert TraceConfig().min_rows == 1024

@@ -51,12 +51,13 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "source_time_target": (False, False),  # training only
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
-# time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults.
-CONFIG_VERSION = 2
+# time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
+# version-2 file lacks and meant 0 (one partner set per source cell).
+CONFIG_VERSION = 3
 LEGACY_DEFAULTS: dict[str, Any] = {
     "n_top_genes": 2000, "max_len": 128, "dropout": 0.1, "max_epochs": 30, "time_scale": 100.0, "context_dropout": 0.0,
     "pairing": "random", "zinb_mean": "nb", "count_pooling": "cls", "hurdle_marginal": "gaussian",
-    "count_sampling": "iid", "genes": "hvg", "likelihood": "zinb",
+    "count_sampling": "iid", "genes": "hvg", "likelihood": "zinb", "min_rows": 0,
 }
 
 # Probabilities of leaving something out: 1 would leave out everything.
@@ -79,10 +80,11 @@ class TraceConfig:
     genes: str = "auto"
     max_len: int = 64
     pairing: Pairing = "ot"
-    # At least this many training rows (0: one row per source cell, as before this key): each source cell of a small
-    # course then gets several partner sets, drawn from an entropic OT plan so that they differ, and its hundred
-    # fixed rows are no longer learnt by heart (BENCHMARKS.md, "Several partner sets per source cell").
-    min_rows: int = 0
+    # At least this many training rows (0: one per source cell, the runs before this key and the paper presets):
+    # each source cell of a small course gets several partner sets, drawn from an entropic OT plan so that they
+    # differ, and its hundred fixed rows are no longer learnt by heart (BENCHMARKS.md, "Several partner sets per
+    # source cell"). A course with this many source cells keeps one set each.
+    min_rows: int = 1024
     # model
     d_model: int = 64
     # "scratch": trained with the rest; "random": the same encoder left at its random initialisation (a control:
@@ -210,6 +212,8 @@ def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
                                 f"({CONFIG_VERSION}); upgrade sctrace.")
     if version == 1:
         raw = {**LEGACY_DEFAULTS, **raw}  # a key such a run lacks took the default of its time
+    elif version == 2:
+        raw.setdefault("min_rows", 0)  # fitted before the key: one partner set per source cell
     if raw.get("count_pooling") == "cls+mean+genes":
         raise SctraceInputError(f"{origin} was fitted with count_pooling: cls+mean+genes, which sctrace no longer "
                                 "builds; re-fit the run.")
