@@ -212,7 +212,6 @@ class TrainedRun:
 
     net: TraceNet  # the best checkpoint's weights, on the CPU, in eval mode
     history: pd.DataFrame | None  # metrics.csv of this fit (rank 0 only)
-    interrupted: bool  # stopped by the user (Ctrl-C); the warning has been given
     is_global_zero: bool  # this process is rank 0, the one that writes the run
 
 
@@ -254,7 +253,7 @@ def run_training(net: TraceNet, corpus: Corpus, config: TraceConfig, seed: int, 
     trainer.strategy.barrier("sctrace_best_loaded")  # every rank has read rank 0's checkpoint before cleanup
     metrics = Path(trainer.logger.log_dir) / "metrics.csv"
     history = pd.read_csv(metrics) if trainer.is_global_zero and metrics.exists() else None
-    return TrainedRun(plan.net.cpu().eval(), history, bool(trainer.interrupted), trainer.is_global_zero)
+    return TrainedRun(plan.net.cpu().eval(), history, trainer.is_global_zero)
 
 
 @contextlib.contextmanager

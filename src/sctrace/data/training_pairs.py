@@ -43,7 +43,7 @@ def _pair_training_cells(
         strata = timecourse.adata.obs.iloc[train_rows][list(timecourse.stratify_keys)].reset_index(drop=True)
     n_source = int(np.isclose(cell_times, train_times[0]).sum())
     largest = max(int(np.isclose(cell_times, t).sum()) for t in train_times)
-    repeats = pairs_per_source or max(1, math.ceil(largest / max(n_source, 1)), math.ceil(min_rows / max(n_source, 1)))
+    repeats = pairs_per_source or max(1, math.ceil(max(largest, min_rows) / max(n_source, 1)))
     # Repeating the source cells inside ONE pairing call keeps the rule "every target cell is used before any
     # is reused" across the repeats (independent calls would each restart it).
     source_rows = np.flatnonzero(np.isclose(cell_times, train_times[0]))
