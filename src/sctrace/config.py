@@ -83,7 +83,7 @@ class TraceConfig:
     # At least this many training rows (0: one per source cell, the runs before this key and the paper presets):
     # each source cell of a small course gets several partner sets, drawn from an entropic OT plan so that they
     # differ, and its hundred fixed rows are no longer learnt by heart (BENCHMARKS.md, "Several partner sets per
-    # source cell"). A course with this many source cells keeps one set each.
+    # source cell"). A course with this many source cells keeps one set each, from the entropic plan too.
     min_rows: int = 1024
     # model
     d_model: int = 64
