@@ -26,6 +26,7 @@ DEFAULT_LOGNORM_LIKELIHOOD = "hurdle"
 # typo is named there, not deep inside a fit. CHOICES is read off the annotations: one list per key.
 Pairing = Literal["random", "stratified", "ot"]
 RankEncoding = Literal["learnable", "sinusoidal", "unified"]
+TimeCode = Literal["absolute", "relative"]
 Likelihood = Literal["auto", "zinb", "nb", "gaussian", "hurdle"]
 ZinbMean = Literal["nb", "scale"]
 CountPooling = Literal["cls", "cls+mean"]
@@ -101,6 +102,10 @@ class TraceConfig:
     # points laid end to end, no separate time code; the paper's section 5.3).
     rank_encoding: RankEncoding = "learnable"
     time_scale: float = 1.0
+    # What the time code says: "absolute" (each block's own time) or "relative" (each block's distance from the
+    # decoded time, which is then 0), so that an extrapolated or in-between time is a configuration of gaps that
+    # training showed rather than a time code it never saw.
+    time_code: TimeCode = "absolute"
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
     context_dropout: float = 0.5
@@ -181,6 +186,9 @@ class TraceConfig:
                 )
             if key in RATES and not 0.0 <= values[key] < 1.0:
                 raise SctraceInputError(f"config key '{key}' in {origin} is a probability in [0, 1), got {value!r}.")
+        if values["time_code"] == "relative" and values["rank_encoding"] == "unified":
+            raise SctraceInputError(f"config in {origin} sets time_code: relative with rank_encoding: unified, which "
+                                    "has no time code of its own; use one of them.")
         return TraceConfig(**values)
 
     def to_yaml(self, path: str | os.PathLike) -> None:

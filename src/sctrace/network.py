@@ -86,6 +86,7 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
         centre_prior=config.count_prior == "centred",
         count_sentence=config.count_sentence,
         count_standardise=config.count_standardise,
+        relative_time=config.time_code == "relative",
         pretrained=pretrained,
     )
     if config.encoder == "random":
