@@ -107,3 +107,19 @@ def test_a_version_2_run_without_min_rows_had_one_partner_set_per_source_cell(tm
     path.write_text(yaml.safe_dump(fields, sort_keys=False))
     assert TraceConfig.from_yaml(path) == TraceConfig(d_model=48, min_rows=0)
     assert TraceConfig().min_rows == 1024
+
+
+def test_a_version_3_run_with_count_standardise_loads_when_off_and_is_refused_when_on(tmp_path, recwarn):
+    assert REMOVED_KEYS["count_standardise"] == (False, True)  # its running statistics were the head's buffers
+    path = tmp_path / "config.yaml"
+    for value in (False, True):
+        fields = {"config_version": 3, **TraceConfig(d_model=48).__dict__, "count_standardise": value}
+        path.write_text(yaml.safe_dump(fields, sort_keys=False))
+        if value:
+            with pytest.raises(SctraceInputError, match="count_standardise: True, which sctrace no longer builds"):
+                TraceConfig.from_yaml(path)
+        else:
+            assert TraceConfig.from_yaml(path) == TraceConfig(d_model=48)
+    assert not [w for w in recwarn if "no longer supported" in str(w.message)]
+    with pytest.raises(SctraceInputError, match="count_standardise in overrides were removed"):
+        load_config(count_standardise=True)

@@ -50,6 +50,7 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "time_bias": (False, True),  # its bias module has weights
     "count_time": (False, True),  # the count head's first layer took one more input
     "source_time_target": (False, False),  # training only
+    "count_standardise": (False, True),  # its running statistics are buffers of the count head
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
@@ -117,9 +118,6 @@ class TraceConfig:
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False
-    # The count decoder's input standardised by running statistics over training batches of every time, so that
-    # the small differences between times' decoder states reach the head at the scale of the differences in cells.
-    count_standardise: bool = False
     count_hidden: int = 128
     count_dropout: float = 0.1
     # "auto": zinb for raw counts, the hurdle for log-normalised values, as the data hold (decided once, by

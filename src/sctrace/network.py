@@ -85,7 +85,6 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
         time_values=None if config.count_prior == "none" else times,
         centre_prior=config.count_prior == "centred",
         count_sentence=config.count_sentence,
-        count_standardise=config.count_standardise,
         relative_time=config.time_code == "relative",
         pretrained=pretrained,
     )
