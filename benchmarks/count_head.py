@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ridge = Ridge(alpha=10.0).fit(multihot(training), values[training]).predict(multihot(held_out))
 
     decoded, ridged = per_cell_fidelity(expected, real), per_cell_fidelity(ridge, real)
-    print(f"{args.data.name}, {args.holdout:g} held out, seed {args.seed}, {model.config.likelihood}, "
-          f"{model.config.count_pooling}")
+    print(f"{args.data.name}, {args.holdout:g} held out, seed {args.seed}, {model.config.counts.likelihood}, "
+          f"{model.config.counts.count_pooling}")
     print("| | spread (sd across cells) | per-gene r | per-cell r |")
     print("|---|---|---|---|")
     print(f"| real held-out cells | {real.std(0).mean():.3f} | 1 | 1 |")

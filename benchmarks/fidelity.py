@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     lognorm = args.count_kind == "lognorm"
 
-    print(f"{args.data.name}, {args.holdout:g} held out, seed {args.seed}, {model.config.likelihood}, "
-          f"{model.config.count_pooling}; per-gene EMD against half B")
+    print(f"{args.data.name}, {args.holdout:g} held out, seed {args.seed}, {model.config.counts.likelihood}, "
+          f"{model.config.counts.count_pooling}; per-gene EMD against half B")
     hurdle_column = " per-gene hurdle |" if lognorm else ""
     print(f"| time | cells in A, B | real split (A) | per-gene resampling |{hurdle_column} generated | "
           "count head on real sentences |")

@@ -65,15 +65,15 @@ def run_preset(preset: str, threads: int, args: argparse.Namespace) -> dict[str,
     config = load_config(preset)
     batch = args.batch_size or (PREDICT_BATCH if preset == DEFAULT_PRESET else CPU_BATCH)
     n_times = args.n_context + 1
-    spec = SimpleNamespace(vocab_size=args.n_genes + N_SPECIAL, n_genes=args.n_genes, max_len=config.max_len,
+    spec = SimpleNamespace(vocab_size=args.n_genes + N_SPECIAL, n_genes=args.n_genes, max_len=config.data.max_len,
                            time_values=[float(t) for t in range(n_times)])
     torch.manual_seed(0)
     net: TraceNet = build_net(spec, config).eval()
     generator = torch.Generator().manual_seed(1)
-    source = random_sentences(batch, config.max_len, args.n_genes, generator)
-    context = [(random_sentences(batch, config.max_len, args.n_genes, generator), float(k)) for k in range(1, n_times)]
+    source = random_sentences(batch, config.data.max_len, args.n_genes, generator)
+    context = [(random_sentences(batch, config.data.max_len, args.n_genes, generator), float(k)) for k in range(1, n_times)]
     target_time = n_times - 1.5  # between the last two observed times, as when interpolating
-    lengths = torch.full((batch,), config.max_len, dtype=torch.long)
+    lengths = torch.full((batch,), config.data.max_len, dtype=torch.long)
 
     iterations = []
     hook = net.token_head.register_forward_hook(lambda module, inputs, output: iterations.append(1))
@@ -81,8 +81,9 @@ def run_preset(preset: str, threads: int, args: argparse.Namespace) -> dict[str,
     def generate() -> None:
         iterations.clear()
         maskgit_generate(
-            net, source, 0.0, context, target_time, lengths, n_iter=config.n_iter, temperature=config.temperature,
-            schedule=config.mask_schedule, generator=torch.Generator().manual_seed(2),
+            net, source, 0.0, context, target_time, lengths, n_iter=config.generation.n_iter,
+            temperature=config.generation.temperature,
+            schedule=config.training.mask_schedule, generator=torch.Generator().manual_seed(2),
         )
 
     z0, z0_pad = net.encode(source, 0.0)
@@ -112,9 +113,9 @@ def run_preset(preset: str, threads: int, args: argparse.Namespace) -> dict[str,
     after = references()  # before and after, the faster kept: a busy spell on the machine lowers neither
     reference = {key: tuple(min(b, a) for b, a in zip(before[key], after[key])) for key in before}
 
-    r = config.n_iter
-    result = {"preset": preset, "threads": threads, "batch": batch, "length": config.max_len, "R": r, "forwards": n_forwards,
-              "seconds": seconds[0], "cpu_seconds": seconds[1], "cells_per_s": batch / seconds[0]}
+    r = config.generation.n_iter
+    result = {"preset": preset, "threads": threads, "batch": batch, "length": config.data.max_len, "R": r,
+              "forwards": n_forwards, "seconds": seconds[0], "cpu_seconds": seconds[1], "cells_per_s": batch / seconds[0]}
     for clock, c in (("wall", 0), ("cpu", 1)):
         result[f"ratio_{clock}"] = seconds[c] / (r * reference["forward"][c])
         result[f"ratio_projected_{clock}"] = seconds[c] / (r * reference["forward_projected"][c])
@@ -130,7 +131,7 @@ def run_preset(preset: str, threads: int, args: argparse.Namespace) -> dict[str,
     shares["the rest (sampling, masking)"] = 1 - r * step / cpu_total - sum(shares.values())
     result.update({f"share {k}": v for k, v in shares.items()})
     print(
-        f"{preset:>10} threads={threads} batch={batch} length={config.max_len} R={r} ({n_forwards} forwards run): "
+        f"{preset:>10} threads={threads} batch={batch} length={config.data.max_len} R={r} ({n_forwards} forwards run): "
         f"{seconds[0]:.2f} s ({seconds[1]:.2f} s CPU), {result['cells_per_s']:.2f} cells/s | one forward to logits "
         f"{reference['forward'][0]:.3f} s ({reference['forward'][1]:.3f} s CPU) | ratio {result['ratio_wall']:.3f} wall, "
         f"{result['ratio_cpu']:.3f} CPU (to a forward with the memory projected once: {result['ratio_projected_wall']:.3f}, "

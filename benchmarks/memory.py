@@ -117,7 +117,7 @@ def child(path: str, run_dir: str, steps: int, seed: int, in_memory: bool) -> di
     trained_mb, trained = peak_rss_mb(), time.perf_counter()
 
     corpus, config = model.corpus, model.config
-    datamodule = TraceDataModule(corpus, config.batch_size, config.val_fraction, seed)
+    datamodule = TraceDataModule(corpus, config.training.batch_size, config.training.val_fraction, seed)
     batches = [datamodule.train_rows[indices] for indices in datamodule.train_dataloader().batch_sampler]
     return {
         "n_cells": int(model.timecourse.adata.n_obs),

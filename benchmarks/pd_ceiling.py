@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             generated = model.predict(holdout, n_cells=factor * len(real), seed=seed)
             drawn = lognorm_over_genes(generated.X, generated.var_names, genes, count_kind).toarray()
             line = f"| sctrace seed {seed}, {factor * len(real)} cells: sampled | {score(drawn):.3f} |"
-            layer = f"{model.config.likelihood}_mean"
+            layer = f"{model.config.counts.likelihood}_mean"
             if factor == 1 and count_kind == "lognorm" and layer in generated.layers:
                 expected = lognorm_over_genes(generated.layers[layer], generated.var_names, genes, count_kind)
                 line += f"\n| sctrace seed {seed}: expected value of the same cells | {score(expected.toarray()):.3f} |"

@@ -41,8 +41,9 @@ def main() -> None:
         kind = "lognorm"
     config = load_config()
     course = read_timecourse(adata, args.time_key, count_kind=kind)
-    spec = prepare_corpus(course, task="none", n_top_genes=config.n_top_genes, genes=read_gene_choice(config.genes),
-                          max_len=config.max_len, seed=0).spec
+    data = config.data
+    spec = prepare_corpus(course, task="none", n_top_genes=data.n_top_genes, genes=read_gene_choice(data.genes),
+                          max_len=data.max_len, seed=0).spec
     genes = list(spec.genes)
     columns = adata.var_names.get_indexer(genes)
     raw = adata.X[:, columns]

@@ -150,7 +150,7 @@ def synthetic_batch(batch: int, n_times: int, max_len: int, n_genes: int, genera
 
 def build(config: TraceConfig, n_genes: int, n_times: int, device: torch.device) -> TraceNet:
     spec = SimpleNamespace(
-        vocab_size=n_genes + N_SPECIAL, n_genes=n_genes, max_len=config.max_len, time_values=list(range(n_times))
+        vocab_size=n_genes + N_SPECIAL, n_genes=n_genes, max_len=config.data.max_len, time_values=list(range(n_times))
     )
     return build_net(spec, config).to(device).train()
 
@@ -161,10 +161,13 @@ class Trainer:
     def __init__(self, net: TraceNet, config: TraceConfig, device: torch.device, autocast: bool):
         self.net, self.config, self.device, self.autocast = net, config, device, autocast
         count_ids = {id(p) for p in net.count_decoder.parameters()}
+        training = config.training
         self.optimizer = torch.optim.AdamW(
             [
-                {"params": [p for p in net.parameters() if id(p) not in count_ids], "lr": config.lr, "weight_decay": config.weight_decay},
-                {"params": list(net.count_decoder.parameters()), "lr": config.count_lr, "weight_decay": config.count_weight_decay},
+                {"params": [p for p in net.parameters() if id(p) not in count_ids], "lr": training.lr,
+                 "weight_decay": training.weight_decay},
+                {"params": list(net.count_decoder.parameters()), "lr": training.count_lr,
+                 "weight_decay": training.count_weight_decay},
             ]
         )
         self.generator = torch.Generator(device=device).manual_seed(0)
@@ -173,7 +176,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             losses = self.net.training_losses(
                 batch["sentences"], times, target_index, batch["counts"], batch["library_size"],
-                self.config.mask_schedule, self.generator,
+                self.config.training.mask_schedule, self.generator,
             )
             loss = losses["token_loss"] + losses["count_loss"] / self.net.n_genes
         self.optimizer.zero_grad(set_to_none=True)
@@ -236,21 +239,22 @@ def batch_size(preset: str, preset_batch: int, requested: int | None, device: to
 def run_preset(preset: str, threads: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     torch.set_num_threads(threads)
     config = load_config(preset)
-    config = config.update({"batch_size": batch_size(preset, config.batch_size, args.batch_size, device)})
+    config = config.update({"batch_size": batch_size(preset, config.training.batch_size, args.batch_size, device)})
     torch.manual_seed(0)
     net = build(config, args.n_genes, args.n_times, device)
     trainer = Trainer(net, config, device, autocast=device.type == "cuda")
     generator = torch.Generator().manual_seed(1)
-    batch = {k: v.to(device) for k, v in synthetic_batch(config.batch_size, args.n_times, config.max_len, args.n_genes, generator).items()}
+    batch = synthetic_batch(config.training.batch_size, args.n_times, config.data.max_len, args.n_genes, generator)
+    batch = {k: v.to(device) for k, v in batch.items()}
     times = torch.arange(args.n_times, dtype=torch.float32, device=device)
-    shapes = Shapes.of(net, config.max_len + 1, args.n_times)
-    n_masked = expected_mask_fraction(config.mask_schedule, config.max_len) * config.max_len
+    shapes = Shapes.of(net, config.data.max_len + 1, args.n_times)
+    n_masked = expected_mask_fraction(config.training.mask_schedule, config.data.max_len) * config.data.max_len
     per_example = training_flops(shapes, n_masked)
 
     # Warm-up step, counted by torch's FLOP counter to check the analytic formula.
     target_index = 1 + args.n_times // 2
     measured, n_head_rows = counted_flops(trainer, batch, times, target_index)
-    check = training_flops(shapes, n_head_rows / config.batch_size)["total"] * config.batch_size
+    check = training_flops(shapes, n_head_rows / config.training.batch_size)["total"] * config.training.batch_size
     for _ in range(args.warmup - 1):
         trainer.step(batch, times, target_index)
 
@@ -265,13 +269,13 @@ def run_preset(preset: str, threads: int, args: argparse.Namespace, device: torc
     # Timed before and after the steps, the faster kept: the reference is not lowered by a busy moment.
     after = matmul_flops_per_s(args.matmul_size, device, matmul_dtype)
     matmul, matmul_cpu = max(before[0], after[0]), max(before[1], after[1])
-    examples = args.steps * config.batch_size
+    examples = args.steps * config.training.batch_size
     flops = per_example["total"] * examples
     result = {
-        "preset": preset, "threads": threads, "batch": config.batch_size, "steps": args.steps,
+        "preset": preset, "threads": threads, "batch": config.training.batch_size, "steps": args.steps,
         "s_per_step": wall / args.steps, "cpu_s_per_step": cpu / args.steps,
         "examples_per_s": examples / wall,
-        "tokens_per_s": examples * args.n_times * (config.max_len + 1) / wall,
+        "tokens_per_s": examples * args.n_times * (config.data.max_len + 1) / wall,
         "gflop_per_example": per_example["total"] / 1e9,
         "counted_over_analytic": measured / check,
         "achieved_gflop_s": flops / wall / 1e9, "matmul_gflop_s": matmul / 1e9, "fraction": flops / wall / matmul,
@@ -279,7 +283,7 @@ def run_preset(preset: str, threads: int, args: argparse.Namespace, device: torc
         "fraction_cpu_time": flops / cpu / matmul_cpu,
     }
     print(
-        f"{preset:>10} threads={threads} batch={config.batch_size} steps={args.steps}: "
+        f"{preset:>10} threads={threads} batch={config.training.batch_size} steps={args.steps}: "
         f"{result['s_per_step']:.2f} s/step ({result['cpu_s_per_step']:.2f} s CPU), "
         f"{result['examples_per_s']:.2f} examples/s, {result['tokens_per_s']:.0f} tokens/s | "
         f"{result['gflop_per_example']:.3f} GFLOP/example (FlopCounterMode/analytic {result['counted_over_analytic']:.4f}) | "

@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, chosen in [(f"{spec.time_values[k]:g} only", [k]) for k in columns] + [("none", [])]:
         context = [(gather_sentences(corpus.tokens, corpus.lengths, rows[:, k]), spec.time_values[k]) for k in chosen]
         sentences, _ = maskgit_generate(net, source, spec.source_time, context, args.holdout, length,
-                                        n_iter=model.config.n_iter, temperature=model.config.temperature,
-                                        schedule=model.config.mask_schedule,
+                                        n_iter=model.config.generation.n_iter,
+                                        temperature=model.config.generation.temperature,
+                                        schedule=model.config.training.mask_schedule,
                                         generator=torch.Generator().manual_seed(args.seed))
         print(row(label, sentences.numpy()))
     return 0

@@ -34,8 +34,8 @@ def main() -> None:
     from sctrace import TRACE
 
     model = TRACE.load(args.run)
-    if model.config.likelihood != "zinb":
-        raise SystemExit(f"{args.run} was fitted with {model.config.likelihood}; this script reads a zinb run.")
+    if model.config.counts.likelihood != "zinb":
+        raise SystemExit(f"{args.run} was fitted with {model.config.counts.likelihood}; this script reads a zinb run.")
     adata = ad.read_h5ad(args.data)
     times = adata.obs[args.time_key].astype(float).to_numpy()
     _, tokens, lengths = heldout_arrays(adata, model, "counts")

@@ -20,6 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sctrace import cli
+from sctrace.config import SECTION_OF
 
 N_CELLS, N_GENES, HOLDOUT = 400, 200, 4.0
 runner = CliRunner()
@@ -251,9 +252,9 @@ def test_fit_writes_a_run_with_the_yaml_config(run_dir, tiny_fast_config):
     for name in ("model.safetensors", "config.yaml", "corpus/corpus.json", "sctrace_run.json"):
         assert (run_dir / name).exists(), name
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["max_epochs"] == 1  # the flag beats the YAML file
+    assert config["training"]["max_epochs"] == 1  # the flag beats the YAML file
     for key in ("d_model", "n_top_genes", "max_len", "n_encoder_layers"):
-        assert config[key] == tiny_fast_config[key]
+        assert config[SECTION_OF[key]][key] == tiny_fast_config[key]
     spec = json.loads((run_dir / "corpus/corpus.json").read_text())
     assert spec["holdout"] == HOLDOUT and HOLDOUT not in spec["time_values"]
 

@@ -1,10 +1,18 @@
-"""Removed config keys: refused in a user's config, migrated out of saved runs' config.yaml (versioned)."""
+"""Config files: removed keys refused in a user's config and migrated out of saved runs' config.yaml (versioned);
+format 4 nests the keys by section, flat keys still read."""
+
+import dataclasses
 
 import pytest
 import yaml
 
 from sctrace._errors import SctraceInputError
-from sctrace.config import CONFIG_VERSION, REMOVED_KEYS, TraceConfig, load_config
+from sctrace.config import CONFIG_VERSION, REMOVED_KEYS, SECTION_OF, SECTIONS, TraceConfig, load_config
+
+
+def _config(**flat):
+    """The defaults with ``flat`` keys set (each key's section is found by its name)."""
+    return TraceConfig().update(flat)
 
 
 def test_a_removed_key_in_a_users_config_is_named_and_refused(tmp_path):
@@ -18,14 +26,14 @@ def test_a_removed_key_in_a_users_config_is_named_and_refused(tmp_path):
 
 def test_saved_configs_carry_their_version_and_read_back(tmp_path):
     path = tmp_path / "config.yaml"
-    TraceConfig(d_model=48).to_yaml(path)
+    _config(d_model=48).to_yaml(path)
     assert yaml.safe_load(path.read_text())["config_version"] == CONFIG_VERSION
-    assert TraceConfig.from_yaml(path) == TraceConfig(d_model=48)
+    assert TraceConfig.from_yaml(path) == _config(d_model=48)
 
 
 def _old_run_config(tmp_path, **removed):
     """A version-1 config.yaml: no version key, every removed key at the value fit wrote, updated by ``removed``."""
-    fields = TraceConfig(d_model=48).__dict__.copy()
+    fields = _config(d_model=48).flat().copy()
     fields.update({key: kept for key, (kept, _) in REMOVED_KEYS.items()}, **removed)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(fields))
@@ -33,13 +41,13 @@ def _old_run_config(tmp_path, **removed):
 
 
 def test_an_old_run_with_the_kept_values_loads_silently(tmp_path, recwarn):
-    assert TraceConfig.from_yaml(_old_run_config(tmp_path)) == TraceConfig(d_model=48)
+    assert TraceConfig.from_yaml(_old_run_config(tmp_path)) == _config(d_model=48)
     assert not [w for w in recwarn if "no longer supported" in str(w.message)]
 
 
 def test_an_old_run_trained_with_a_removed_training_setting_loads_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"time_mixup: 0.5, no longer supported; its weights predict as trained"):
-        assert TraceConfig.from_yaml(_old_run_config(tmp_path, time_mixup=0.5)) == TraceConfig(d_model=48)
+        assert TraceConfig.from_yaml(_old_run_config(tmp_path, time_mixup=0.5)) == _config(d_model=48)
 
 
 def test_an_old_run_of_a_network_no_longer_built_is_refused(tmp_path):
@@ -61,7 +69,7 @@ PRUNED_KEYS = PRUNED_NETWORK_KEYS + PRUNED_TRAINING_KEYS
 
 def _version_2_run_config(tmp_path, **removed):
     """A version-2 config.yaml as fit wrote it while the pruned keys existed (at their defaults), updated by ``removed``."""
-    fields = {"config_version": 2, **TraceConfig(d_model=48).__dict__, **dict.fromkeys(PRUNED_KEYS, False), **removed}
+    fields = {"config_version": 2, **_config(d_model=48).flat(), **dict.fromkeys(PRUNED_KEYS, False), **removed}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(fields, sort_keys=False))
     return path
@@ -69,13 +77,13 @@ def _version_2_run_config(tmp_path, **removed):
 
 def test_the_pruned_keys_are_removed_keys_off_by_default():
     for key in PRUNED_KEYS:
-        assert key not in TraceConfig().__dict__
+        assert key not in TraceConfig().flat()
         assert REMOVED_KEYS[key] == (False, key in PRUNED_NETWORK_KEYS)
 
 
 def test_a_version_2_run_with_the_pruned_keys_off_loads_silently(tmp_path, recwarn):
-    assert CONFIG_VERSION == 3
-    assert TraceConfig.from_yaml(_version_2_run_config(tmp_path)) == TraceConfig(d_model=48)
+    assert CONFIG_VERSION == 4
+    assert TraceConfig.from_yaml(_version_2_run_config(tmp_path)) == _config(d_model=48)
     assert not [w for w in recwarn if "no longer supported" in str(w.message)]
 
 
@@ -88,7 +96,7 @@ def test_a_version_2_run_whose_pruned_key_built_another_network_is_refused(tmp_p
 @pytest.mark.parametrize("key", PRUNED_TRAINING_KEYS)
 def test_a_version_2_run_trained_with_a_pruned_training_key_loads_with_a_warning(tmp_path, key):
     with pytest.warns(UserWarning, match=f"{key}: True, no longer supported; its weights predict as trained"):
-        assert TraceConfig.from_yaml(_version_2_run_config(tmp_path, **{key: True})) == TraceConfig(d_model=48)
+        assert TraceConfig.from_yaml(_version_2_run_config(tmp_path, **{key: True})) == _config(d_model=48)
 
 
 def test_a_users_config_naming_the_pruned_keys_is_refused_with_their_names(tmp_path):
@@ -102,8 +110,93 @@ def test_a_users_config_naming_the_pruned_keys_is_refused_with_their_names(tmp_p
 
 
 def test_a_version_2_run_without_min_rows_had_one_partner_set_per_source_cell(tmp_path):
-    fields = {"config_version": 2, **{k: v for k, v in TraceConfig(d_model=48).__dict__.items() if k != "min_rows"}}
+    fields = {"config_version": 2, **{k: v for k, v in _config(d_model=48).flat().items() if k != "min_rows"}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(fields, sort_keys=False))
-    assert TraceConfig.from_yaml(path) == TraceConfig(d_model=48, min_rows=0)
-    assert TraceConfig().min_rows == 1024
+    assert TraceConfig.from_yaml(path) == _config(d_model=48, min_rows=0)
+    assert TraceConfig().data.min_rows == 1024
+
+
+def test_a_version_3_run_with_count_standardise_loads_when_off_and_is_refused_when_on(tmp_path, recwarn):
+    assert REMOVED_KEYS["count_standardise"] == (False, True)  # its running statistics were the head's buffers
+    path = tmp_path / "config.yaml"
+    for value in (False, True):
+        fields = {"config_version": 3, **_config(d_model=48).flat(), "count_standardise": value}
+        path.write_text(yaml.safe_dump(fields, sort_keys=False))
+        if value:
+            with pytest.raises(SctraceInputError, match="count_standardise: True, which sctrace no longer builds"):
+                TraceConfig.from_yaml(path)
+        else:
+            assert TraceConfig.from_yaml(path) == _config(d_model=48)
+    assert not [w for w in recwarn if "no longer supported" in str(w.message)]
+    with pytest.raises(SctraceInputError, match="count_standardise in overrides were removed"):
+        load_config(count_standardise=True)
+
+
+# Format 4: the keys nested by section in config.yaml; flat keys (presets, user files, overrides) still work.
+CHANGED = {"genes": "hvg", "d_model": 48, "count_hidden": 64, "lr": 0.01, "temperature": 0.5, "count_sampling": "iid"}
+
+
+def test_a_version_3_flat_run_loads_into_its_sections_with_the_same_values(tmp_path):
+    path = tmp_path / "config.yaml"
+    flat = {**TraceConfig().flat(), **CHANGED}
+    path.write_text(yaml.safe_dump({"config_version": 3, **flat}, sort_keys=False))
+    config = TraceConfig.from_yaml(path)
+    assert config.flat() == flat
+    assert (config.data.genes, config.network.d_model, config.counts.count_hidden, config.training.lr,
+            config.generation.temperature, config.generation.count_sampling) == ("hvg", 48, 64, 0.01, 0.5, "iid")
+
+
+def test_a_version_4_config_is_nested_by_section_and_reads_back(tmp_path):
+    path = tmp_path / "config.yaml"
+    config = _config(**CHANGED)
+    config.to_yaml(path)
+    saved = yaml.safe_load(path.read_text())
+    assert list(saved) == ["config_version", *SECTIONS] and saved["config_version"] == 4
+    assert {key: list(saved[key]) for key in SECTIONS} == {
+        name: [key for key, section in SECTION_OF.items() if section == name] for name in SECTIONS}
+    assert saved["training"]["lr"] == 0.01 and saved["network"]["d_model"] == 48
+    assert TraceConfig.from_yaml(path) == config
+    assert len(dataclasses.fields(TraceConfig)) == 5
+
+
+def test_overrides_nested_by_section(tmp_path):
+    nested = TraceConfig().update({"training": {"lr": 0.01}, "network": {"d_model": 48}, "generation": None})
+    assert nested == _config(lr=0.01, d_model=48)
+    assert (nested.training.lr, nested.network.d_model, nested.training.weight_decay) == (0.01, 48, 1e-4)
+    path = tmp_path / "mine.yaml"
+    path.write_text("training:\n  lr: 0.01\ndata:\n  n_top_genes: 100\nd_model: 48\n")
+    loaded = load_config(config_file=path)
+    assert (loaded.training.lr, loaded.network.d_model, loaded.data.n_top_genes) == (0.01, 48, 100)
+    assert loaded.data.genes == "hvg"  # a number of HVGs asked for means HVGs, nested or not
+    with pytest.raises(SctraceInputError, match=r"d_model \(in network\) in overrides are not in section training"):
+        TraceConfig().update({"training": {"d_model": 48}})
+    with pytest.raises(SctraceInputError, match="unknown config key.s. learning_rate in overrides; valid keys"):
+        TraceConfig().update({"training": {"learning_rate": 0.01}})
+    with pytest.raises(SctraceInputError, match="config key 'lr' in overrides must be a float, got 'fast'"):
+        TraceConfig().update({"training": {"lr": "fast"}})
+    with pytest.raises(SctraceInputError, match="time_bias in overrides were removed"):
+        TraceConfig().update({"network": {"time_bias": False}})
+    with pytest.raises(SctraceInputError, match="config section 'training' in overrides must be a mapping"):
+        TraceConfig().update({"training": 0.01})
+
+
+def test_flat_overrides_reach_their_sections():
+    config = TraceConfig().update({"lr": 0.01, "pairing": "random", "count_sampling": "iid"})
+    assert (config.training.lr, config.data.pairing, config.generation.count_sampling) == (0.01, "random", "iid")
+    assert config.network == TraceConfig().network and config.counts == TraceConfig().counts
+    assert load_config(lr=0.01).training.lr == 0.01
+    with pytest.raises(SctraceInputError, match="must be one of random, stratified, ot, got 'nearest'"):
+        TraceConfig().update({"pairing": "nearest"})
+    with pytest.raises(SctraceInputError, match="'context_dropout' in overrides is a probability in"):
+        TraceConfig().update({"context_dropout": 1.0})
+    with pytest.raises(SctraceInputError, match="time_code: relative with rank_encoding: unified"):
+        TraceConfig().update({"time_code": "relative", "network": {"rank_encoding": "unified"}})
+
+
+def test_choices_come_from_every_sections_literal_keys():
+    from sctrace.config import CHOICES
+
+    assert {"pairing", "encoder", "rank_encoding", "time_code", "likelihood", "mask_schedule",
+            "count_sampling"} <= set(CHOICES)
+    assert CHOICES["count_sampling"] == ("iid", "stratified", "copula")

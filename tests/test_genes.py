@@ -54,10 +54,10 @@ def test_auto_models_every_gene_up_to_the_limit_and_the_most_variable_above(cour
 def test_the_default_is_auto():
     from sctrace.config import TraceConfig, load_config
 
-    assert TraceConfig().genes == "auto" and load_config().genes == "auto"
+    assert TraceConfig().data.genes == "auto" and load_config().data.genes == "auto"
     # A number of HVGs the user asks for means HVGs; an explicit choice of genes wins over it.
-    assert load_config(n_top_genes=100).genes == "hvg"
-    assert load_config(n_top_genes=100, genes="all").genes == "all"
+    assert load_config(n_top_genes=100).data.genes == "hvg"
+    assert load_config(n_top_genes=100, genes="all").data.genes == "all"
 
 
 def test_gene_files_and_bad_choices(course, tmp_path):

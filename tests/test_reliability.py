@@ -129,7 +129,7 @@ def test_errors_name_the_fix_in_the_interface_called(sim_file, run_dir, tiny_yam
     # A log-normalised file is read as such by default, through the API and the CLI alike; declared as counts it
     # is refused with the same hint in each interface's words.
     lognorm = _lognormalised(sim_file, tmp_path / "lognorm.h5ad")
-    assert TRACE(lognorm, "time", holdout=HOLDOUT).config.likelihood == "hurdle"
+    assert TRACE(lognorm, "time", holdout=HOLDOUT).config.counts.likelihood == "hurdle"
     invoke(*fit_args(lognorm, tmp_path / "fitted", tiny_yaml))
     assert TRACE.load(tmp_path / "fitted").spec.count_kind == "lognorm"
     with pytest.raises(SctraceInputError, match=r"or count_kind='lognorm': they look log-normalised"):
@@ -220,11 +220,15 @@ def test_a_run_with_missing_config_keys_or_other_shapes_is_corrupt(run_dir, tmp_
     shutil.copytree(run_dir, broken)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     args = ["predict", broken, "--time", HOLDOUT, "--out", tmp_path / "p.h5ad", "--n-cells", 3]
-    (broken / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "count_sampling"}))
+    network, generation = config["network"], config["generation"]
+    (broken / "config.yaml").write_text(yaml.safe_dump(
+        {**config, "generation": {k: v for k, v in generation.items() if k != "count_sampling"}}))
     assert_one_line_error(monkeypatch, capsys, args, "is corrupt: its config.yaml lacks the key(s) count_sampling")
-    (broken / "config.yaml").write_text(yaml.safe_dump({**config, "d_model": 2 * config["d_model"]}))
+    (broken / "config.yaml").write_text(yaml.safe_dump(
+        {**config, "network": {**network, "d_model": 2 * network["d_model"]}}))
     assert_one_line_error(monkeypatch, capsys, args, "do not match its config and corpus (")
-    (broken / "config.yaml").write_text(yaml.safe_dump({**config, "n_encoder_layers": config["n_encoder_layers"] + 1}))
+    (broken / "config.yaml").write_text(yaml.safe_dump(
+        {**config, "network": {**network, "n_encoder_layers": network["n_encoder_layers"] + 1}}))
     assert_one_line_error(monkeypatch, capsys, args, "missing, 0 unexpected tensors); the run directory is corrupt")
     assert not (tmp_path / "p.h5ad").exists()
 

@@ -98,16 +98,16 @@ def prepare(
     _set_threads(threads)
     settings = load_config(preset, config, n_top_genes=n_top_genes, genes=genes, max_len=max_len)
     source = read_h5ad(data) if data is not None else simulated()
-    kind, _ = resolve_count_kind(source, layer, count_kind, settings.likelihood)  # as fit decides it
+    kind, _ = resolve_count_kind(source, layer, count_kind, settings.counts.likelihood)  # as fit decides it
     timecourse = read_timecourse(
         source, time_key, layer=layer, stratify=stratify or (), time_map=_parse_time_map(time_map), count_kind=kind,
     )
-    pairing = pairing or ("stratified" if stratify else settings.pairing)
+    pairing = pairing or ("stratified" if stratify else settings.data.pairing)
     check_pairing(pairing, stratify)
     corpus = prepare_corpus(
         timecourse, task=task, holdout=None if holdout is None else parse_time(holdout),
-        n_top_genes=settings.n_top_genes, genes=read_gene_choice(settings.genes), max_len=settings.max_len,
-        pairing=pairing, seed=seed, min_rows=settings.min_rows,
+        n_top_genes=settings.data.n_top_genes, genes=read_gene_choice(settings.data.genes), max_len=settings.data.max_len,
+        pairing=pairing, seed=seed, min_rows=settings.data.min_rows,
     )
     typer.echo(corpus_summary(timecourse, corpus, pairing))
 

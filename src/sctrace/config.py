@@ -1,11 +1,13 @@
-"""Hyper-parameters: one dataclass, presets from the paper's tables (YAML files shipped with the package)."""
+"""Hyper-parameters: five sections (data, network, counts, training, generation) in one TraceConfig, presets from
+the paper's tables (YAML files shipped with the package)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
@@ -50,11 +52,13 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "time_bias": (False, True),  # its bias module has weights
     "count_time": (False, True),  # the count head's first layer took one more input
     "source_time_target": (False, False),  # training only
+    "count_standardise": (False, True),  # its running statistics are buffers of the count head
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
-# version-2 file lacks and meant 0 (one partner set per source cell).
-CONFIG_VERSION = 3
+# version-2 file lacks and meant 0 (one partner set per source cell); 4 nests the same keys by section (versions
+# 1-3 are flat).
+CONFIG_VERSION = 4
 LEGACY_DEFAULTS: dict[str, Any] = {
     "n_top_genes": 2000, "max_len": 128, "dropout": 0.1, "max_epochs": 30, "time_scale": 100.0, "context_dropout": 0.0,
     "pairing": "random", "zinb_mean": "nb", "count_pooling": "cls", "hurdle_marginal": "gaussian",
@@ -66,14 +70,9 @@ RATES = ("dropout", "count_dropout", "context_dropout")
 
 
 @dataclass
-class TraceConfig:
-    """Everything that shapes a run; saved as ``config.yaml`` in the run directory.
+class DataConfig:
+    """What the corpus holds: genes, sentence length, and how training rows pair cells across times."""
 
-    The defaults are the recommended model (cpu-small); the paper presets set the published values, and BENCHMARKS.md
-    (and docs/guide.md, "Why the defaults") has the measurements behind each choice.
-    """
-
-    # data
     n_top_genes: int = 1000
     # Which genes are modelled: "auto" (every expressed gene up to 3,000, else "hvg"), "hvg" (the n_top_genes most
     # variable; every expressed gene when there are fewer), "all" (every gene expressed in a training cell) or the
@@ -86,7 +85,12 @@ class TraceConfig:
     # differ, and its hundred fixed rows are no longer learnt by heart (BENCHMARKS.md, "Several partner sets per
     # source cell"). A course with this many source cells keeps one set each, from the entropic plan too.
     min_rows: int = 1024
-    # model
+
+
+@dataclass
+class NetworkConfig:
+    """The token transformer: encoder, decoder and how genes' ranks and times are coded."""
+
     d_model: int = 64
     # "scratch": trained with the rest; "random": the same encoder left at its random initialisation (a control:
     # what learning to read the source adds); "geneformer": a pretrained Geneformer-format BERT reads the source.
@@ -106,9 +110,12 @@ class TraceConfig:
     # decoded time, which is then 0), so that an extrapolated or in-between time is a configuration of gaps that
     # training showed rather than a time code it never saw.
     time_code: TimeCode = "absolute"
-    # Each context time point is left out of a training batch with this probability, so the decoder cannot
-    # tell the target by the gap it leaves in the context (validation always uses the full context).
-    context_dropout: float = 0.5
+
+
+@dataclass
+class CountConfig:
+    """The count decoder: what it reads and the likelihood of the values it gives."""
+
     # The count decoder's outputs are offsets from each gene's training-time statistics interpolated to the decoded
     # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior):
     # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
@@ -117,9 +124,6 @@ class TraceConfig:
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False
-    # The count decoder's input standardised by running statistics over training batches of every time, so that
-    # the small differences between times' decoder states reach the head at the scale of the differences in cells.
-    count_standardise: bool = False
     count_hidden: int = 128
     count_dropout: float = 0.1
     # "auto": zinb for raw counts, the hurdle for log-normalised values, as the data hold (decided once, by
@@ -134,11 +138,16 @@ class TraceConfig:
     # The hurdle's positive part: "gaussian" (MAST's; the paper presets) or "quantile" (the Gaussian on normal
     # scores of each gene's training values, drawn back through them).
     hurdle_marginal: HurdleMarginal = "quantile"
-    # training
+
+
+@dataclass
+class TrainingConfig:
+    """The optimiser, the masking schedule, how long to train, and what a training batch leaves out."""
+
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    count_lr: float = 5e-3
+    count_lr: float = 5e-3  # the count decoder's own optimiser group
     count_weight_decay: float = 1e-3
     mask_schedule: MaskSchedule = "cosine"
     max_epochs: int = 60
@@ -149,7 +158,15 @@ class TraceConfig:
     min_steps: int = 0
     patience: int = 8
     val_fraction: float = 0.1
-    # generation
+    # Each context time point is left out of a training batch with this probability, so the decoder cannot
+    # tell the target by the gap it leaves in the context (validation always uses the full context).
+    context_dropout: float = 0.5
+
+
+@dataclass
+class GenerationConfig:
+    """How new cells are drawn: the token sampler, and the count decoder's values across cells."""
+
     temperature: float = 1.0
     n_iter: int = 20
     # How generated cells' values are drawn from the count decoder: "iid" (each value on its own; the paper
@@ -157,21 +174,54 @@ class TraceConfig:
     # (the same levels, re-ordered across cells so genes co-vary as in the nearest times' training cells).
     count_sampling: CountSampling = "copula"
 
-    def update(self, overrides: dict[str, Any], origin: str = "overrides") -> TraceConfig:
-        """A copy with ``overrides`` applied; unknown keys and wrong types are named in the error."""
-        known = {f.name: f for f in dataclasses.fields(self)}
+
+# Section name -> its dataclass, in the order config.yaml lists them.
+SECTIONS: dict[str, type] = {"data": DataConfig, "network": NetworkConfig, "counts": CountConfig,
+                             "training": TrainingConfig, "generation": GenerationConfig}
+# Each key's section: keys are unique across sections, so presets, user files and overrides stay flat.
+SECTION_OF: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+assert len(SECTION_OF) == sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values()), "a key in two sections"
+
+
+@dataclass
+class TraceConfig:
+    """Everything that shapes a run; saved as ``config.yaml`` in the run directory, nested by section.
+
+    Read a key through its section (``config.training.lr``); set keys with :meth:`update`, by flat name or nested
+    by section. The defaults are the recommended model (cpu-small); the paper presets set the published values, and
+    BENCHMARKS.md (and docs/guide.md, "Why the defaults") has the measurements behind each choice.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    counts: CountConfig = field(default_factory=CountConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """Every key by its flat name, section by section (what resume checks and reports compare)."""
+        return {key: value for name in SECTIONS for key, value in dataclasses.asdict(getattr(self, name)).items()}
+
+    def nested(self) -> dict[str, dict[str, Any]]:
+        """Section -> its keys: config.yaml's layout."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def update(self, overrides: Mapping[str, Any], origin: str = "overrides") -> TraceConfig:
+        """A copy with ``overrides`` applied, flat (``{"lr": 0.01}``) or by section (``{"training": {"lr": 0.01}}``);
+        unknown keys and wrong types are named in the error."""
+        overrides = flatten_overrides(overrides, origin)
         removed = sorted(set(overrides) & set(REMOVED_KEYS))
         if removed:
             raise SctraceInputError(
                 f"config key(s) {', '.join(removed)} in {origin} were removed (they lost their benchmarks, "
                 "CHANGELOG.md); delete them."
             )
-        unknown = sorted(set(overrides) - set(known))
+        unknown = sorted(set(overrides) - set(SECTION_OF))
         if unknown:
             raise SctraceInputError(
-                f"unknown config key(s) {', '.join(unknown)} in {origin}; valid keys: {', '.join(sorted(known))}."
+                f"unknown config key(s) {', '.join(unknown)} in {origin}; valid keys: {', '.join(sorted(SECTION_OF))}."
             )
-        values = dataclasses.asdict(self)
+        values = self.flat()
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -189,10 +239,11 @@ class TraceConfig:
         if values["time_code"] == "relative" and values["rank_encoding"] == "unified":
             raise SctraceInputError(f"config in {origin} sets time_code: relative with rank_encoding: unified, which "
                                     "has no time code of its own; use one of them.")
-        return TraceConfig(**values)
+        return TraceConfig(**{name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+                              for name, cls in SECTIONS.items()})
 
     def to_yaml(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump({"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}, sort_keys=False))
+        Path(path).write_text(yaml.safe_dump({"config_version": CONFIG_VERSION, **self.nested()}, sort_keys=False))
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TraceConfig:
@@ -200,15 +251,39 @@ class TraceConfig:
         return cls().update(migrate_run_config(_read_yaml(path), str(path)), origin=str(path))
 
 
-# Each Literal-typed key and the words it takes, from TraceConfig's annotations.
+# Each Literal-typed key and the words it takes, from the sections' annotations.
 CHOICES: dict[str, tuple[str, ...]] = {
-    name: get_args(hint) for name, hint in get_type_hints(TraceConfig).items() if get_args(hint)
+    name: get_args(hint) for cls in SECTIONS.values() for name, hint in get_type_hints(cls).items() if get_args(hint)
 }
 
 
+def flatten_overrides(overrides: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """Config keys by flat name, from a mapping that may nest some of them by section.
+
+    A key put in another section is refused (it was meant for somewhere else); one given twice takes the later.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in SECTIONS:
+            items = [(key, value)]
+        elif value is None:  # an empty section in YAML
+            continue
+        elif not isinstance(value, Mapping):
+            raise SctraceInputError(f"config section '{key}' in {origin} must be a mapping of its keys, got {value!r}.")
+        else:
+            misplaced = sorted(k for k in value if SECTION_OF.get(k, key) != key)
+            if misplaced:
+                shown = ", ".join(f"{k} (in {SECTION_OF[k]})" for k in misplaced)
+                raise SctraceInputError(f"config key(s) {shown} in {origin} are not in section {key}; move them.")
+            items = list(value.items())
+        flat.update(items)
+    return flat
+
+
 def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
-    """A saved run's config in today's format: removed keys dropped where the kept code reproduces the run, the
-    keys a version-1 file lacks filled with the defaults of its time (:data:`LEGACY_DEFAULTS`).
+    """A saved run's config as today's keys, flat (for :meth:`TraceConfig.update`): a version-4 file's sections
+    flattened, removed keys dropped where the kept code reproduces the run, the keys a version-1 file lacks filled
+    with the defaults of its time (:data:`LEGACY_DEFAULTS`).
 
     A removed key that built another network (e.g. tied embeddings) is refused: its weights do not fit. A removed
     training-only setting is dropped with a warning: the saved weights still predict as trained.
@@ -218,6 +293,7 @@ def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
     if not isinstance(version, int) or version > CONFIG_VERSION:
         raise SctraceInputError(f"{origin} has config_version {version!r}, newer than this sctrace reads "
                                 f"({CONFIG_VERSION}); upgrade sctrace.")
+    raw = flatten_overrides(raw, origin)  # version 4 nests by section; 1-3 are flat already
     if version == 1:
         raw = {**LEGACY_DEFAULTS, **raw}  # a key such a run lacks took the default of its time
     elif version == 2:
@@ -272,7 +348,8 @@ def load_config(preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | N
     config = config.update(overrides, origin="overrides")
     # A number of highly variable genes asked for by the user (not the preset's) means HVGs: with `genes: auto`
     # left in place, a 900-gene data set would model all 900 whatever --n-top-genes said.
-    asked = {**user, **{k: v for k, v in overrides.items() if v is not None}}
-    if "n_top_genes" in asked and "genes" not in asked and config.genes == "auto":
+    asked = {**flatten_overrides(user, str(config_file)),
+             **{k: v for k, v in flatten_overrides(overrides, "overrides").items() if v is not None}}
+    if "n_top_genes" in asked and "genes" not in asked and config.data.genes == "auto":
         config = config.update({"genes": "hvg"}, origin="overrides")
     return config

@@ -19,6 +19,7 @@ from sctrace._errors import SctraceInputError, option, option_name
 from sctrace.config import (
     CHOICES,
     DEFAULT_PRESET,
+    flatten_overrides,
     load_config,
 )
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
@@ -94,7 +95,9 @@ class TRACE:
     stratify
         obs columns for stratified pairing (the pairing becomes ``stratified``).
     preset, config
-        A preset name and optionally a YAML file; ``overrides`` are applied last (e.g. ``max_epochs=5``).
+        A preset name and optionally a YAML file; ``overrides`` are applied last, flat (``max_epochs=5``) or by
+        section (``training={"max_epochs": 5}``). The result is ``self.config``, read by section
+        (``model.config.training.max_epochs``).
     """
 
     def __init__(
@@ -113,10 +116,10 @@ class TRACE:
         seed: int = 0,
         **overrides,
     ):
-        if stratify and "pairing" not in overrides:
+        if stratify and "pairing" not in flatten_overrides(overrides, "overrides"):  # flat or under data
             overrides["pairing"] = "stratified"
         self.config = load_config(preset, config, **overrides)
-        check_pairing(self.config.pairing, stratify)
+        check_pairing(self.config.data.pairing, stratify)
         self.seed = seed
         # Data on disk stay there: the matrix is read a block of cells at a time and the corpus is written to a
         # directory of its own and read back by rows, so memory does not grow with the number of cells.
@@ -124,7 +127,7 @@ class TRACE:
         if not isinstance(adata, ad.AnnData):
             adata = read_h5ad(adata, backed=True)
         # What the matrix holds, read from its values unless the caller says, and the likelihood that follows.
-        count_kind, likelihood = resolve_count_kind(adata, layer, count_kind, self.config.likelihood)
+        count_kind, likelihood = resolve_count_kind(adata, layer, count_kind, self.config.counts.likelihood)
         self.config = self.config.update({"likelihood": likelihood})
         self.timecourse: TimeCourse | None = read_timecourse(
             adata, time_key, layer=layer, time_map=time_map, stratify=stratify, count_kind=count_kind, backed=on_disk
@@ -135,17 +138,17 @@ class TRACE:
             weakref.finalize(self, shutil.rmtree, corpus_dir, ignore_errors=True)
         holdout_value = None if holdout is None else parse_time(holdout)
         gene_medians = None
-        if self.config.encoder == "geneformer":
+        if self.config.network.encoder == "geneformer":
             gene_medians = geneformer_medians(self.config, self.timecourse.gene_names())
         self.corpus: Corpus = prepare_corpus(
             self.timecourse,
             task=task,
             holdout=holdout_value,
-            n_top_genes=self.config.n_top_genes,
-            genes=read_gene_choice(self.config.genes),
-            max_len=self.config.max_len,
-            pairing=self.config.pairing,
-            min_rows=self.config.min_rows,
+            n_top_genes=self.config.data.n_top_genes,
+            genes=read_gene_choice(self.config.data.genes),
+            max_len=self.config.data.max_len,
+            pairing=self.config.data.pairing,
+            min_rows=self.config.data.min_rows,
             seed=seed,
             gene_medians=gene_medians,
             directory=corpus_dir,
@@ -159,7 +162,7 @@ class TRACE:
             self.net.count_decoder.fit_sentence_offsets(self.corpus.counts, self.corpus.tokens, seed=seed)
         if self.net.count_prior is not None:
             decoder = self.net.count_decoder
-            self.net.count_prior.fit(self.corpus.counts, self.corpus.cell_times, self.config.likelihood,
+            self.net.count_prior.fit(self.corpus.counts, self.corpus.cell_times, self.config.counts.likelihood,
                                      decoder.marginal_quantiles if decoder.quantile_marginal else None, seed)
         self.copula: GeneCopula | None = None if self.corpus.counts is None else GeneCopula.fit(
             self.corpus.counts, self.corpus.cell_times, self.spec.time_values, self.spec.count_kind, seed=seed)
@@ -176,8 +179,8 @@ class TRACE:
         return (
             f"TRACE({spec.n_genes} genes, times {spec.time_values}, task={spec.task}, holdout={spec.holdout}, "
             f"{len(self.corpus.pairs)} pairs, trained={self.is_trained}"
-            + (f", encoder: {encoder.summary()} ({self.config.encoder_mode})" if encoder is not None else "")
-            + (", encoder: random, frozen at initialisation" if self.config.encoder == "random" else "")
+            + (f", encoder: {encoder.summary()} ({self.config.network.encoder_mode})" if encoder is not None else "")
+            + (", encoder: random, frozen at initialisation" if self.config.network.encoder == "random" else "")
             + ")"
         )
 
@@ -221,8 +224,9 @@ class TRACE:
             )
         if max_epochs is not None:
             self.config = self.config.update({"max_epochs": max_epochs})
-        if self.config.max_epochs < 1:
-            raise SctraceInputError(f"{option_name('max_epochs')} must be at least 1, got {self.config.max_epochs}.")
+        if self.config.training.max_epochs < 1:
+            raise SctraceInputError(
+                f"{option_name('max_epochs')} must be at least 1, got {self.config.training.max_epochs}.")
         if precision not in PRECISIONS:
             raise SctraceInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
         if precision == "auto":
@@ -327,8 +331,8 @@ class TRACE:
             starts = tokenize_with_spec(self.spec, matrix, source.var_names)
             source_names = np.asarray(source.obs_names).astype(str)
             n_cells = source.n_obs
-        depths = None if library_size is None else library_values(library_size, self.config.likelihood)
-        sampling = sampling or self.config.count_sampling
+        depths = None if library_size is None else library_values(library_size, self.config.counts.likelihood)
+        sampling = sampling or self.config.generation.count_sampling
         if sampling not in CHOICES["count_sampling"]:
             raise SctraceInputError(f"unknown sampling {sampling!r}; choose one of {', '.join(CHOICES['count_sampling'])}.")
         if sampling == "copula" and self.copula is None:
@@ -376,7 +380,7 @@ class TRACE:
                 z, _ = self.net.encode(gather_sentences(tokens, lengths, chunk), self.net.frame(at, at))
                 cells.append(z[:, 0].numpy())
         out = adata.copy()
-        out.obsm["X_sctrace"] = np.concatenate(cells) if cells else np.zeros((0, self.config.d_model), np.float32)
+        out.obsm["X_sctrace"] = np.concatenate(cells) if cells else np.zeros((0, self.config.network.d_model), np.float32)
         genes = self.gene_embeddings()
         table = np.full((adata.n_vars, genes.shape[1]), np.nan, dtype=np.float32)
         index = pd.Index(spec.genes).get_indexer(adata.var_names.astype(str))

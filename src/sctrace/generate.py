@@ -302,8 +302,8 @@ def predict_cells(
         library = spec.sample_library_sizes(time, n_cells, rng)
     else:
         library = np.full(n_cells, depths[0]) if depths.size == 1 else rng.choice(depths, size=n_cells)
-    temperature = temperature or config.temperature
-    n_iter = n_iter or config.n_iter
+    temperature = temperature or config.generation.temperature
+    n_iter = n_iter or config.generation.n_iter
     context_columns = [k for k, t in enumerate(spec.time_values) if k > 0 and not np.isclose(t, time)]
     # Drawn after the rows and depths, so iid runs keep the random streams they had before this option.
     strata = None
@@ -317,7 +317,7 @@ def predict_cells(
 
     tokens_out, cls_out, mean_out, sample_out = generate_cells(
         net, corpus, rows, starts, context_columns, time, length, library, strata, generator,
-        n_iter=n_iter, temperature=temperature, schedule=config.mask_schedule, batch_size=batch_size,
+        n_iter=n_iter, temperature=temperature, schedule=config.training.mask_schedule, batch_size=batch_size,
     )
 
     if source_names is None:
@@ -327,13 +327,13 @@ def predict_cells(
         index=[f"sctrace_{i}" for i in range(n_cells)],
     )
     out = ad.AnnData(sp.csr_matrix(np.concatenate(sample_out).astype(np.float32)), obs=obs, var=pd.DataFrame(index=spec.genes))
-    out.layers[f"{config.likelihood}_mean"] = np.concatenate(mean_out).astype(np.float32)
+    out.layers[f"{config.counts.likelihood}_mean"] = np.concatenate(mean_out).astype(np.float32)
     out.obsm["X_sctrace"] = np.concatenate(cls_out)
     out.obsm["sctrace_tokens"] = np.concatenate(tokens_out)
     out.uns["sctrace"] = {
         "time": time, "length": length, "temperature": temperature, "n_iter": n_iter, "seed": seed,
-        "likelihood": config.likelihood, "count_kind": spec.count_kind, "sampling": sampling,
-        "genes": config.genes,  # which genes were modelled: hvg, all, or the gene file given at fit
+        "likelihood": config.counts.likelihood, "count_kind": spec.count_kind, "sampling": sampling,
+        "genes": config.data.genes,  # which genes were modelled: hvg, all, or the gene file given at fit
     }
     return out
 

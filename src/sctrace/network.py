@@ -34,9 +34,9 @@ def geneformer_medians(config: TraceConfig, gene_names: np.ndarray) -> pd.Series
 
 
 def encoder_dir(config: TraceConfig) -> Path:
-    if not config.encoder_path:
+    if not config.network.encoder_path:
         raise SctraceInputError(f"encoder 'geneformer' needs its directory; pass {option('encoder_path', 'DIR')}.")
-    path = Path(config.encoder_path)
+    path = Path(config.network.encoder_path)
     if not path.is_dir():
         raise SctraceInputError(f"pretrained encoder directory {path} does not exist; pass the folder holding its config.json.")
     return path
@@ -46,15 +46,15 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
     """The network for a corpus; ``encoder_config`` rebuilds a saved pretrained encoder without its directory."""
     times = spec.time_values
     pretrained = None
-    if config.encoder == "geneformer":
+    if config.network.encoder == "geneformer":
         from sctrace.model.pretrained import PretrainedEncoder
 
         if encoder_config is not None:
             pretrained = PretrainedEncoder(**encoder_config)
         else:
             pretrained = PretrainedEncoder.from_directory(
-                encoder_dir(config), spec.genes, config.d_model, mode=config.encoder_mode,
-                time_origin=times[0], time_span=times[-1] - times[0], time_scale=config.time_scale,
+                encoder_dir(config), spec.genes, config.network.d_model, mode=config.network.encoder_mode,
+                time_origin=times[0], time_span=times[-1] - times[0], time_scale=config.network.time_scale,
             )
         if spec.max_len > pretrained.max_genes:
             raise SctraceInputError(
@@ -65,31 +65,30 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
         spec.vocab_size,
         spec.n_genes,
         spec.max_len,
-        d_model=config.d_model,
-        n_heads=config.n_heads,
-        head_dim=config.head_dim,
-        n_encoder_layers=config.n_encoder_layers,
-        n_decoder_layers=config.n_decoder_layers,
-        dropout=config.dropout,
-        rank_encoding=config.rank_encoding,
+        d_model=config.network.d_model,
+        n_heads=config.network.n_heads,
+        head_dim=config.network.head_dim,
+        n_encoder_layers=config.network.n_encoder_layers,
+        n_decoder_layers=config.network.n_decoder_layers,
+        dropout=config.network.dropout,
+        rank_encoding=config.network.rank_encoding,
         time_origin=times[0],
         time_span=times[-1] - times[0],
-        time_scale=config.time_scale,
+        time_scale=config.network.time_scale,
         time_steps=len(times) - 1,
-        count_hidden=config.count_hidden,
-        count_dropout=config.count_dropout,
-        likelihood=config.likelihood,
-        zinb_mean=config.zinb_mean,
-        count_pooling=config.count_pooling,
-        hurdle_marginal=config.hurdle_marginal,
-        time_values=None if config.count_prior == "none" else times,
-        centre_prior=config.count_prior == "centred",
-        count_sentence=config.count_sentence,
-        count_standardise=config.count_standardise,
-        relative_time=config.time_code == "relative",
+        count_hidden=config.counts.count_hidden,
+        count_dropout=config.counts.count_dropout,
+        likelihood=config.counts.likelihood,
+        zinb_mean=config.counts.zinb_mean,
+        count_pooling=config.counts.count_pooling,
+        hurdle_marginal=config.counts.hurdle_marginal,
+        time_values=None if config.counts.count_prior == "none" else times,
+        centre_prior=config.counts.count_prior == "centred",
+        count_sentence=config.counts.count_sentence,
+        relative_time=config.network.time_code == "relative",
         pretrained=pretrained,
     )
-    if config.encoder == "random":
+    if config.network.encoder == "random":
         # Left out of the optimiser (train.py keeps only parameters that require a gradient); saved with the rest.
         net.source_embedding.requires_grad_(False)
         net.encoder.requires_grad_(False)

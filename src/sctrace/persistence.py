@@ -68,7 +68,8 @@ def load_trace(cls: type[TRACE], run_dir: str | os.PathLike) -> TRACE:
             + in_words("the run_dir that fit() or save() wrote.", "the --out directory of `sctrace fit`.")
         )
     config = TraceConfig.from_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
-    needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if config and config.encoder == "geneformer" else ())
+    pretrained = config is not None and config.network.encoder == "geneformer"
+    needed = (CONFIG_FILE, WEIGHTS_FILE, CORPUS_DIR) + ((ENCODER_FILE,) if pretrained else ())
     for name in needed:
         if not (run_dir / name).exists():
             raise SctraceInputError(
@@ -88,7 +89,7 @@ def load_trace(cls: type[TRACE], run_dir: str | os.PathLike) -> TRACE:
     except (OSError, json.JSONDecodeError):
         model.inputs = None  # only a later resume reads it, and refuses it there
     encoder_config = None
-    if model.config.encoder == "geneformer":
+    if model.config.network.encoder == "geneformer":
         try:
             encoder_config = json.loads((run_dir / ENCODER_FILE).read_text())
         except (OSError, json.JSONDecodeError) as err:

@@ -7,7 +7,6 @@ on disk and how it is kept safe (a killed fit never loses the previous run; a re
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from sctrace._errors import SctraceInputError, option, option_name
-from sctrace.config import TraceConfig
+from sctrace.config import SECTION_OF, TraceConfig, flatten_overrides
 from sctrace.data.corpus import CorpusSpec
 from sctrace.data.io import TimeCourse
 
@@ -88,7 +87,7 @@ def check_resume(run_dir: Path, inputs: dict, config: TraceConfig) -> None:
         warnings.warn(f"{run_dir} does not record the data it was fitted on ({INPUTS_FILE}); resuming without "
                       "checking that these are the same data.", UserWarning, stacklevel=3)
     if (run_dir / CONFIG_FILE).exists():
-        then, now = dataclasses.asdict(TraceConfig.from_yaml(run_dir / CONFIG_FILE)), dataclasses.asdict(config)
+        then, now = TraceConfig.from_yaml(run_dir / CONFIG_FILE).flat(), config.flat()
         changed = [k for k in now if k not in _RESUMABLE_KEYS and then[k] != now[k]]
         if changed:
             shown = ", ".join(f"{k} ({then[k]!r} then, {now[k]!r} now)" for k in changed[:5])
@@ -309,8 +308,9 @@ def _check_config_keys(run_dir: Path) -> None:
         marker = json.loads((run_dir / RUN_MARKER).read_text())
     except (OSError, json.JSONDecodeError):
         marker = {}
-    keys = set(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {})  # from_yaml has already parsed it
-    missing = [f.name for f in dataclasses.fields(TraceConfig) if f.name not in keys]
+    raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}  # from_yaml has already parsed it
+    keys = set(flatten_overrides(raw, str(run_dir / CONFIG_FILE)))  # format 4 nests the keys by section
+    missing = [key for key in SECTION_OF if key not in keys]
     if not missing:
         return
     shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")

@@ -48,7 +48,7 @@ class TracePlan(L.LightningModule):
             target_index,
             counts,
             library_size,
-            self.config.mask_schedule,
+            self.config.training.mask_schedule,
             generator,
             context_keep,
         )
@@ -101,7 +101,7 @@ class TracePlan(L.LightningModule):
         target from the gap instead of from its time code, and an unseen time (every observed one in context)
         gets the sentences of whichever time the gap pattern resembles (BENCHMARKS.md, time response).
         """
-        rate = self.config.context_dropout
+        rate = self.config.training.context_dropout
         if rate <= 0:
             return None
         assert self._generator is not None
@@ -121,10 +121,11 @@ class TracePlan(L.LightningModule):
         count_ids = {id(p) for p in count_params}
         # A frozen pretrained encoder's weights have requires_grad False and stay out of the optimiser.
         other = [p for p in self.net.parameters() if id(p) not in count_ids and p.requires_grad]
+        training = self.config.training
         optimizer = torch.optim.AdamW(
             [
-                {"params": other, "lr": self.config.lr, "weight_decay": self.config.weight_decay},
-                {"params": count_params, "lr": self.config.count_lr, "weight_decay": self.config.count_weight_decay},
+                {"params": other, "lr": training.lr, "weight_decay": training.weight_decay},
+                {"params": count_params, "lr": training.count_lr, "weight_decay": training.count_weight_decay},
             ]
         )
         if not self.total_steps:
@@ -162,11 +163,11 @@ def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, 
     from sctrace.rundir import CHECKPOINT_DIR, LOG_DIR
 
     has_val = len(datamodule.val_rows) > 0
-    max_epochs, val_every = config.max_epochs, 1
-    if config.min_steps > 0:
+    max_epochs, val_every = config.training.max_epochs, 1
+    if config.training.min_steps > 0:
         world = devices * num_nodes if isinstance(devices, int) else num_nodes
-        steps_per_epoch = max(1, math.ceil(len(datamodule.train_rows) / (config.batch_size * max(world, 1))))
-        max_epochs = max(max_epochs, math.ceil(config.min_steps / steps_per_epoch))
+        steps_per_epoch = max(1, math.ceil(len(datamodule.train_rows) / (config.training.batch_size * max(world, 1))))
+        max_epochs = max(max_epochs, math.ceil(config.training.min_steps / steps_per_epoch))
         val_every = min(max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch)), max_epochs)
         plan.total_steps = max_epochs * steps_per_epoch if max_steps is None else max_steps
     monitor = "val_loss" if has_val else "train_loss"
@@ -175,13 +176,13 @@ def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, 
     )
     # Checked after validation (every epoch end) rather than at the end of the training epoch, so a run that
     # max_steps stops inside an epoch, before any validation, is not checked against a missing val_loss.
-    stopping = EarlyStopping(monitor=monitor, patience=config.patience, check_on_train_epoch_end=not has_val)
+    stopping = EarlyStopping(monitor=monitor, patience=config.training.patience, check_on_train_epoch_end=not has_val)
     callbacks = [checkpoint, stopping]
     try:
         trainer = L.Trainer(
             max_epochs=max_epochs,
             max_steps=-1 if max_steps is None else max_steps,
-            min_steps=config.min_steps or None,
+            min_steps=config.training.min_steps or None,
             check_val_every_n_epoch=val_every,
             accelerator=accelerator,
             devices=devices,
@@ -227,7 +228,7 @@ def run_training(net: TraceNet, corpus: Corpus, config: TraceConfig, seed: int, 
     from sctrace.rundir import CHECKPOINT_DIR, _check_checkpoint
 
     L.seed_everything(seed, workers=True, verbose=False)
-    datamodule = TraceDataModule(corpus, config.batch_size, config.val_fraction, seed)
+    datamodule = TraceDataModule(corpus, config.training.batch_size, config.training.val_fraction, seed)
     plan = TracePlan(net, config, seed)
     try:
         with _quiet_lightning():

@@ -291,7 +291,7 @@ def test_lognorm_benchmark_keeps_a_log_normalised_likelihood_from_the_config(tmp
 
     def likelihood(config_path, count_kind, overrides=None):
         chosen, _ = sctrace_options("cpu-small", config_path, None, count_kind, overrides)
-        return load_config("cpu-small", config_path, **chosen).likelihood
+        return load_config("cpu-small", config_path, **chosen).counts.likelihood
 
     # cpu-small's "auto" is kept: TRACE turns it into the data's likelihood, hurdle for log-normalised values.
     assert likelihood(None, "lognorm") == likelihood(None, "counts") == "auto"

@@ -447,7 +447,7 @@ def test_benchmark_encoder_ablation_runs_the_paper_rows_with_a_local_model(small
         assert "failed" not in entry and np.isfinite(entry["runs"][0]["emd"])
     for label in labels:
         run = tmp_path / "out" / "runs" / f"sctrace_encoder_{label}_seed0"
-        config = yaml.safe_load((run / "config.yaml").read_text())
+        config = yaml.safe_load((run / "config.yaml").read_text())["network"]
         assert config["encoder"] == label.split("-")[0]
         assert (run / "encoder.json").exists() == label.startswith("geneformer")
         if label.startswith("geneformer"):

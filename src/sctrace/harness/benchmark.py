@@ -163,9 +163,9 @@ def sctrace_options(preset: str, config, max_epochs: int | None, count_kind: str
     loaded = load_config(preset, config, **overrides)
     # "auto" (the default) becomes the likelihood of the data's kind when TRACE reads them; one the caller, the
     # preset or --config names must fit the data.
-    if loaded.likelihood != "auto" and (loaded.likelihood in LOGNORM_LIKELIHOODS) != (count_kind == "lognorm"):
+    if loaded.counts.likelihood != "auto" and (loaded.counts.likelihood in LOGNORM_LIKELIHOODS) != (count_kind == "lognorm"):
         raise SctraceInputError(
-            f"likelihood '{loaded.likelihood}' does not fit --count-kind {count_kind}: raw counts take zinb or nb, "
+            f"likelihood '{loaded.counts.likelihood}' does not fit --count-kind {count_kind}: raw counts take zinb or nb, "
             f"log-normalised values ({', '.join(LOGNORM_LIKELIHOODS)})."
         )
     return overrides, loaded
@@ -269,7 +269,7 @@ def run_benchmark(
 
     matrix, gene_names = timecourse.expression(), timecourse.gene_names()
     train_rows = np.flatnonzero(np.isin(timecourse.times, train_times))
-    genes = training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
+    genes = training_hvgs(timecourse, train_rows, loaded.data.n_top_genes, loaded.data.genes)
     cells = scoring_cells(matrix, timecourse.times, gene_names, genes, holdout, count_kind, observed_times=train_times)
     n_real = cells.real.shape[0]
     work = out_dir / "work"

@@ -66,7 +66,7 @@ def _run_job(job: dict) -> list[dict]:
             arrays = {"expression": expression.toarray(), "counts": sp.csr_matrix(generated.X).toarray(),
                       "tokens": generated.obsm["sctrace_tokens"]}
             predict_seconds = time.perf_counter() - predict_started  # the prediction scored, not the iid draw below
-            if predict.get("sampling", model.config.count_sampling) != "iid":
+            if predict.get("sampling", model.config.generation.count_sampling) != "iid":
                 # The same cells' values drawn each on its own: gene-gene structure the model generates, not what
                 # the copula or stratified sampler borrows from the training cells (scored as gene_corr_iid).
                 independent = model.predict(target, n_cells=n_cells, seed=seed, **{**predict, "sampling": "iid"})

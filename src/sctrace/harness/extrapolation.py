@@ -146,7 +146,7 @@ def run_extrapolation_distance(
     train_rows = np.flatnonzero(np.isin(times, train_times))
     work = out_dir / "work"
     _write_training_file(timecourse, train_rows, work / TRAIN_FILE)
-    genes = training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
+    genes = training_hvgs(timecourse, train_rows, loaded.data.n_top_genes, loaded.data.genes)
     train_lognorm = lognorm_over_genes(matrix[train_rows], gene_names, genes, count_kind)
     scoring = {float(t): scoring_cells(matrix, times, gene_names, genes, float(t), count_kind,
                                        observed_times=train_times) for t in targets}

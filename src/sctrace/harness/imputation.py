@@ -192,7 +192,7 @@ def run_imputation(
                   "split": np.where(held_out, "held_out", "train")}).to_csv(out_dir / "split.csv", index=False)
     work = out_dir / "work"
     _write_training_file(timecourse, train_rows, work / TRAIN_FILE)
-    genes = training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
+    genes = training_hvgs(timecourse, train_rows, loaded.data.n_top_genes, loaded.data.genes)
     lognorm = lognorm_over_genes(matrix, gene_names, genes, count_kind)
     source_time = float(time_values[0])
     source_rows = test_rows[times[test_rows] == source_time]

@@ -216,7 +216,7 @@ def _split_genes(timecourse, held_out: float, preset: str, config, max_epochs: i
     """The genes a benchmark of this split chooses today (as :func:`run_benchmark` does)."""
     _, loaded = sctrace_options(preset, config, max_epochs, count_kind, overrides)
     train_rows = np.flatnonzero(~np.isclose(timecourse.times, held_out))
-    return training_hvgs(timecourse, train_rows, loaded.n_top_genes, loaded.genes)
+    return training_hvgs(timecourse, train_rows, loaded.data.n_top_genes, loaded.data.genes)
 
 
 def _time_means(timecourse, genes: Sequence[str], times: Sequence[float]) -> dict[float, np.ndarray]:

@@ -47,41 +47,6 @@ SENTENCE_FIT_CELLS = 2_000  # cells the sentence offsets start from (dense float
 _MAX_LOG_INFLATION = 20.0
 
 
-class RunningStandardise(nn.Module):
-    """Each input feature centred and scaled by its running mean and variance over training batches, in training
-    as at generation.
-
-    Why: the decoder states of one time's cells point nearly the same way (cosine 0.999 on Shalek LPS), and the
-    differences between times are a few hundredths per feature: a head fed them as they are decodes about one
-    profile for every time (BENCHMARKS.md, "in-sample"). ``nn.BatchNorm1d`` standardises by the batch in training,
-    and a training batch holds one target time, so it would remove exactly the between-time part; here the
-    statistics are running moments (first and second) over batches of every time, applied in both modes, so
-    between-time differences come out at the scale of within-time ones. The first batches are averaged evenly,
-    later ones with weight ``momentum``.
-    """
-
-    mean: torch.Tensor  # buffers
-    mean_square: torch.Tensor
-    n_batches: torch.Tensor
-
-    def __init__(self, n_features: int, momentum: float = 0.02, eps: float = 1e-5):
-        super().__init__()
-        self.momentum, self.eps = momentum, eps
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("mean_square", torch.ones(n_features))
-        self.register_buffer("n_batches", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                weight = max(1.0 / float(self.n_batches + 1), self.momentum)
-                self.mean.lerp_(x.mean(0), weight)
-                self.mean_square.lerp_((x * x).mean(0), weight)
-                self.n_batches += 1
-        variance = (self.mean_square - self.mean * self.mean).clamp(min=0.0)
-        return (x - self.mean) / torch.sqrt(variance + self.eps)
-
-
 class CountDecoder(nn.Module):
     """Count decoder ``d(phi)``: a cell's decoder state to the parameters of its gene count distribution.
 
@@ -128,7 +93,6 @@ class CountDecoder(nn.Module):
         n_prior_features: int = 0,
         centre_prior: bool = False,
         sentence_offsets: bool = False,
-        standardise: bool = False,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -153,7 +117,6 @@ class CountDecoder(nn.Module):
         # cells differ around it; why: a freely learned offset, fitted at the few training times, transferred badly
         # to unseen ones (Shalek LPS 4 h: Pearson-delta 0.69 against 0.81 for the prior alone, BENCHMARKS.md).
         self.centre_prior = centre_prior
-        self.standardise = RunningStandardise(n_input) if standardise else None
         self.hidden = nn.Sequential(
             nn.Linear(n_input + n_prior_features, n_hidden),
             nn.GELU(),
@@ -329,8 +292,6 @@ class CountDecoder(nn.Module):
         ``{'mean', 'log_var'}``; every value (batch, n_genes).
         """
         state = F.normalize(cls_embedding, dim=-1)
-        if self.standardise is not None:
-            state = self.standardise(state)
         offsets = None
         if self.n_prior_features:
             if prior is None:

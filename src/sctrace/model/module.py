@@ -47,9 +47,6 @@ class TraceNet(nn.Module):
     count_sentence
         The count decoder reads the cell's own sentence: each gene in it is offset by a per-gene level plus a
         slope in log rank, each gene outside it by another level (:class:`sctrace.model.counts.CountDecoder`).
-    count_standardise
-        The count decoder's input is standardised by running statistics over training batches of every time
-        (:class:`sctrace.model.counts.RunningStandardise`), so the small differences between times' states count.
     time_values
         The observed training times, in order: given, the count decoder's outputs are offsets from each gene's
         statistics interpolated in time (:class:`sctrace.model.prior.TimePrior`), fitted with
@@ -86,7 +83,6 @@ class TraceNet(nn.Module):
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
         count_sentence: bool = False,
-        count_standardise: bool = False,
         relative_time: bool = False,
     ):
         super().__init__()
@@ -120,7 +116,6 @@ class TraceNet(nn.Module):
             n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
             centre_prior=centre_prior,
             sentence_offsets=count_sentence,
-            standardise=count_standardise,
         )
         self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
 
