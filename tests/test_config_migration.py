@@ -133,6 +133,20 @@ def test_a_version_3_run_with_count_standardise_loads_when_off_and_is_refused_wh
         load_config(count_standardise=True)
 
 
+def test_a_version_3_run_with_the_relative_time_code_is_refused_and_the_absolute_one_loads(tmp_path):
+    assert REMOVED_KEYS["time_code"] == ("absolute", True)  # relative read every time from the decoded one
+    path = tmp_path / "config.yaml"
+    for value in ("absolute", "relative"):
+        path.write_text(yaml.safe_dump({"config_version": 3, **_config(d_model=48).flat(), "time_code": value}))
+        if value == "relative":
+            with pytest.raises(SctraceInputError, match="time_code: relative, which sctrace no longer builds"):
+                TraceConfig.from_yaml(path)
+        else:
+            assert TraceConfig.from_yaml(path) == _config(d_model=48)
+    with pytest.raises(SctraceInputError, match="time_code in overrides were removed"):
+        load_config(time_code="absolute")
+
+
 # Format 4: the keys nested by section in config.yaml; flat keys (presets, user files, overrides) still work.
 CHANGED = {"genes": "hvg", "d_model": 48, "count_hidden": 64, "lr": 0.01, "temperature": 0.5, "count_sampling": "iid"}
 
@@ -190,13 +204,11 @@ def test_flat_overrides_reach_their_sections():
         TraceConfig().update({"pairing": "nearest"})
     with pytest.raises(SctraceInputError, match="'context_dropout' in overrides is a probability in"):
         TraceConfig().update({"context_dropout": 1.0})
-    with pytest.raises(SctraceInputError, match="time_code: relative with rank_encoding: unified"):
-        TraceConfig().update({"time_code": "relative", "network": {"rank_encoding": "unified"}})
 
 
 def test_choices_come_from_every_sections_literal_keys():
     from sctrace.config import CHOICES
 
-    assert {"pairing", "encoder", "rank_encoding", "time_code", "likelihood", "mask_schedule",
+    assert {"pairing", "encoder", "rank_encoding", "likelihood", "mask_schedule",
             "count_sampling"} <= set(CHOICES)
     assert CHOICES["count_sampling"] == ("iid", "stratified", "copula")

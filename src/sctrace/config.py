@@ -28,7 +28,6 @@ DEFAULT_LOGNORM_LIKELIHOOD = "hurdle"
 # typo is named there, not deep inside a fit. CHOICES is read off the annotations: one list per key.
 Pairing = Literal["random", "stratified", "ot"]
 RankEncoding = Literal["learnable", "sinusoidal", "unified"]
-TimeCode = Literal["absolute", "relative"]
 Likelihood = Literal["auto", "zinb", "nb", "gaussian", "hurdle"]
 ZinbMean = Literal["nb", "scale"]
 CountPooling = Literal["cls", "cls+mean"]
@@ -53,6 +52,7 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "count_time": (False, True),  # the count head's first layer took one more input
     "source_time_target": (False, False),  # training only
     "count_standardise": (False, True),  # its running statistics are buffers of the count head
+    "time_code": ("absolute", True),  # "relative" timed every block from the decoded time: another model
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
@@ -106,10 +106,6 @@ class NetworkConfig:
     # points laid end to end, no separate time code; the paper's section 5.3).
     rank_encoding: RankEncoding = "learnable"
     time_scale: float = 1.0
-    # What the time code says: "absolute" (each block's own time) or "relative" (each block's distance from the
-    # decoded time, which is then 0), so that an extrapolated or in-between time is a configuration of gaps that
-    # training showed rather than a time code it never saw.
-    time_code: TimeCode = "absolute"
 
 
 @dataclass
@@ -236,9 +232,6 @@ class TraceConfig:
                 )
             if key in RATES and not 0.0 <= values[key] < 1.0:
                 raise SctraceInputError(f"config key '{key}' in {origin} is a probability in [0, 1), got {value!r}.")
-        if values["time_code"] == "relative" and values["rank_encoding"] == "unified":
-            raise SctraceInputError(f"config in {origin} sets time_code: relative with rank_encoding: unified, which "
-                                    "has no time code of its own; use one of them.")
         return TraceConfig(**{name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
                               for name, cls in SECTIONS.items()})
 

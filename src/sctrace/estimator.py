@@ -376,8 +376,7 @@ class TRACE:
         with torch.no_grad():
             for start in range(0, adata.n_obs, batch_size):
                 chunk = slice(start, start + batch_size)
-                at = torch.as_tensor(times[chunk])
-                z, _ = self.net.encode(gather_sentences(tokens, lengths, chunk), self.net.frame(at, at))
+                z, _ = self.net.encode(gather_sentences(tokens, lengths, chunk), torch.as_tensor(times[chunk]))
                 cells.append(z[:, 0].numpy())
         out = adata.copy()
         out.obsm["X_sctrace"] = np.concatenate(cells) if cells else np.zeros((0, self.config.network.d_model), np.float32)

@@ -156,9 +156,6 @@ def maskgit_generate(
         raise ValueError("temperature must be > 0")
     device = source.device
     batch = source.shape[0]
-    # Each block at the time the network codes it (its own, or its distance from the target: TraceNet.frame).
-    context = [(tokens, net.frame(time, target_time)) for tokens, time in context]
-    source_time, target_time = net.frame(source_time, target_time), net.frame(target_time, target_time)
     z0, z0_pad = net.encode(source, source_time)
     memory, memory_pad = net.build_context(z0, z0_pad, context)  # once per batch, not per iteration
     memory_kv = net.decoder.project_memory(memory)  # likewise its cross-attention keys and values

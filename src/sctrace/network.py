@@ -85,7 +85,6 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
         time_values=None if config.counts.count_prior == "none" else times,
         centre_prior=config.counts.count_prior == "centred",
         count_sentence=config.counts.count_sentence,
-        relative_time=config.network.time_code == "relative",
         pretrained=pretrained,
     )
     if config.network.encoder == "random":

@@ -476,39 +476,3 @@ def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_c
     with pytest.raises(SctraceInputError, match="unknown precision 'fp8'"):
         TRACE(small_timecourse, "time", holdout=holdout, **tiny_fast_config).fit(precision="fp8")
 
-
-@pytest.mark.parametrize("relative", [False, True])
-def test_a_relative_time_code_reads_only_the_gaps_between_times(relative):
-    """Shifting every time by one constant changes nothing a relative code reads, in training and generation,
-    so a later target than any trained one is read as its gap to the context; an absolute code reads the shift."""
-    torch.manual_seed(0)
-    net = TraceNet(43, 40, 12, d_model=32, n_heads=2, head_dim=16, dropout=0.0, count_dropout=0.0,
-                   time_origin=0.0, time_span=4.0, time_scale=1.0, relative_time=relative).eval()
-    sentences = add_cls(torch.randint(N_SPECIAL, 43, (3, 4, 8)).view(12, 8)).view(3, 4, 9)
-    counts = torch.rand(3, 4, 40) * 5
-    times = torch.tensor([0.0, 1.0, 2.0, 4.0])
-
-    def losses(shift: float) -> torch.Tensor:
-        out = net.training_losses(sentences, times + shift, 3, counts[:, 3], counts[:, 3].sum(-1), "cosine",
-                                  torch.Generator().manual_seed(1))
-        return torch.stack([out["token_loss"], out["count_loss"]])
-
-    def generated(shift: float) -> torch.Tensor:
-        context = [(sentences[:, k], float(times[k]) + shift) for k in (1, 2, 3)]
-        tokens, hidden = maskgit_generate(net, sentences[:, 0], shift, context, 6.0 + shift, torch.full((3,), 6),
-                                          generator=torch.Generator().manual_seed(2))
-        return hidden
-
-    with torch.no_grad():
-        same = torch.allclose(losses(0.0), losses(3.0), atol=1e-5) and torch.allclose(generated(0.0), generated(3.0), atol=1e-5)
-    assert same == relative
-
-
-def test_a_relative_time_code_refuses_the_unified_position_code():
-    with pytest.raises(ValueError, match="relative_time"):
-        TraceNet(43, 40, 12, rank_encoding="unified", relative_time=True)
-
-
-def test_config_refuses_a_relative_time_code_with_the_unified_position_code():
-    with pytest.raises(SctraceInputError, match="time_code: relative with rank_encoding: unified"):
-        load_config(time_code="relative", rank_encoding="unified")

@@ -157,7 +157,6 @@ def decoder_embeddings(model: TRACE, adata: ad.AnnData, time_key: str | None = N
         for start in range(0, adata.n_obs, batch_size):
             chunk = slice(start, start + batch_size)
             sentences, chunk_times = gather_sentences(tokens, lengths, chunk), torch.as_tensor(times[chunk])
-            chunk_times = net.frame(chunk_times, chunk_times)  # a cell at its own time
             memory, memory_pad = net.encode(sentences, chunk_times)
             cells.append(net.decode(sentences, chunk_times, memory, memory_pad)[:, 0].numpy())
     genes = net.token_head.weight[N_SPECIAL:].detach().cpu().numpy()

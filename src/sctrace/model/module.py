@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,12 +83,8 @@ class TraceNet(nn.Module):
         time_values: Sequence[float] | None = None,
         centre_prior: bool = False,
         count_sentence: bool = False,
-        relative_time: bool = False,
     ):
         super().__init__()
-        if relative_time and rank_encoding == "unified":
-            raise ValueError("relative_time needs a separate time code; rank_encoding='unified' has none")
-        self.relative_time, self.time_origin = relative_time, float(time_origin)
         if count_pooling not in COUNT_POOLINGS:
             raise ValueError(f"count_pooling must be one of {', '.join(COUNT_POOLINGS)}, got {count_pooling!r}")
         self.count_pooling = count_pooling
@@ -118,18 +114,6 @@ class TraceNet(nn.Module):
             sentence_offsets=count_sentence,
         )
         self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
-
-    @overload
-    def frame(self, time: torch.Tensor, target_time: torch.Tensor | float) -> torch.Tensor: ...
-    @overload
-    def frame(self, time: float, target_time: float) -> float: ...
-    def frame(self, time, target_time):
-        """The time a block is embedded at: its own (absolute code), or its distance from the decoded target's
-        time (relative code), so that an unseen target time reaches the network as gaps to its context, the gaps
-        training showed it, rather than as a time code it never saw."""
-        if not self.relative_time:
-            return time
-        return time - target_time + self.time_origin
 
     @staticmethod
     def _times(time: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -237,23 +221,21 @@ class TraceNet(nn.Module):
         The count decoder reads a second pass over the complete target sentence, as at generation, where the
         sentence is fully generated.
         """
-        # Each block at the time the network codes it (its own, or its distance from the target's: frame).
-        coded = times - times[target_index] + self.time_origin if self.relative_time else times
-        z0, z0_pad = self.encode(sentences[:, 0], coded[0])
+        z0, z0_pad = self.encode(sentences[:, 0], times[0])
         n_times = sentences.shape[1]
         keep = [True] * n_times if context_keep is None else list(context_keep)
-        context = [(sentences[:, k], coded[k]) for k in range(1, n_times) if k != target_index and keep[k]]
+        context = [(sentences[:, k], times[k]) for k in range(1, n_times) if k != target_index and keep[k]]
         memory, memory_pad = self.build_context(z0, z0_pad, context)
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
         target_tokens, target_time = sentences[:, target_index], times[target_index]
         masked, labels = random_mask(target_tokens, schedule, generator)
-        hidden = self.decode(masked, coded[target_index], memory, memory_pad)
+        hidden = self.decode(masked, target_time, memory, memory_pad)
         chosen = labels != -100
         logits = self.token_head(hidden[chosen])
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
-        state = self.count_state(self.decode(target_tokens, coded[target_index], memory, memory_pad), target_tokens)
+        state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad), target_tokens)
         params = self.count_params(state, library_size, target_time, exclude=target_index, tokens=target_tokens)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}
