@@ -2,7 +2,7 @@
 
 `--wins ROOT` prints only the win counts over all sets (README's table). `--update FILE NAME ROOT [ROOT_B]` writes the tables into FILE between the lines `<!-- NAME:start -->` and
 `<!-- NAME:end -->` (BENCHMARKS.md), so the recorded tables are always the ones the result files give.
-`--rebuild FILE` refills every block that benchmarks/results/blocks.yaml lists from the result files committed
+`--rebuild FILE` refills every block that benchmarks/results/blocks.yaml lists for FILE (BENCHMARKS.md, README.md) from the result files committed
 under benchmarks/results; `--check FILE` changes nothing and exits 1 naming the blocks a rebuild would change (and
 any block of FILE that blocks.yaml does not list).
 
@@ -63,13 +63,15 @@ def fill(text: str, name: str, content: str, target: Path) -> str:
 def rebuild(target: Path, results: Path = RESULTS) -> tuple[str, list[str]]:
     """FILE's text with every block results/blocks.yaml lists refilled from results/ROOT/*/protocol.json, and
     the blocks that are stale: those the refill changed, and those of FILE that blocks.yaml does not list."""
-    blocks = yaml.safe_load((results / "blocks.yaml").read_text())
+    blocks = yaml.safe_load((results / "blocks.yaml").read_text()).get(target.name, {})
     text = target.read_text()
     stale = [name for name in re.findall(r"^<!-- (\S+):start -->$", text, flags=re.M) if name not in blocks]
     for name, roots in blocks.items():
-        if missing := [root for root in roots if not any((results / root).glob("*/protocol.json"))]:
+        folders = [root for root in roots if not root.startswith("--")]  # e.g. --wins: README's count only
+        if missing := [root for root in folders if not any((results / root).glob("*/protocol.json"))]:
             raise SystemExit(f"{results / 'blocks.yaml'}: {name}'s {', '.join(missing)} holds no SET/protocol.json")
-        refilled = fill(text, name, table([str(results / root) for root in roots]), target)
+        arguments = [root if root.startswith("--") else str(results / root) for root in roots]
+        refilled = fill(text, name, table(arguments), target)
         if refilled != text:
             stale.append(name)
         text = refilled

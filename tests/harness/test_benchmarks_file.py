@@ -21,8 +21,9 @@ def protocol_table():
     return module
 
 
-def test_benchmarks_md_is_what_the_result_files_give(protocol_table, capsys):
-    protocol_table.main(["protocol_table.py", "--check", str(ROOT / "BENCHMARKS.md")])
+@pytest.mark.parametrize("name", ["BENCHMARKS.md", "README.md"])
+def test_the_documents_are_what_the_result_files_give(protocol_table, capsys, name):
+    protocol_table.main(["protocol_table.py", "--check", str(ROOT / name)])
     assert "every block is what benchmarks/results gives" in capsys.readouterr().out
 
 
