@@ -213,6 +213,24 @@ def test_embed_refuses_a_missing_time_column_and_unfit_values(run_dir, sim_file,
     assert not out.exists()
 
 
+def test_a_version_2_run_without_the_keys_added_later_loads(run_dir, tmp_path):
+    """config_version 2 had no min_rows: its migration fills it, so the file is old, not damaged."""
+    import shutil
+
+    from sctrace import TRACE
+    from sctrace.config import TraceConfig
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    flat = TraceConfig.from_yaml(run_dir / "config.yaml").flat()
+    assert "min_rows" in flat
+    del flat["min_rows"]
+    (old / "config.yaml").write_text(yaml.safe_dump({"config_version": 2, **flat}, sort_keys=False))
+    with pytest.warns(UserWarning, match="predates the key.s. min_rows"):
+        model = TRACE.load(old)
+    assert model.config.data.min_rows == 0
+
+
 def test_a_run_with_missing_config_keys_or_other_shapes_is_corrupt(run_dir, tmp_path, monkeypatch, capsys):
     import shutil
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sctrace._errors import SctraceInputError, option, option_name
-from sctrace.config import SECTION_OF, TraceConfig, flatten_overrides
+from sctrace.config import SECTION_OF, TraceConfig, flatten_overrides, migrate_run_config
 from sctrace.data.corpus import CorpusSpec
 from sctrace.data.io import TimeCourse
 
@@ -313,11 +313,18 @@ def _check_config_keys(run_dir: Path) -> None:
     missing = [key for key in SECTION_OF if key not in keys]
     if not missing:
         return
-    shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
-    if isinstance(marker.get("format"), int) and marker["format"] >= RUN_FORMAT:
+    # An older config_version legitimately lacks the keys added after it, which its migration fills in: only a
+    # key still missing after the migration means the file was damaged.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        migrated = migrate_run_config(raw, str(run_dir / CONFIG_FILE))
+    lost = [key for key in missing if key not in migrated]
+    if lost and isinstance(marker.get("format"), int) and marker["format"] >= RUN_FORMAT:
+        shown = ", ".join(lost[:8]) + (f" (and {len(lost) - 8} more)" if len(lost) > 8 else "")
         raise SctraceInputError(
             f"run directory {run_dir} is corrupt: its {CONFIG_FILE} lacks the key(s) {shown}, which fit wrote; restore "
             "the file or re-run `sctrace fit`."
         )
+    shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
     warnings.warn(f"{run_dir / CONFIG_FILE} predates the key(s) {shown}; they take the defaults that reproduce such "
                   "older runs.", UserWarning, stacklevel=3)
