@@ -17,7 +17,7 @@ one seed:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
+from sctrace.data._csr_steps import assemble_csr, row_steps
 
 __all__ = ["simulate_timecourse"]
 
@@ -362,16 +363,6 @@ def _log_mean(genes: _Genes, cells: _Cells, rows: slice) -> np.ndarray:
     )
 
 
-def _steps(n_cells: int, chunk_size: int) -> Iterator[tuple[int, int]]:
-    """Cell ranges [start, stop) of at most chunk_size cells that never straddle a random-stream block."""
-    start = 0
-    while start < n_cells:
-        block_end = (start // _BLOCK_SIZE + 1) * _BLOCK_SIZE
-        stop = min(start + chunk_size, block_end, n_cells)
-        yield start, stop
-        start = stop
-
-
 def _sample_counts(genes: _Genes, cells: _Cells, seed: int, chunk_size: int) -> sp.csr_matrix:
     """Draw zero-inflated negative-binomial counts step by step and assemble one int32 CSR matrix.
 
@@ -380,7 +371,7 @@ def _sample_counts(genes: _Genes, cells: _Cells, seed: int, chunk_size: int) -> 
     """
     n_cells, n_genes = cells.pseudotime.size, genes.program.size
     data_parts, index_parts, row_nnz_parts = [], [], []
-    for start, stop in _steps(n_cells, chunk_size):
+    for start, stop in row_steps(n_cells, chunk_size, _BLOCK_SIZE):
         if start % _BLOCK_SIZE == 0:
             block = np.random.SeedSequence(seed, spawn_key=(_COUNT_STREAM, start // _BLOCK_SIZE))
             gamma_rng, poisson_rng, dropout_rng = (np.random.default_rng(s) for s in block.spawn(3))
@@ -395,19 +386,7 @@ def _sample_counts(genes: _Genes, cells: _Cells, seed: int, chunk_size: int) -> 
         data_parts.append(counts[rows, columns].astype(np.int32))
         index_parts.append(columns.astype(np.int32))
         row_nnz_parts.append(np.bincount(rows, minlength=stop - start))
-    return _assemble_csr(data_parts, index_parts, np.concatenate(row_nnz_parts), n_genes)
-
-
-def _assemble_csr(
-    data_parts: list[np.ndarray], index_parts: list[np.ndarray], row_nnz: np.ndarray, n_genes: int
-) -> sp.csr_matrix:
-    """Join per-step CSR pieces into one matrix; peak memory is about twice the final matrix."""
-    indptr = np.zeros(row_nnz.size + 1, dtype=np.int64)
-    np.cumsum(row_nnz, out=indptr[1:])
-    index_dtype = np.int32 if indptr[-1] <= np.iinfo(np.int32).max else np.int64
-    data = np.concatenate(data_parts)
-    indices = np.concatenate(index_parts).astype(index_dtype, copy=False)
-    return sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(row_nnz.size, n_genes))
+    return assemble_csr(data_parts, index_parts, np.concatenate(row_nnz_parts), n_genes)
 
 
 def _gene_names(program: np.ndarray) -> list[str]:
