@@ -142,6 +142,28 @@ def test_a_kept_split_scored_over_other_genes_runs_again(protocol_run, four_time
     assert all(np.isfinite(r["snap"]["to_truth"]) for r in mixed["rows"])
 
 
+def test_a_split_another_run_holds_is_refused_and_left_alone(protocol_run, four_times, monkeypatch, tmp_path):
+    """Two protocol runs on one split would each clear the folder the other writes: the second one stops first."""
+    import shutil
+
+    from filelock import FileLock
+
+    out = tmp_path / "out"
+    shutil.copytree(protocol_run[0], out)
+    calls = _record_benchmarks(monkeypatch)
+    held = FileLock(str(out / "splits" / "interpolate-2.5") + ".lock")
+    with held:
+        with pytest.raises(SctraceInputError, match="another `sctrace protocol` is running split interpolate-2.5"):
+            run_protocol(four_times, "time", out_dir=out, methods=["identity"], times=[2.5], rerun=["identity"],
+                         echo=lambda line: None)
+    assert calls == []
+    assert (out / "splits" / "interpolate-2.5" / "identity" / "results.json").exists()
+    # Released (or its process gone), the split runs again.
+    run_protocol(four_times, "time", out_dir=out, methods=["identity"], times=[2.5], rerun=["identity"],
+                 echo=lambda line: None)
+    assert calls == [(2.5, ("identity",))]
+
+
 def test_detect_count_kind():
     assert detect_count_kind(sp.csr_matrix(np.array([[0, 3], [5, 0]], dtype=np.int32))) == "counts"
     assert detect_count_kind(np.array([[0.0, 3.0], [5.0, 0.0]], dtype=np.float32)) == "counts"

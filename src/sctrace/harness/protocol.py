@@ -18,6 +18,7 @@ after a change, against peers already run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -170,30 +171,9 @@ def run_protocol(
     echo(f"protocol ({profile}, seeds {', '.join(map(str, seeds))}): {len(splits)} splits x {len(methods)} methods; "
          f"data read as {detected}")
     for task, time in splits if run else ():
-        genes_now: list[str] | None = None
-        for method in methods:
-            if method in INTERPOLATION_ONLY and task == "extrapolate":
-                continue
-            folder = out_dir / "splits" / _split_name(task, time) / method
-            if (folder / "results.json").exists() and method not in rerun:
-                if genes_now is None:
-                    genes_now = _split_genes(timecourse, time, preset, config, max_epochs, kind, sctrace_overrides)
-                if _kept_genes(folder) == genes_now:
-                    echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
-                    continue
-                # Scored over other genes (another gene choice or sctrace version): its scores and its cells'
-                # means would not compare with today's, so it runs again.
-                echo(f"[{_split_name(task, time)} {method}] earlier run scored other genes; running again")
-            if folder.exists():
-                shutil.rmtree(folder)  # an unfinished or re-run split starts clean
-            echo(f"[{_split_name(task, time)} {method}] running")
-            run_benchmark(
-                source, time_key, task=task, holdout=time, out_dir=folder, methods=[method], seeds=seeds, preset=preset,
-                config=config, max_epochs=max_epochs, count_kind=kind, layer=source_layer,
-                otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
-                mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs},
-                sctrace_overrides=sctrace_overrides, threads=threads, overwrite=True, plots=False, echo=lambda line: None,
-            )
+        with _split_lock(out_dir / "splits" / _split_name(task, time)):
+            _run_split(task, time, methods, out_dir, rerun, timecourse, source, time_key, source_layer, kind, seeds,
+                       preset, config, max_epochs, otcfm_steps, mioflow_epochs, sctrace_overrides, threads, echo)
     summary = summarise_protocol(out_dir, timecourse, splits, methods)
     summary.update({"data": str(data) if not isinstance(data, ad.AnnData) else "AnnData (in memory)",
                     "time_key": time_key, "count_kind": detected, "profile": profile, "seeds": seeds,
@@ -202,6 +182,61 @@ def run_protocol(
     (out_dir / "protocol.md").write_text(protocol_markdown(summary))
     echo(protocol_markdown(summary))
     return summary
+
+
+@contextlib.contextmanager
+def _split_lock(split_dir: Path):
+    """Hold the split's folder for this process while it runs there.
+
+    Why: ``--rerun`` and an unfinished split start by clearing the folder, so a second protocol run on the same
+    split (another shell, a scheduler retry) would wipe the first one's results mid-run. filelock (a torch
+    dependency) releases the lock when the process dies, so a killed run never leaves the split blocked.
+    """
+    from filelock import FileLock, Timeout
+
+    split_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(split_dir) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SctraceInputError(
+            f"another `sctrace protocol` is running split {split_dir.name} in {split_dir.parent.parent}; wait for it "
+            "to finish, or give this run another --out or other --times."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_split(task: str, time: float, methods, out_dir: Path, rerun, timecourse, source, time_key: str,
+               source_layer, kind: str, seeds, preset: str, config, max_epochs, otcfm_steps, mioflow_epochs,
+               sctrace_overrides, threads, echo) -> None:
+    """Every method of one split: kept when finished and scored over today's genes, else (re-)run in a clean folder."""
+    genes_now: list[str] | None = None
+    for method in methods:
+        if method in INTERPOLATION_ONLY and task == "extrapolate":
+            continue
+        folder = out_dir / "splits" / _split_name(task, time) / method
+        if (folder / "results.json").exists() and method not in rerun:
+            if genes_now is None:
+                genes_now = _split_genes(timecourse, time, preset, config, max_epochs, kind, sctrace_overrides)
+            if _kept_genes(folder) == genes_now:
+                echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
+                continue
+            # Scored over other genes (another gene choice or sctrace version): its scores and its cells'
+            # means would not compare with today's, so it runs again.
+            echo(f"[{_split_name(task, time)} {method}] earlier run scored other genes; running again")
+        if folder.exists():
+            shutil.rmtree(folder)  # an unfinished or re-run split starts clean
+        echo(f"[{_split_name(task, time)} {method}] running")
+        run_benchmark(
+            source, time_key, task=task, holdout=time, out_dir=folder, methods=[method], seeds=seeds, preset=preset,
+            config=config, max_epochs=max_epochs, count_kind=kind, layer=source_layer,
+            otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
+            mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs},
+            sctrace_overrides=sctrace_overrides, threads=threads, overwrite=True, plots=False, echo=lambda line: None,
+        )
 
 
 def _kept_genes(folder: Path) -> list[str] | None:
