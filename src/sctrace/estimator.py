@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from sctrace._errors import SctraceInputError, option, option_name
+from sctrace.calibrate import decoded_time
 from sctrace.config import (
     CHOICES,
     DEFAULT_PRESET,
@@ -25,7 +26,6 @@ from sctrace.config import (
 from sctrace.data.corpus import Corpus, CorpusSpec, prepare_corpus, tokenize_with_spec
 from sctrace.data.io import (
     TimeCourse,
-    check_expression,
     parse_time,
     read_h5ad,
     read_timecourse,
@@ -34,10 +34,10 @@ from sctrace.data.io import (
 from sctrace.data.pairing import check_pairing
 from sctrace.data.preprocess import read_gene_choice
 from sctrace.generate import library_values, predict_cells, warn_if_far
-from sctrace.model.module import N_SPECIAL, gather_sentences
+from sctrace.model.module import N_SPECIAL
 from sctrace.model.sampling import GeneCopula
 from sctrace.network import build_net, geneformer_medians, pretrained_encoder
-from sctrace.persistence import load_trace, write_description, write_weights
+from sctrace.persistence import load_trace, write_description, write_extrapolation, write_weights
 from sctrace.rundir import (  # noqa: F401  (re-exported: the run-directory API, as before)
     _OWN_ENTRIES,
     _RESUMABLE_KEYS,
@@ -153,6 +153,12 @@ class TRACE:
             gene_medians=gene_medians,
             directory=corpus_dir,
         )
+        self._prepare_network()
+
+    def _prepare_network(self) -> None:
+        """The network and what is fitted from the corpus before training (marginals, offsets, prior, copula)."""
+        seed = self.seed
+        assert self.timecourse is not None  # built from data, not loaded
         self.inputs: dict | None = fit_inputs(self.timecourse, self.corpus.spec, seed)
         torch.manual_seed(seed)
         self.net = build_net(self.corpus.spec, self.config)
@@ -168,6 +174,7 @@ class TRACE:
             self.corpus.counts, self.corpus.cell_times, self.spec.time_values, self.spec.count_kind, seed=seed)
         self.is_trained = False
         self.history: pd.DataFrame | None = None
+        self.extrapolation: dict | None = None  # set by calibrate_extrapolation (sctrace.calibrate)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -199,6 +206,7 @@ class TRACE:
         strategy: str = "auto",
         max_steps: int | None = None,
         precision: str = "auto",
+        calibrate_extrapolation: bool | None = None,
     ) -> TRACE:
         """Train with early stopping on a validation split of pairs; checkpoints go to ``run_dir/checkpoints``.
 
@@ -214,6 +222,10 @@ class TRACE:
 
         ``precision``: Lightning's training precision; ``"auto"`` is bf16 autocast (``"bf16-mixed"``) on a GPU and
         fp32 (``"32-true"``) on CPU. Weights stay fp32 either way, and so do the saved ones.
+
+        ``calibrate_extrapolation``: measure, with one more fit that leaves out the last training time, how far
+        past the last observed time the model's prediction should move (:mod:`sctrace.calibrate`); default: when
+        the task is ``extrapolate``. Without it, ``predict`` past the last time decodes at the time asked.
         """
         from sctrace.train import TrainPrecision, run_training
 
@@ -259,6 +271,14 @@ class TRACE:
         self.net = trained.net
         self.is_trained = True
         self.history = trained.history
+        if calibrate_extrapolation is None:
+            calibrate_extrapolation = self.spec.task == "extrapolate"
+        if calibrate_extrapolation and trained.is_global_zero:
+            from sctrace.calibrate import calibrate_extrapolation as calibrate
+
+            calibrate(self, progress=progress, accelerator=accelerator, precision=precision)
+            if scratch is None:
+                write_extrapolation(self, root)
         if scratch is not None:
             scratch.cleanup()
         elif trained.is_global_zero:
@@ -338,11 +358,16 @@ class TRACE:
         if sampling == "copula" and self.copula is None:
             raise SctraceInputError("this run has no gene copula (copula.safetensors; runs fitted before sampling "
                                     f"'copula' existed lack it); re-fit it, or pass {option('sampling', 'stratified')}.")
-        return predict_cells(
-            self.net, self.corpus, self.config, self.copula, time, n_cells, seed=seed, length=length,
+        decoded = decoded_time(self.extrapolation, self.spec.time_values, time)
+        out = predict_cells(
+            self.net, self.corpus, self.config, self.copula, decoded, n_cells, seed=seed, length=length,
             temperature=temperature, n_iter=n_iter, batch_size=batch_size, starts=starts, source_names=source_names,
             depths=depths, sampling=sampling,
         )
+        if self.extrapolation is not None and decoded != time:  # the cells are for the time asked; the network was asked for the calibrated one
+            out.obs["time"] = time
+            out.uns["sctrace"].update({"time": time, "decoded_time": decoded, "extrapolation_step": self.extrapolation["step"]})
+        return out
 
     def gene_embeddings(self) -> np.ndarray:
         """(n_genes, d) rows of the decoder's token table, in ``spec.genes`` order."""
@@ -357,35 +382,10 @@ class TRACE:
         The values get the checks ``fit`` ran (raw counts for a counts model). Gene rows of genes the model does
         not know are NaN.
         """
+        from sctrace.embed import embed_cells
+
         self._require_trained("embed")
-        if not isinstance(adata, ad.AnnData):
-            adata = read_h5ad(adata)
-        spec = self.spec
-        key = time_key or spec.time_key
-        if key not in adata.obs:
-            raise SctraceInputError(
-                f"time column {key!r} is not in adata.obs; pass {option_name('time_key')} as one of the obs columns "
-                f"{', '.join(repr(str(c)) for c in adata.obs.columns[:10]) or '(none)'}, or add each cell's time."
-            )
-        check_expression(adata, layer, spec.count_kind)
-        matrix = adata.layers[layer] if layer is not None else adata.X
-        tokens, lengths = tokenize_with_spec(spec, matrix, adata.var_names)
-        times = np.array([parse_time(v) for v in adata.obs[key].astype(str)], dtype=np.float32)
-        self.net.eval()
-        cells = []
-        with torch.no_grad():
-            for start in range(0, adata.n_obs, batch_size):
-                chunk = slice(start, start + batch_size)
-                z, _ = self.net.encode(gather_sentences(tokens, lengths, chunk), torch.as_tensor(times[chunk]))
-                cells.append(z[:, 0].numpy())
-        out = adata.copy()
-        out.obsm["X_sctrace"] = np.concatenate(cells) if cells else np.zeros((0, self.config.network.d_model), np.float32)
-        genes = self.gene_embeddings()
-        table = np.full((adata.n_vars, genes.shape[1]), np.nan, dtype=np.float32)
-        index = pd.Index(spec.genes).get_indexer(adata.var_names.astype(str))
-        table[index >= 0] = genes[index[index >= 0]]
-        out.varm["sctrace_genes"] = table
-        return out
+        return embed_cells(self, adata, time_key, layer, batch_size)
 
     # ------------------------------------------------------------------ persistence (sctrace.persistence)
     def save(self, run_dir: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -19,6 +19,7 @@ from sctrace.rundir import (
     COPULA_FILE,
     CORPUS_DIR,
     ENCODER_FILE,
+    EXTRAPOLATION_FILE,
     INPUTS_FILE,
     WEIGHTS_FILE,
     _check_config_keys,
@@ -27,7 +28,7 @@ from sctrace.rundir import (
 if TYPE_CHECKING:
     from sctrace.estimator import TRACE
 
-__all__ = ["load_trace", "write_description", "write_weights"]
+__all__ = ["load_trace", "write_description", "write_extrapolation", "write_weights"]
 
 
 def write_description(model: TRACE, run_dir: Path) -> None:
@@ -43,6 +44,13 @@ def write_description(model: TRACE, run_dir: Path) -> None:
     encoder = pretrained_encoder(model.net)
     if encoder is not None:
         (run_dir / ENCODER_FILE).write_text(json.dumps(encoder.to_config()))
+    write_extrapolation(model, run_dir)
+
+
+def write_extrapolation(model: TRACE, run_dir: Path) -> None:
+    """The calibrated extrapolation step, when there is one (a run without the file decodes at the time asked)."""
+    if model.extrapolation is not None:
+        (run_dir / EXTRAPOLATION_FILE).write_text(json.dumps(model.extrapolation, indent=1))
 
 
 def write_weights(net: TraceNet, run_dir: Path) -> None:
@@ -117,6 +125,15 @@ def load_trace(cls: type[TRACE], run_dir: str | os.PathLike) -> TRACE:
         model.copula = GeneCopula.load(run_dir / COPULA_FILE) if (run_dir / COPULA_FILE).exists() else None
     except (SafetensorError, OSError, KeyError) as err:
         raise SctraceInputError(f"{run_dir / COPULA_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
+    model.extrapolation = None
+    if (run_dir / EXTRAPOLATION_FILE).exists():
+        try:
+            model.extrapolation = json.loads((run_dir / EXTRAPOLATION_FILE).read_text())
+            step = float(model.extrapolation["step"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise SctraceInputError(f"{run_dir / EXTRAPOLATION_FILE} is corrupt ({err}); re-run `sctrace fit`.") from err
+        if not 0.0 <= step <= 1.0:
+            raise SctraceInputError(f"{run_dir / EXTRAPOLATION_FILE} holds step {step:g}, outside 0 to 1; re-run `sctrace fit`.")
     model.net.eval()
     model.is_trained = True
     return model

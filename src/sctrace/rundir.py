@@ -35,9 +35,10 @@ RUN_MARKER = "sctrace_run.json"  # marks a directory as written by sctrace, so -
 # older runs lack the keys added since and load with the defaults that reproduce them.
 RUN_FORMAT = 2
 COPULA_FILE = "copula.safetensors"  # the training cells' gene-gene normal-score factors (sampling "copula")
+EXTRAPOLATION_FILE = "extrapolation.json"  # the calibrated step past the last observed time (sctrace.calibrate)
 INPUTS_FILE = "fit_inputs.json"  # the data's fingerprint and the split a resumed fit must share with the run
-_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, INPUTS_FILE, CORPUS_DIR, CHECKPOINT_DIR, LOG_DIR,
-                RUN_MARKER)
+_OWN_ENTRIES = (WEIGHTS_FILE, CONFIG_FILE, ENCODER_FILE, COPULA_FILE, INPUTS_FILE, EXTRAPOLATION_FILE, CORPUS_DIR,
+                CHECKPOINT_DIR, LOG_DIR, RUN_MARKER)
 # Config keys a resumed fit may change: they decide how long it trains, not what it trains on.
 _RESUMABLE_KEYS = ("max_epochs", "patience")
 

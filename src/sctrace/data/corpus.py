@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,7 @@ def prepare_corpus(
     min_rows: int = 0,
     directory: str | os.PathLike | None = None,
     chunk_size: int = CHUNK_CELLS,
+    exclude_times: Sequence[float] = (),
 ) -> Corpus:
     """Split, select genes, tokenize and pair the training cells of a time course.
 
@@ -121,6 +123,9 @@ def prepare_corpus(
         once (``ceil(largest time point / source cells)``) and that there are at least ``min_rows`` rows.
     min_rows
         At least this many rows, each source cell with several partner sets (config ``min_rows``; 0: one set).
+    exclude_times
+        Observed times left out of training as well as the held-out one (the extrapolation calibration's inner
+        model trains without the last training time).
     directory
         Where to write the corpus (:meth:`Corpus.save`'s files plus the counts as ``counts_*.npy``), block by
         block; the corpus returned then reads tokens and counts from there (:meth:`Corpus.load`), so no
@@ -136,6 +141,8 @@ def prepare_corpus(
         holdout = check_holdout(timecourse, holdout)
     task, holdout = resolve_task(timecourse.time_values, task, holdout)
     train_times, holdout = split_times(timecourse.time_values, task, holdout)
+    if len(exclude_times):
+        train_times = train_times[~np.isclose(train_times[:, None], np.asarray(exclude_times, float)[None, :]).any(1)]
     train_rows = np.flatnonzero(np.isin(timecourse.times, train_times))
     matrix = timecourse.expression()
     gene_names = np.asarray(timecourse.gene_names()).astype(str)
