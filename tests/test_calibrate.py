@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from scipy.stats import wasserstein_distance
 
 import sctrace.calibrate as calibrate
@@ -32,6 +33,10 @@ def test_decoded_time_moves_only_past_the_last_training_time():
     assert decoded_time({"step": 0.0}, times, 8.0) == 4.0
 
 
+def data_gene(model) -> str:
+    return str(model.timecourse.gene_names()[0])
+
+
 @pytest.fixture(scope="module")
 def calibrated(small_timecourse, tiny_fast_config, tmp_path_factory):
     """Extrapolating 6 (and so 8.5): trained on 0, 1, 2.5, 4; the inner model on 0, 1, 2.5, scored at 4."""
@@ -43,9 +48,16 @@ def calibrated(small_timecourse, tiny_fast_config, tmp_path_factory):
         seen["inner_times"] = sorted(set(corpus.cell_times.tolist()))
         return corpus
 
+    # One gene silent before time 4: the model has it, the inner model (trained before 4) cannot.
+    data = small_timecourse.copy()
+    times = data.obs["time"].to_numpy()
+    counts = data.X.toarray()
+    counts[times < 4.0, 0] = 0
+    counts[times == 4.0, 0] = 7
+    data.X = sp.csr_matrix(counts)
     calibrate.prepare_corpus = spying
     try:
-        model = TRACE(small_timecourse, "time", task="extrapolate", holdout=6.0, seed=0, **tiny_fast_config)
+        model = TRACE(data, "time", task="extrapolate", holdout=6.0, seed=0, **tiny_fast_config)
         run_dir = tmp_path_factory.mktemp("calibrated") / "run"
         model.fit(run_dir=run_dir, progress=False)
     finally:
@@ -62,6 +74,8 @@ def test_an_extrapolation_fit_calibrates_on_training_times_only(calibrated):
     assert found["step"] in STEPS and found["target_time"] == 4.0 and found["inner_times"] == [0.0, 1.0, 2.5]
     assert set(found["scores"]) == {str(s) for s in STEPS}
     assert found["scores"][str(found["step"])] == min(found["scores"].values())
+    # Scored over the genes both models have.
+    assert data_gene(model) in model.spec.genes and found["n_genes"] == len(model.spec.genes) - 1
     assert json.loads((run_dir / "extrapolation.json").read_text()) == found
     assert TRACE.load(run_dir).extrapolation == found
 

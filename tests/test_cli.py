@@ -259,6 +259,16 @@ def test_fit_writes_a_run_with_the_yaml_config(run_dir, tiny_fast_config):
     assert spec["holdout"] == HOLDOUT and HOLDOUT not in spec["time_values"]
 
 
+def test_fit_calibrates_extrapolation_when_asked(run_dir, sim_file, tiny_yaml, tmp_path):
+    """The interpolation run above has no calibration; --calibrate-extrapolation adds one and says its step."""
+    assert not (run_dir / "extrapolation.json").exists()
+    out = tmp_path / "calibrated"
+    output = invoke("fit", sim_file, "--holdout", HOLDOUT, "--out", out, "--config", tiny_yaml, "--max-epochs", 1,
+                    "--no-progress", "--calibrate-extrapolation")
+    step = json.loads((out / "extrapolation.json").read_text())["step"]
+    assert f"extrapolation step {step:g} (calibrated on the training times)" in output
+
+
 def test_fit_refuses_an_existing_run_dir(run_dir, sim_file, tiny_yaml, monkeypatch, capsys):
     before = (run_dir / "model.safetensors").stat().st_mtime_ns
     args = ["fit", sim_file, "--holdout", HOLDOUT, "--out", run_dir, "--config", tiny_yaml, "--max-epochs", 1]

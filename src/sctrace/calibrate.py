@@ -17,6 +17,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import wasserstein_distance
 
@@ -74,7 +75,9 @@ def calibrate_extrapolation(model: TRACE, *, progress: bool = False, accelerator
     rows = np.flatnonzero(np.isclose(model.corpus.cell_times, last))
     if len(rows) > MAX_SCORED_CELLS:
         rows = np.sort(np.random.default_rng(model.seed).choice(rows, MAX_SCORED_CELLS, replace=False))
-    real = log_normalize(sp.csr_matrix(model.corpus.counts[rows]), spec.count_kind)
+    # The inner model keeps the genes of the model that are expressed in its own training cells: score over those.
+    columns = pd.Index(spec.genes).get_indexer(inner.spec.genes)
+    real = log_normalize(sp.csr_matrix(model.corpus.counts[rows])[:, columns], spec.count_kind)
     scores = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the inner model is asked past its own last time on purpose
@@ -83,7 +86,8 @@ def calibrate_extrapolation(model: TRACE, *, progress: bool = False, accelerator
             scores[step] = mean_gene_emd(log_normalize(generated.X, spec.count_kind), real)
     best = min(scores, key=lambda s: scores[s])
     model.extrapolation = {"step": float(best), "scores": {str(k): v for k, v in scores.items()},
-                           "inner_times": kept, "target_time": last, "n_cells": int(len(rows))}
+                           "inner_times": kept, "target_time": last, "n_cells": int(len(rows)),
+                           "n_genes": int(len(columns))}
     return model.extrapolation
 
 

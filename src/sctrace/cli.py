@@ -147,6 +147,9 @@ def fit(
     encoder_path: Annotated[Optional[Path], typer.Option(help="Directory of the pretrained encoder: config.json, "
                             "model.safetensors, token_dictionary.{json,csv,pkl}, gene medians.")] = None,
     encoder_mode: Annotated[Optional[str], typer.Option(help="frozen | finetune (pretrained encoder only).")] = None,
+    calibrate_extrapolation: Annotated[Optional[bool], typer.Option(
+        help="Measure how far past the last training time predictions should move, with one more fit without that "
+             "time (default: when the task is extrapolate).")] = None,
 ) -> None:
     """Train TRACE on every time point but the held-out one; write a run directory."""
     from sctrace.estimator import TRACE, check_run_dir
@@ -167,8 +170,10 @@ def fit(
     model.fit(
         max_epochs=max_epochs, run_dir=out, overwrite=overwrite, resume=resume, progress=progress,
         accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices, num_nodes=num_nodes,
-        strategy=strategy, precision=precision,
+        strategy=strategy, precision=precision, calibrate_extrapolation=calibrate_extrapolation,
     )
+    if model.extrapolation is not None:
+        typer.echo(f"extrapolation step {model.extrapolation['step']:g} (calibrated on the training times)")
     typer.echo(f"saved the trained model to {out}")
 
 
