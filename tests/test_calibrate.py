@@ -12,16 +12,34 @@ from scipy.stats import wasserstein_distance
 import sctrace.calibrate as calibrate
 from sctrace import TRACE
 from sctrace._errors import SctraceInputError
-from sctrace.calibrate import STEPS, decoded_time, mean_gene_emd
+from sctrace.calibrate import STEPS, choose_step, decoded_time, mean_gene_emd
 
 
 def test_mean_gene_emd_is_the_mean_of_each_genes_distance():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(50, 3))
     assert mean_gene_emd(real + np.array([0.5, 1.0, 0.0]), real) == pytest.approx(0.5)
-    other = rng.exponential(size=(40, 3))
-    expected = np.mean([wasserstein_distance(other[:, g], real[:, g]) for g in range(3)])
-    assert mean_gene_emd(other, real) == pytest.approx(expected)
+    for n in (40, 50):  # scipy's distance, and the sorted values' difference for as many cells
+        other = rng.exponential(size=(n, 3))
+        expected = np.mean([wasserstein_distance(other[:, g], real[:, g]) for g in range(3)])
+        assert mean_gene_emd(other, real) == pytest.approx(expected)
+
+
+def test_a_shorter_step_needs_a_gain_beyond_the_bootstrap_noise():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(200, 20))
+    near = rng.normal(size=(200, 20))
+    far = rng.normal(loc=1.0, size=(200, 20))
+    generated = {0.0: near, 1.0: far}
+    scores = {s: mean_gene_emd(g, real) for s, g in generated.items()}
+    assert choose_step(scores, generated, real, seed=0)[0] == 0.0
+    # A gain within the noise of resampling the cells leaves the model's own step.
+    barely = rng.normal(loc=0.02, size=(200, 20))
+    generated = {0.0: near, 1.0: barely}
+    scores = {s: mean_gene_emd(g, real) for s, g in generated.items()}
+    chosen, best, noise = choose_step(scores, generated, real, seed=0)
+    assert scores[1.0] - scores[0.0] < 2 * noise
+    assert chosen == 1.0 and noise > 0
 
 
 def test_decoded_time_moves_only_past_the_last_training_time():
@@ -73,7 +91,9 @@ def test_an_extrapolation_fit_calibrates_on_training_times_only(calibrated):
     found = model.extrapolation
     assert found["step"] in STEPS and found["target_time"] == 4.0 and found["inner_times"] == [0.0, 1.0, 2.5]
     assert set(found["scores"]) == {str(s) for s in STEPS}
-    assert found["scores"][str(found["step"])] == min(found["scores"].values())
+    assert found["scores"][str(found["best_step"])] == min(found["scores"].values())
+    gain = found["scores"]["1.0"] - found["scores"][str(found["best_step"])]
+    assert found["step"] == (found["best_step"] if gain > 2 * found["gain_noise"] else 1.0)
     # Scored over the genes both models have.
     assert data_gene(model) in model.spec.genes and found["n_genes"] == len(model.spec.genes) - 1
     assert json.loads((run_dir / "extrapolation.json").read_text()) == found
