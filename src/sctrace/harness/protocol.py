@@ -172,8 +172,30 @@ def run_protocol(
          f"data read as {detected}")
     for task, time in splits if run else ():
         with _split_lock(out_dir / "splits" / _split_name(task, time)):
-            _run_split(task, time, methods, out_dir, rerun, timecourse, source, time_key, source_layer, kind, seeds,
-                       preset, config, max_epochs, otcfm_steps, mioflow_epochs, sctrace_overrides, threads, echo)
+            genes_now: list[str] | None = None
+            for method in methods:
+                if method in INTERPOLATION_ONLY and task == "extrapolate":
+                    continue
+                folder = out_dir / "splits" / _split_name(task, time) / method
+                if (folder / "results.json").exists() and method not in rerun:
+                    if genes_now is None:
+                        genes_now = _split_genes(timecourse, time, preset, config, max_epochs, kind, sctrace_overrides)
+                    if _kept_genes(folder) == genes_now:
+                        echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
+                        continue
+                    # Scored over other genes (another gene choice or sctrace version): its scores and its cells'
+                    # means would not compare with today's, so it runs again.
+                    echo(f"[{_split_name(task, time)} {method}] earlier run scored other genes; running again")
+                if folder.exists():
+                    shutil.rmtree(folder)  # an unfinished or re-run split starts clean
+                echo(f"[{_split_name(task, time)} {method}] running")
+                run_benchmark(
+                    source, time_key, task=task, holdout=time, out_dir=folder, methods=[method], seeds=seeds, preset=preset,
+                    config=config, max_epochs=max_epochs, count_kind=kind, layer=source_layer,
+                    otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
+                    mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs},
+                    sctrace_overrides=sctrace_overrides, threads=threads, overwrite=True, plots=False, echo=lambda line: None,
+                )
     summary = summarise_protocol(out_dir, timecourse, splits, methods)
     summary.update({"data": str(data) if not isinstance(data, ad.AnnData) else "AnnData (in memory)",
                     "time_key": time_key, "count_kind": detected, "profile": profile, "seeds": seeds,
@@ -207,36 +229,6 @@ def _split_lock(split_dir: Path):
         yield
     finally:
         lock.release()
-
-
-def _run_split(task: str, time: float, methods, out_dir: Path, rerun, timecourse, source, time_key: str,
-               source_layer, kind: str, seeds, preset: str, config, max_epochs, otcfm_steps, mioflow_epochs,
-               sctrace_overrides, threads, echo) -> None:
-    """Every method of one split: kept when finished and scored over today's genes, else (re-)run in a clean folder."""
-    genes_now: list[str] | None = None
-    for method in methods:
-        if method in INTERPOLATION_ONLY and task == "extrapolate":
-            continue
-        folder = out_dir / "splits" / _split_name(task, time) / method
-        if (folder / "results.json").exists() and method not in rerun:
-            if genes_now is None:
-                genes_now = _split_genes(timecourse, time, preset, config, max_epochs, kind, sctrace_overrides)
-            if _kept_genes(folder) == genes_now:
-                echo(f"[{_split_name(task, time)} {method}] kept from an earlier run")
-                continue
-            # Scored over other genes (another gene choice or sctrace version): its scores and its cells'
-            # means would not compare with today's, so it runs again.
-            echo(f"[{_split_name(task, time)} {method}] earlier run scored other genes; running again")
-        if folder.exists():
-            shutil.rmtree(folder)  # an unfinished or re-run split starts clean
-        echo(f"[{_split_name(task, time)} {method}] running")
-        run_benchmark(
-            source, time_key, task=task, holdout=time, out_dir=folder, methods=[method], seeds=seeds, preset=preset,
-            config=config, max_epochs=max_epochs, count_kind=kind, layer=source_layer,
-            otcfm_settings=None if otcfm_steps is None else {"n_steps": otcfm_steps},
-            mioflow_settings=None if mioflow_epochs is None else {"n_epochs": mioflow_epochs},
-            sctrace_overrides=sctrace_overrides, threads=threads, overwrite=True, plots=False, echo=lambda line: None,
-        )
 
 
 def _kept_genes(folder: Path) -> list[str] | None:
