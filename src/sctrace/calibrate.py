@@ -24,6 +24,7 @@ from scipy.stats import wasserstein_distance
 
 from sctrace.data.corpus import prepare_corpus
 from sctrace.data.preprocess import log_normalize
+from sctrace.data.timecourse import capped_rows
 
 if TYPE_CHECKING:
     from sctrace.estimator import TRACE
@@ -78,8 +79,8 @@ def calibrate_extrapolation(model: TRACE, *, progress: bool = False, accelerator
     """Measure the extrapolation step of ``model`` (fitted from data, before saving) and set ``model.extrapolation``.
 
     Returns ``{"step", "scores" (step -> mean per-gene EMD), "best_step", "gain_noise", "inner_times",
-    "target_time", "n_cells", "n_genes"}``, or with
-    fewer than three training times (the inner model needs a source and one target) ``{"step": 1.0, "reason"}``.
+    "target_time", "n_cells", "n_genes"}``, or with fewer than three training times (the inner model needs a
+    source and one target) ``{"step": 1.0, "reason"}``.
     """
     if model.timecourse is None or model.corpus.counts is None:
         raise ValueError("calibrate_extrapolation needs the training data; call it on a model built from them.")
@@ -109,13 +110,10 @@ def calibrate_extrapolation(model: TRACE, *, progress: bool = False, accelerator
     inner._prepare_network()
     inner.fit(progress=progress, accelerator=accelerator, precision=precision, calibrate_extrapolation=False)
 
-    rows = np.flatnonzero(np.isclose(model.corpus.cell_times, last))
-    if len(rows) > MAX_SCORED_CELLS:
-        rows = np.sort(np.random.default_rng(model.seed).choice(rows, MAX_SCORED_CELLS, replace=False))
+    rows = capped_rows(np.flatnonzero(np.isclose(model.corpus.cell_times, last)), MAX_SCORED_CELLS, model.seed)
     # The inner model keeps the genes of the model that are expressed in its own training cells: score over those.
     columns = pd.Index(spec.genes).get_indexer(inner.spec.genes)
-    real = log_normalize(sp.csr_matrix(model.corpus.counts[rows])[:, columns], spec.count_kind)
-    real = _dense(real)
+    real = _dense(log_normalize(sp.csr_matrix(model.corpus.counts[rows])[:, columns], spec.count_kind))
     generated, scores = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the inner model is asked past its own last time on purpose

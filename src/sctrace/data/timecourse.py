@@ -114,3 +114,10 @@ class MatrixRows:
         if self.transform is not None:
             block = scipy.sparse.csr_matrix((self.transform(block.data), block.indices, block.indptr), shape=block.shape)
         return block
+
+
+def capped_rows(rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """``rows`` itself, or a seeded sample of ``cap`` of them in their order: the cells a statistic is fitted on."""
+    if len(rows) <= cap:
+        return rows
+    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), cap, replace=False))]

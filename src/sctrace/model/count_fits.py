@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sctrace.config import LOGNORM_LIKELIHOODS
+from sctrace.data.timecourse import capped_rows
 from sctrace.model.counts import N_MARGINAL_QUANTILES, values_to_normal
 
 if TYPE_CHECKING:
@@ -46,9 +47,7 @@ def fit_marginals(decoder: "CountDecoder", values, seed: int = 0) -> None:
     if not decoder.quantile_marginal:
         raise ValueError("fit_marginals applies to the hurdle likelihood with hurdle_marginal='quantile'.")
     n_cells = values.shape[0]
-    rows = np.arange(n_cells)
-    if n_cells > MARGINAL_CELLS:
-        rows = np.sort(np.random.default_rng(seed).choice(n_cells, MARGINAL_CELLS, replace=False))
+    rows = capped_rows(np.arange(n_cells), MARGINAL_CELLS, seed)
     matrix = sp.csc_matrix(values[rows], dtype=np.float64)
     matrix.eliminate_zeros()  # zeros are the hurdle's "off" part; only positive values shape the tables
     transformer = QuantileTransformer(
@@ -89,9 +88,7 @@ def fit_sentence_offsets(decoder: "CountDecoder", values, tokens: "np.ndarray | 
     if not decoder.sentence_offsets:
         raise ValueError("fit_sentence_offsets applies to a decoder built with sentence_offsets.")
     n_cells = values.shape[0]
-    rows = np.arange(n_cells)
-    if n_cells > SENTENCE_FIT_CELLS:
-        rows = np.sort(np.random.default_rng(seed).choice(n_cells, SENTENCE_FIT_CELLS, replace=False))
+    rows = capped_rows(np.arange(n_cells), SENTENCE_FIT_CELLS, seed)
     block = values[rows]
     x = torch.as_tensor(block.toarray() if sp.issparse(block) else np.asarray(block), dtype=torch.float64)
     sentences = torch.as_tensor(np.asarray(tokens[rows]), dtype=torch.long)
