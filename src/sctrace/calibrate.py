@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import wasserstein_distance
 
+from sctrace.data.arrays import dense
 from sctrace.data.corpus import prepare_corpus
 from sctrace.data.preprocess import log_normalize
 from sctrace.data.timecourse import capped_rows
@@ -39,17 +40,13 @@ EVIDENCE = 2.0
 BOOTSTRAP = 50
 
 
-def _dense(matrix) -> np.ndarray:
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
-
-
 def mean_gene_emd(pred, real) -> float:
     """Mean over genes of the 1-D Wasserstein distance between two (cells, genes) log-normalised matrices.
 
     With as many predicted as real cells it is the mean absolute difference of each gene's sorted values, which
     the bootstrap below needs many times; otherwise scipy's distance gene by gene.
     """
-    pred, real = _dense(pred), _dense(real)
+    pred, real = dense(pred), dense(real)
     if pred.shape[0] == real.shape[0]:
         return float(np.abs(np.sort(pred, 0) - np.sort(real, 0)).mean())
     return float(np.mean([wasserstein_distance(pred[:, g], real[:, g]) for g in range(real.shape[1])]))
@@ -113,13 +110,13 @@ def calibrate_extrapolation(model: TRACE, *, progress: bool = False, accelerator
     rows = capped_rows(np.flatnonzero(np.isclose(model.corpus.cell_times, last)), MAX_SCORED_CELLS, model.seed)
     # The inner model keeps the genes of the model that are expressed in its own training cells: score over those.
     columns = pd.Index(spec.genes).get_indexer(inner.spec.genes)
-    real = _dense(log_normalize(sp.csr_matrix(model.corpus.counts[rows])[:, columns], spec.count_kind))
+    real = dense(log_normalize(sp.csr_matrix(model.corpus.counts[rows])[:, columns], spec.count_kind))
     generated, scores = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the inner model is asked past its own last time on purpose
         for step in STEPS:
             cells = inner.predict(before + step * (last - before), n_cells=len(rows), seed=model.seed)
-            generated[step] = _dense(log_normalize(cells.X, spec.count_kind))
+            generated[step] = dense(log_normalize(cells.X, spec.count_kind))
             scores[step] = mean_gene_emd(generated[step], real)
     chosen, best, noise = choose_step(scores, generated, real, model.seed)
     model.extrapolation = {"step": float(chosen), "scores": {str(k): v for k, v in scores.items()},

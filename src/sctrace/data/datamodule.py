@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sctrace.data.arrays import dense
 from sctrace.data.corpus_types import Corpus
 from sctrace.data.sentences import gather_sentences
 
@@ -44,7 +44,7 @@ class PairCollator:
         sentences = gather_sentences(self.corpus.tokens, self.corpus.lengths, flat)
         assert self.corpus.counts is not None, "training batches need the corpus's counts"
         counts = self.corpus.counts[flat]
-        counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+        counts = dense(counts)
         batch, n_times = cells.shape
         counts = torch.from_numpy(counts.astype(np.float32)).view(batch, n_times, -1)
         return {

@@ -13,6 +13,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
+from sctrace.data.arrays import dense
 
 __all__ = ["BLOCK_ELEMENTS", "PCAProjection", "as_expression", "dense_rows", "fit_pca", "mean_expression"]
 
@@ -44,7 +45,7 @@ def as_expression(matrix, name: str):
 def dense_rows(matrix, rows: np.ndarray | None = None) -> np.ndarray:
     """Return the chosen rows (all when None) as a float64 ndarray."""
     block = matrix if rows is None else matrix[rows]
-    return block.toarray().astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
+    return dense(block, np.float64)
 
 
 def mean_expression(matrix) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
+from sctrace.data.arrays import dense
 from sctrace.harness.metrics import fit_pca
 
 __all__ = ["INTERPOLATION_ONLY", "baseline_names", "identity_baseline", "linear_baseline", "mixture_baseline"]
@@ -64,7 +65,7 @@ def _draw_cells(n_available: int, n_cells: int | None, rng: np.random.Generator)
 
 
 def _dense_float32(matrix) -> np.ndarray:
-    return matrix.toarray().astype(np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+    return dense(matrix, np.float32)
 
 
 def identity_baseline(expr, times: np.ndarray, target_time: float, n_cells: int | None = None,

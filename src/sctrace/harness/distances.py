@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
+from sctrace.data.arrays import dense
 from sctrace.data.pca import BLOCK_ELEMENTS, as_expression, dense_rows, fit_pca, mean_expression
 
 # RBF kernel parameters gamma in exp(-gamma * ||x - y||^2), as used by the TRACE paper, CPA, CellOT and CellFlow.
@@ -105,7 +106,7 @@ def mmd_rbf(pred, real, gammas: Sequence[float] = MMD_GAMMAS, max_cells: int | N
 def _sorted_gene_block(matrix, genes: slice) -> np.ndarray:
     """(n_cells, block) float64 values of a block of genes, each column sorted."""
     block = matrix[:, genes]
-    block = block.toarray() if sp.issparse(block) else block
+    block = dense(block)
     return np.sort(np.asarray(block, dtype=np.float64), axis=0)
 
 

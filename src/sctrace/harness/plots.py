@@ -12,22 +12,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sctrace._errors import SctraceInputError  # noqa: E402
+from sctrace.data.arrays import dense
 
 # group_gene_similarity and layout_2d are re-exported: their import path from before embedding_plots existed.
 from sctrace.harness.embedding_plots import EmbeddingView, embedding_dotplot, embedding_map, group_gene_similarity, layout_2d  # noqa: F401
-from sctrace.harness.plot_common import _dense, _palette, _save, _scatter_by_label, cell_type_labels
+from sctrace.harness.plot_common import _palette, _save, _scatter_by_label, cell_type_labels
 
 
 def pca_overlay(real, methods: dict[str, np.ndarray], path: str | Path, title: str = "", n_pcs: int = 2) -> Path:
     """One panel per method: its cells over the real cells, in the PCA of the real cells."""
-    real = _dense(real).astype(np.float64)
+    real = dense(real, np.float64)
     mean = real.mean(0)
     _, _, vt = np.linalg.svd(real - mean, full_matrices=False)
     axes_basis = vt[:n_pcs].T
     real_xy = (real - mean) @ axes_basis
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 4), squeeze=False)
     for ax, (name, cells) in zip(axes[0], methods.items()):
-        xy = (_dense(cells).astype(np.float64) - mean) @ axes_basis
+        xy = (dense(cells, np.float64) - mean) @ axes_basis
         ax.scatter(real_xy[:, 0], real_xy[:, 1], s=4, c="lightgray", label="real")
         ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6, label=name)
         ax.set_title(name)
@@ -66,10 +67,10 @@ def nearest_labels(real, real_labels: np.ndarray, cells, n_pcs: int = 20) -> np.
     np.ndarray
         (n,) labels.
     """
-    real = _dense(real).astype(np.float64)
+    real = dense(real, np.float64)
     mean, basis = _real_pca(real, n_pcs)
     real_coords = (real - mean) @ basis
-    coords = (_dense(cells).astype(np.float64) - mean) @ basis
+    coords = (dense(cells, np.float64) - mean) @ basis
     distances = (coords**2).sum(1)[:, None] + (real_coords**2).sum(1)[None, :] - 2.0 * coords @ real_coords.T
     return np.asarray(real_labels).astype(str)[np.argmin(distances, axis=1)]
 
@@ -90,7 +91,7 @@ def pca_cell_types(real, real_cell_types: np.ndarray, methods: dict[str, np.ndar
     methods
         Method name -> (n_cells, n_genes) log-normalised generated cells.
     """
-    real = _dense(real).astype(np.float64)
+    real = dense(real, np.float64)
     mean, basis = _real_pca(real, 2)
     real_coords = (real - mean) @ basis
     palette = _palette(real_cell_types)
@@ -99,7 +100,7 @@ def pca_cell_types(real, real_cell_types: np.ndarray, methods: dict[str, np.ndar
     axes[0, 0].set_title("real cells")
     axes[0, 0].legend(loc="best", markerscale=3, fontsize=7)
     for ax, (name, cells) in zip(axes[0, 1:], methods.items()):
-        coords = (_dense(cells).astype(np.float64) - mean) @ basis
+        coords = (dense(cells, np.float64) - mean) @ basis
         ax.scatter(real_coords[:, 0], real_coords[:, 1], s=4, c="lightgray")
         _scatter_by_label(ax, coords, nearest_labels(real, real_cell_types, cells, n_neighbour_pcs), palette)
         ax.set_title(f"{name} (type of nearest real cell)", fontsize=9)
@@ -139,7 +140,7 @@ def violin_genes(real, methods: dict[str, np.ndarray], genes: Sequence[str] | np
                  path: str | Path, title: str = "") -> Path:
     """One panel per chosen gene: the distribution of its expression in the real cells and in each method's."""
     columns = [list(map(str, genes)).index(g) for g in chosen]
-    sets = {"real": _dense(real), **{name: _dense(cells) for name, cells in methods.items()}}
+    sets = {"real": dense(real), **{name: dense(cells) for name, cells in methods.items()}}
     n_cols = min(4, len(columns))
     n_rows = int(np.ceil(len(columns) / n_cols))
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.8 * n_rows), squeeze=False)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.config import DEFAULT_PRESET
+from sctrace.data.arrays import dense
 from sctrace.data.io import detect_count_kind
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class SctraceMethod(BaseMethod):
                 cells = self.model.predict(float(next_time), source=test_ann_data[rows], seed=self.seed + k)
             else:
                 cells = self.model.predict(float(next_time), n_cells=len(rows), seed=self.seed + k)
-            values = cells.X.toarray() if sp.issparse(cells.X) else np.asarray(cells.X)
+            values = dense(cells.X)
             block = np.zeros((len(rows), test_ann_data.n_vars), dtype=np.float32)
             block[:, known] = values[:, columns[known]]
             out[rows] = block

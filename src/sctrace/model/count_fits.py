@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sctrace.config import LOGNORM_LIKELIHOODS
+from sctrace.data.arrays import dense
 from sctrace.data.timecourse import capped_rows
 from sctrace.model.counts import N_MARGINAL_QUANTILES, values_to_normal
 
@@ -81,7 +82,6 @@ def fit_sentence_offsets(decoder: "CountDecoder", values, tokens: "np.ndarray | 
     tokens
         (n_cells, length) those cells' sentences (gene ids from N_SPECIAL, no [CLS]).
     """
-    import scipy.sparse as sp
 
     from sctrace.data.sentences import add_cls, sentence_ranks
 
@@ -90,7 +90,7 @@ def fit_sentence_offsets(decoder: "CountDecoder", values, tokens: "np.ndarray | 
     n_cells = values.shape[0]
     rows = capped_rows(np.arange(n_cells), SENTENCE_FIT_CELLS, seed)
     block = values[rows]
-    x = torch.as_tensor(block.toarray() if sp.issparse(block) else np.asarray(block), dtype=torch.float64)
+    x = torch.as_tensor(dense(block), dtype=torch.float64)
     sentences = torch.as_tensor(np.asarray(tokens[rows]), dtype=torch.long)
     n_genes = x.shape[1]
     if decoder.likelihood in LOGNORM_LIKELIHOODS:

@@ -23,10 +23,10 @@ The statistics per training time and gene, and what the head receives:
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
+from sctrace.data.arrays import dense
 from sctrace.model.distributions import values_to_normal
 
 __all__ = ["N_PRIOR_FEATURES", "TimePrior"]
@@ -74,7 +74,7 @@ class TimePrior(nn.Module):
             if rows.size > _MAX_PRIOR_CELLS:
                 rows = np.sort(rng.choice(rows, _MAX_PRIOR_CELLS, replace=False))
             block = values[rows]
-            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            block = dense(block)
             x = torch.as_tensor(block, dtype=torch.float32)
             if likelihood in ("zinb", "nb"):
                 share = x / x.sum(1, keepdim=True).clamp_min(1.0)

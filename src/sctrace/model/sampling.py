@@ -26,9 +26,10 @@ import os
 from collections.abc import Callable
 
 import numpy as np
-import scipy.sparse as sp
 import scipy.special
 import scipy.stats
+
+from sctrace.data.arrays import dense
 
 
 def stratified_uniforms(n_cells: int, n_genes: int, rng: np.random.Generator) -> np.ndarray:
@@ -154,7 +155,7 @@ class GeneCopula:
             if rows.size > max_cells:
                 rows = np.sort(rng.choice(rows, max_cells, replace=False))
             block = values[rows]
-            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            block = dense(block)
             block = np.asarray(block, dtype=np.float64)
             if count_kind == "counts":
                 totals = block.sum(axis=1, keepdims=True)
