@@ -82,7 +82,7 @@ def test_the_pruned_keys_are_removed_keys_off_by_default():
 
 
 def test_a_version_2_run_with_the_pruned_keys_off_loads_silently(tmp_path, recwarn):
-    assert CONFIG_VERSION == 4
+    assert CONFIG_VERSION == 5
     assert TraceConfig.from_yaml(_version_2_run_config(tmp_path)) == _config(d_model=48)
     assert not [w for w in recwarn if "no longer supported" in str(w.message)]
 
@@ -115,6 +115,17 @@ def test_a_version_2_run_without_min_rows_had_one_partner_set_per_source_cell(tm
     path.write_text(yaml.safe_dump(fields, sort_keys=False))
     assert TraceConfig.from_yaml(path) == _config(d_model=48, min_rows=0)
     assert TraceConfig().data.min_rows == 1024
+
+
+def test_a_version_4_run_without_source_times_read_the_first_time_only(tmp_path):
+    nested = _config(d_model=48).nested()
+    del nested["training"]["source_times"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"config_version": 4, **nested}, sort_keys=False))
+    assert TraceConfig.from_yaml(path) == _config(d_model=48, source_times="first")
+    assert TraceConfig().training.source_times == "first"
+    with pytest.raises(SctraceInputError, match="'source_times' in overrides must be one of first, all"):
+        load_config(source_times="every")
 
 
 def test_a_version_3_run_with_count_standardise_loads_when_off_and_is_refused_when_on(tmp_path, recwarn):
@@ -166,7 +177,7 @@ def test_a_version_4_config_is_nested_by_section_and_reads_back(tmp_path):
     config = _config(**CHANGED)
     config.to_yaml(path)
     saved = yaml.safe_load(path.read_text())
-    assert list(saved) == ["config_version", *SECTIONS] and saved["config_version"] == 4
+    assert list(saved) == ["config_version", *SECTIONS] and saved["config_version"] == CONFIG_VERSION
     assert {key: list(saved[key]) for key in SECTIONS} == {
         name: [key for key, section in SECTION_OF.items() if section == name] for name in SECTIONS}
     assert saved["training"]["lr"] == 0.01 and saved["network"]["d_model"] == 48

@@ -37,6 +37,7 @@ CountPrior = Literal["none", "residual", "centred"]
 MaskSchedule = Literal["cosine", "exponential", "cubic", "linear"]
 Encoder = Literal["scratch", "random", "geneformer"]
 EncoderMode = Literal["frozen", "finetune"]
+SourceTimes = Literal["first", "all"]
 
 # Keys removed with the benchmarks they lost (CHANGELOG.md): the value the kept code always uses, and whether
 # another value built a different network (whose saved weights the kept code cannot load).
@@ -57,12 +58,12 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
 # version-2 file lacks and meant 0 (one partner set per source cell); 4 nests the same keys by section (versions
-# 1-3 are flat).
-CONFIG_VERSION = 4
+# 1-3 are flat); 5 added source_times, which earlier runs lack and which meant "first".
+CONFIG_VERSION = 5
 LEGACY_DEFAULTS: dict[str, Any] = {
     "n_top_genes": 2000, "max_len": 128, "dropout": 0.1, "max_epochs": 30, "time_scale": 100.0, "context_dropout": 0.0,
     "pairing": "random", "zinb_mean": "nb", "count_pooling": "cls", "hurdle_marginal": "gaussian",
-    "count_sampling": "iid", "genes": "hvg", "likelihood": "zinb", "min_rows": 0,
+    "count_sampling": "iid", "genes": "hvg", "likelihood": "zinb", "min_rows": 0, "source_times": "first",
 }
 
 # Probabilities of leaving something out: 1 would leave out everything.
@@ -157,6 +158,10 @@ class TrainingConfig:
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
     context_dropout: float = 0.5
+    # Which time points' cells a training batch reads as its source: "first" (the paper's: the first time only,
+    # so the decoder never decodes it) or "all" (any training time, the target any other one; generation still
+    # starts from the first time's cells). BENCHMARKS.md, "Every training time as a source".
+    source_times: SourceTimes = "first"
 
 
 @dataclass
@@ -291,6 +296,8 @@ def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
         raw = {**LEGACY_DEFAULTS, **raw}  # a key such a run lacks took the default of its time
     elif version == 2:
         raw.setdefault("min_rows", 0)  # fitted before the key: one partner set per source cell
+    if version < 5:
+        raw.setdefault("source_times", "first")  # fitted before the key: the first time was the only source
     if raw.get("count_pooling") == "cls+mean+genes":
         raise SctraceInputError(f"{origin} was fitted with count_pooling: cls+mean+genes, which sctrace no longer "
                                 "builds; re-fit the run.")

@@ -200,31 +200,37 @@ class TraceNet(nn.Module):
         schedule: str,
         generator: torch.Generator | None = None,
         context_keep: Sequence[bool] | None = None,
+        source_index: int = 0,
     ) -> dict[str, torch.Tensor]:
         """Masked-token and count losses for one batch.
 
         Parameters
         ----------
         sentences
-            (batch, n_times, length) int64 paired sentences with [CLS] first; time 0 is the source.
+            (batch, n_times, length) int64 paired sentences with [CLS] first, one cell per training time.
         times
             (n_times,) real time values.
         target_index
-            Which time point (>= 1) is reconstructed; the others become context.
+            Which time point is reconstructed (not ``source_index``); the others become context.
         target_counts
             (batch, n_genes) counts (or log-normalised values) of the target cells.
         library_size
             (batch,) total counts of the target cells over the modelled genes.
         context_keep
             (n_times,) which time points may serve as context (default: all); the target and the source never do.
+        source_index
+            Which time point's cells the encoder reads (0, the first time, at generation; any time point in
+            training with ``source_times: all``).
 
         The count decoder reads a second pass over the complete target sentence, as at generation, where the
         sentence is fully generated.
         """
-        z0, z0_pad = self.encode(sentences[:, 0], times[0])
+        if source_index == target_index:
+            raise ValueError("the target time point cannot be the source")
+        z0, z0_pad = self.encode(sentences[:, source_index], times[source_index])
         n_times = sentences.shape[1]
         keep = [True] * n_times if context_keep is None else list(context_keep)
-        context = [(sentences[:, k], times[k]) for k in range(1, n_times) if k != target_index and keep[k]]
+        context = [(sentences[:, k], times[k]) for k in range(n_times) if k not in (source_index, target_index) and keep[k]]
         memory, memory_pad = self.build_context(z0, z0_pad, context)
         # Z_0 keeps its gradient in the memory so the encoder learns; only the C_t are detached.
         memory = torch.cat([z0, memory[:, z0.shape[1]:]], 1)
