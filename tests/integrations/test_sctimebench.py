@@ -91,14 +91,27 @@ def test_scTimeBench_runner_trains_and_writes_next_time_point(stb, tmp_path, mon
     assert method.model.is_trained and method.model.spec.count_kind == "lognorm"
 
 
-def test_counts_in_counts_out(stb, tmp_path):
+def test_no_test_time_past_the_training_times_means_no_calibration(stb, tmp_path):
     from sctrace.integrations.sctimebench import SctraceMethod
+
+    train, _ = _splits(stb, lognorm=True)
+    method = SctraceMethod({"output_path": str(tmp_path), "required_outputs": [NEXT_GEX],
+                            "method": {"name": "sctrace", "metadata": TINY}})
+    method.train(train, all_tps=sorted(set(train.obs["scTimeBench_timepoint"]) | {2.0}))
+    assert method.model.extrapolation is None
+
+
+def test_counts_in_counts_out(stb, tmp_path):
+    from sctrace.integrations.sctimebench import RUN_DIR, SctraceMethod
 
     train, test = _splits(stb, lognorm=False)
     method = SctraceMethod({"output_path": str(tmp_path), "required_outputs": [NEXT_GEX],
                             "method": {"name": "sctrace", "metadata": {**TINY, "seed": 1}}})
     method.train(train, all_tps=sorted(set(train.obs["scTimeBench_timepoint"]) | set(TEST_TPS)))
     assert method.model.spec.count_kind == "counts"
+    # A test time (4) past the last training time (3): the step past it was calibrated, and saved with the run.
+    assert method.model.extrapolation is not None and 0.0 <= method.model.extrapolation["step"] <= 1.0
+    assert (tmp_path / RUN_DIR / "extrapolation.json").exists()
     assert method.model.spec.n_genes == train.n_vars - int((train.X.sum(axis=0) == 0).sum())  # genes: all
     _check(stb, method.generate_next_tp_gex(test), test, counts=True)
 

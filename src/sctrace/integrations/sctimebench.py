@@ -61,7 +61,11 @@ class SctraceMethod(BaseMethod):
         self.model: TRACE | None = None
 
     def train(self, ann_data: ad.AnnData, all_tps: list | None = None) -> None:
-        """Fit TRACE on every training time point (task ``none``), or load the run a previous call saved."""
+        """Fit TRACE on every training time point (task ``none``), or load the run a previous call saved.
+
+        ``all_tps`` (scTimeBench's training and test times): where one lies past the last training time, the fit
+        calibrates how far past it the prediction moves, as an extrapolation task does (:mod:`sctrace.calibrate`).
+        """
         from sctrace.estimator import TRACE
         from sctrace.rundir import WEIGHTS_FILE
 
@@ -78,7 +82,10 @@ class SctraceMethod(BaseMethod):
         # The likelihood follows the kind (auto: zinb for counts, the hurdle for log-normalised values).
         model = TRACE(ann_data, TIME_KEY, task="none", count_kind=kind, preset=self.preset, config=self.config_file,
                       seed=self.seed, **self.overrides)
-        self.model = model.fit(run_dir=run_dir, overwrite=True, progress=False, max_steps=self.max_steps)
+        last = float(ann_data.obs[TIME_KEY].astype(float).max())
+        beyond = any(float(t) > last for t in (all_tps or ()))
+        self.model = model.fit(run_dir=run_dir, overwrite=True, progress=False, max_steps=self.max_steps,
+                               calibrate_extrapolation=beyond)
 
     def generate_next_tp_gex(self, test_ann_data: ad.AnnData) -> np.ndarray:
         """(test cells, test genes): each cell's expression at the next test time point; NaN rows at the last.
