@@ -203,6 +203,10 @@ def test_extrapolation_trains_only_on_the_first_k_time_points(extrapolation, sma
     assert spec["time_values"] == results["train_times"]
     names = np.load(out / "runs" / "sctrace_seed1" / "corpus" / "obs_names.npy").astype(str)
     assert set(small_timecourse.obs.loc[names, "time"]) <= set(results["train_times"])
+    # Every target lies past the training times: each seed's fit calibrated the step past the last one.
+    for seed in (0, 1):
+        step = json.loads((out / "runs" / f"sctrace_seed{seed}" / "extrapolation.json").read_text())["step"]
+        assert 0.0 <= step <= 1.0
 
 
 def test_extrapolation_identity_is_the_last_training_time_point(extrapolation, small_timecourse):

@@ -27,8 +27,12 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
 
 
 def _fit_sctrace(train_path: Path, time_key: str, genes: list[str], count_kind: str, preset: str, config,
-                 overrides: dict, seed: int, run_dir: Path):
-    """TRACE trained (task ``none``) on every cell of the training file; returns the model and the fit seconds."""
+                 overrides: dict, seed: int, run_dir: Path, *, calibrate_extrapolation: bool = False):
+    """TRACE trained (task ``none``) on every cell of the training file; returns the model and the fit seconds.
+
+    ``calibrate_extrapolation``: the experiment predicts past the training times, so the fit calibrates the step
+    past the last one (:mod:`sctrace.calibrate`), as an extrapolation task's does.
+    """
     from sctrace.estimator import TRACE
 
     started = clock.perf_counter()
@@ -36,7 +40,7 @@ def _fit_sctrace(train_path: Path, time_key: str, genes: list[str], count_kind: 
                   **overrides)
     if list(model.spec.genes) != list(genes):
         raise RuntimeError("sctrace chose other genes than the experiment; the two HVG selections have diverged.")
-    model.fit(run_dir=run_dir, overwrite=True, progress=False)
+    model.fit(run_dir=run_dir, overwrite=True, progress=False, calibrate_extrapolation=calibrate_extrapolation)
     return model, clock.perf_counter() - started
 
 

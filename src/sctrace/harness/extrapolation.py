@@ -155,7 +155,9 @@ def run_extrapolation_distance(
     for name, reason in skipped.items():
         echo(f"skipping {name}: {reason}")
 
-    fit_sctrace = partial(_fit_sctrace, work / TRAIN_FILE, time_key, genes, count_kind, preset, config, overrides)
+    # Every target lies past the training times: the fit calibrates how far past the last one to move.
+    fit_sctrace = partial(_fit_sctrace, work / TRAIN_FILE, time_key, genes, count_kind, preset, config, overrides,
+                          calibrate_extrapolation=True)
     predictions_dir = work / "predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[tuple[str, float], list[dict]] = {}
