@@ -87,7 +87,6 @@ class TracePlan(L.LightningModule):
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)
         n_times = batch["sentences"].shape[1]
-        # On the generator's device: a CUDA generator draws on CUDA.
         source_index, target_index = self._draw_source_target(n_times)
         losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times), source_index)
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
