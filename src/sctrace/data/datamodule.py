@@ -44,9 +44,8 @@ class PairCollator:
         sentences = gather_sentences(self.corpus.tokens, self.corpus.lengths, flat)
         assert self.corpus.counts is not None, "training batches need the corpus's counts"
         counts = self.corpus.counts[flat]
-        counts = dense(counts)
         batch, n_times = cells.shape
-        counts = torch.from_numpy(counts.astype(np.float32)).view(batch, n_times, -1)
+        counts = torch.from_numpy(dense(counts, np.float32)).view(batch, n_times, -1)
         return {
             "sentences": sentences.view(batch, n_times, -1),
             "counts": counts,

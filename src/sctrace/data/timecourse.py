@@ -116,8 +116,12 @@ class MatrixRows:
         return block
 
 
-def capped_rows(rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
-    """``rows`` itself, or a seeded sample of ``cap`` of them in their order: the cells a statistic is fitted on."""
+def capped_rows(rows: np.ndarray, cap: int, seed: int | np.random.Generator) -> np.ndarray:
+    """``rows`` itself, or a seeded sample of ``cap`` of them in their order: the cells a statistic is fitted on.
+
+    ``seed`` may be a Generator that a loop over time points shares (it is drawn from, not re-seeded), and nothing
+    is drawn when no cap applies.
+    """
     if len(rows) <= cap:
         return rows
     return rows[np.sort(np.random.default_rng(seed).choice(len(rows), cap, replace=False))]

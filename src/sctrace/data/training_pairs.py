@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from sctrace._errors import SctraceInputError, option
 from sctrace.data.pairing import pair_cells
 from sctrace.data.preprocess import log_normalize
-from sctrace.data.timecourse import MatrixRows, TimeCourse
+from sctrace.data.timecourse import MatrixRows, TimeCourse, capped_rows
 
 # The OT plan's entropic regularisation (on the cost scaled to a maximum of 1) where rows repeat source cells on
 # purpose (config min_rows): the exact plan between time points of equal size is a permutation, which would give a
@@ -76,7 +76,7 @@ def _pairing_coordinates(view: MatrixRows, count_kind: str, seed: int, chunk_siz
     from sctrace.data.pca import fit_pca
 
     n_cells = view.shape[0]
-    fit_rows = np.sort(np.random.default_rng(seed).choice(n_cells, size=min(n_cells, OT_FIT_CELLS), replace=False))
+    fit_rows = capped_rows(np.arange(n_cells), OT_FIT_CELLS, seed)
     blocks = []
     for start in range(0, n_cells, chunk_size):
         chosen = fit_rows[(fit_rows >= start) & (fit_rows < start + chunk_size)] - start

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from sctrace._errors import SctraceInputError
 from sctrace.data.arrays import dense
+from sctrace.data.timecourse import capped_rows
 from sctrace.harness.metrics import fit_pca
 
 __all__ = ["INTERPOLATION_ONLY", "baseline_names", "identity_baseline", "linear_baseline", "mixture_baseline"]
@@ -64,10 +65,6 @@ def _draw_cells(n_available: int, n_cells: int | None, rng: np.random.Generator)
     return rng.choice(n_available, size=_check_n_cells(n_cells), replace=n_cells > n_available)
 
 
-def _dense_float32(matrix) -> np.ndarray:
-    return dense(matrix, np.float32)
-
-
 def identity_baseline(expr, times: np.ndarray, target_time: float, n_cells: int | None = None,
                       seed: int = 0) -> np.ndarray:
     """Predict a time point by the cells of the nearest earlier observed time point.
@@ -100,7 +97,7 @@ def identity_baseline(expr, times: np.ndarray, target_time: float, n_cells: int 
         )
     rows = np.flatnonzero(times == earlier[-1])
     chosen = rows[_draw_cells(rows.size, n_cells, np.random.default_rng(seed))]
-    return _dense_float32(expr[chosen])
+    return dense(expr[chosen], np.float32)
 
 
 def _bracketing_times(times: np.ndarray, target_time: float, name: str = "linear") -> tuple[float, float]:
@@ -153,7 +150,7 @@ def mixture_baseline(expr, times: np.ndarray, target_time: float, n_cells: int |
     rng = np.random.default_rng(seed)
     n_end = int(rng.binomial(_check_n_cells(n_cells), fraction))
     parts = [rows[_draw_cells(rows.size, k, rng)] for rows, k in ((start_rows, n_cells - n_end), (end_rows, n_end)) if k]
-    return _dense_float32(expr[np.concatenate(parts)])
+    return dense(expr[np.concatenate(parts)], np.float32)
 
 
 def linear_baseline(expr, times: np.ndarray, target_time: float, n_cells: int | None = None, n_pcs: int = 50,
@@ -203,8 +200,7 @@ def linear_baseline(expr, times: np.ndarray, target_time: float, n_cells: int | 
     ends = []
     for time in (start_time, end_time):
         rows = np.flatnonzero(times == time)
-        if rows.size > _MAX_OT_CELLS:
-            rows = np.sort(rng.choice(rows, size=_MAX_OT_CELLS, replace=False))
+        rows = capped_rows(rows, _MAX_OT_CELLS, rng)
         ends.append(pca.transform(expr[rows]))
     start_coords, end_coords = ends
     plan = ot.emd(np.full(len(start_coords), 1.0 / len(start_coords)), np.full(len(end_coords), 1.0 / len(end_coords)),

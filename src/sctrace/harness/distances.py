@@ -105,9 +105,7 @@ def mmd_rbf(pred, real, gammas: Sequence[float] = MMD_GAMMAS, max_cells: int | N
 
 def _sorted_gene_block(matrix, genes: slice) -> np.ndarray:
     """(n_cells, block) float64 values of a block of genes, each column sorted."""
-    block = matrix[:, genes]
-    block = dense(block)
-    return np.sort(np.asarray(block, dtype=np.float64), axis=0)
+    return np.sort(dense(matrix[:, genes], np.float64), axis=0)
 
 
 def emd_per_gene(pred, real) -> np.ndarray:

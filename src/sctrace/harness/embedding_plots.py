@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from sctrace._errors import SctraceInputError  # noqa: E402
+from sctrace.data.timecourse import capped_rows  # noqa: E402
 from sctrace.harness.plot_common import _palette, _save, _scatter_by_label, cell_type_labels
 
 
@@ -195,9 +196,7 @@ class EmbeddingView:
 
         model = TRACE.load(run_dir)
         time_key, genes = model.spec.time_key, list(model.spec.genes)
-        rng = np.random.default_rng(seed)
-        n_real = timecourse.adata.n_obs
-        rows = np.sort(rng.choice(n_real, size=max_real_cells, replace=False)) if n_real > max_real_cells else np.arange(n_real)
+        rows = capped_rows(np.arange(timecourse.adata.n_obs), max_real_cells, seed)
         real = ad.AnnData(sp.csr_matrix(timecourse.expression()[rows]),
                           obs=pd.DataFrame({time_key: timecourse.times[rows]}, index=[f"real_{i}" for i in rows]))
         real.var_names = timecourse.gene_names()

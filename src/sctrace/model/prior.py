@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from sctrace.data.arrays import dense
+from sctrace.data.timecourse import capped_rows
 from sctrace.model.distributions import values_to_normal
 
 __all__ = ["N_PRIOR_FEATURES", "TimePrior"]
@@ -71,11 +72,8 @@ class TimePrior(nn.Module):
             rows = np.flatnonzero(np.isclose(cell_times, t))
             if rows.size == 0:
                 continue
-            if rows.size > _MAX_PRIOR_CELLS:
-                rows = np.sort(rng.choice(rows, _MAX_PRIOR_CELLS, replace=False))
-            block = values[rows]
-            block = dense(block)
-            x = torch.as_tensor(block, dtype=torch.float32)
+            rows = capped_rows(rows, _MAX_PRIOR_CELLS, rng)
+            x = torch.as_tensor(dense(values[rows]), dtype=torch.float32)
             if likelihood in ("zinb", "nb"):
                 share = x / x.sum(1, keepdim=True).clamp_min(1.0)
                 stats[k, 0] = share.mean(0)

@@ -30,6 +30,7 @@ import scipy.special
 import scipy.stats
 
 from sctrace.data.arrays import dense
+from sctrace.data.timecourse import capped_rows
 
 
 def stratified_uniforms(n_cells: int, n_genes: int, rng: np.random.Generator) -> np.ndarray:
@@ -152,11 +153,8 @@ class GeneCopula:
         factors = []
         for time in times:
             rows = np.flatnonzero(np.isclose(cell_times, time))
-            if rows.size > max_cells:
-                rows = np.sort(rng.choice(rows, max_cells, replace=False))
-            block = values[rows]
-            block = dense(block)
-            block = np.asarray(block, dtype=np.float64)
+            rows = capped_rows(rows, max_cells, rng)
+            block = dense(values[rows], np.float64)
             if count_kind == "counts":
                 totals = block.sum(axis=1, keepdims=True)
                 block = block / np.where(totals > 0, totals, 1.0)
