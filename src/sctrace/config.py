@@ -334,21 +334,31 @@ def preset_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("sctrace.presets").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_config(preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | None = None, **overrides: Any) -> TraceConfig:
-    """Preset, then a user YAML file, then explicit overrides (e.g. CLI flags), each on top of the last."""
+def load_config(preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | Mapping[str, Any] | TraceConfig | None = None,
+                **overrides: Any) -> TraceConfig:
+    """Preset, then a user YAML file (or the same keys as a mapping, or a whole :class:`TraceConfig`), then explicit
+    overrides (e.g. CLI flags), each on top of the last."""
     names = preset_names()
     if preset not in names:
         raise SctraceInputError(f"unknown preset '{preset}'; choose one of {', '.join(names)}.")
     path = resources.files("sctrace.presets") / f"{preset}.yaml"
     config = TraceConfig().update(yaml.safe_load(path.read_text()) or {}, origin=f"preset {preset}")
     user: dict[str, Any] = {}
-    if config_file is not None:
-        user = _read_yaml(config_file)
-        config = config.update(user, origin=str(config_file))
+    origin = "config"
+    if isinstance(config_file, TraceConfig):
+        user = config_file.flat()
+    elif isinstance(config_file, Mapping):
+        user = dict(config_file)
+    elif isinstance(config_file, (str, os.PathLike)):
+        user, origin = _read_yaml(config_file), str(config_file)
+    elif config_file is not None:
+        raise SctraceInputError(f"config must be a YAML file's path, a mapping of config keys or a TraceConfig, "
+                                f"not {type(config_file).__name__}.")
+    config = config.update(user, origin=origin)
     config = config.update(overrides, origin="overrides")
     # A number of highly variable genes asked for by the user (not the preset's) means HVGs: with `genes: auto`
     # left in place, a 900-gene data set would model all 900 whatever --n-top-genes said.
-    asked = {**flatten_overrides(user, str(config_file)),
+    asked = {**flatten_overrides(user, origin),
              **{k: v for k, v in flatten_overrides(overrides, "overrides").items() if v is not None}}
     if "n_top_genes" in asked and "genes" not in asked and config.data.genes == "auto":
         config = config.update({"genes": "hvg"}, origin="overrides")

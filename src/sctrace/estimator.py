@@ -8,7 +8,7 @@ import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anndata as ad
 import numpy as np
@@ -20,6 +20,7 @@ from sctrace.calibrate import decoded_time
 from sctrace.config import (
     CHOICES,
     DEFAULT_PRESET,
+    TraceConfig,
     flatten_overrides,
     load_config,
 )
@@ -95,7 +96,8 @@ class TRACE:
     stratify
         obs columns for stratified pairing (the pairing becomes ``stratified``).
     preset, config
-        A preset name and optionally a YAML file; ``overrides`` are applied last, flat (``max_epochs=5``) or by
+        A preset name and optionally a YAML file, or the same keys as a mapping (``config={"max_epochs": 5}``) or
+        a :class:`~sctrace.config.TraceConfig`; ``overrides`` are applied last, flat (``max_epochs=5``) or by
         section (``training={"max_epochs": 5}``). The result is ``self.config``, read by section
         (``model.config.training.max_epochs``).
     """
@@ -112,7 +114,7 @@ class TRACE:
         stratify: Sequence[str] = (),
         count_kind: str | None = "auto",
         preset: str = DEFAULT_PRESET,
-        config: str | os.PathLike | None = None,
+        config: str | os.PathLike | Mapping[str, Any] | TraceConfig | None = None,
         seed: int = 0,
         **overrides,
     ):

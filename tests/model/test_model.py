@@ -46,6 +46,24 @@ def test_config_errors(tmp_path):
         load_config("cpu-small", context_dropout=1)
 
 
+def test_config_as_a_mapping_or_a_config(tmp_path):
+    """config= takes a YAML file, the same keys as a mapping (flat or by section) or a whole TraceConfig."""
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  lr: 0.002\nd_model: 48\n")
+    from_file = load_config("cpu-small", path)
+    from_mapping = load_config("cpu-small", {"training": {"lr": 0.002}, "d_model": 48})
+    assert from_file == from_mapping
+    assert (from_mapping.training.lr, from_mapping.network.d_model) == (0.002, 48)
+    # Overrides still come last; a whole config is taken as it is, whatever the preset says.
+    assert load_config("cpu-small", {"lr": 0.002}, lr=0.003).training.lr == 0.003
+    eb = load_config("eb")
+    assert load_config("cpu-small", eb) == eb
+    with pytest.raises(SctraceInputError, match="unknown config key.*d_modle"):
+        load_config("cpu-small", {"d_modle": 3})
+    with pytest.raises(SctraceInputError, match="config must be a YAML file's path, a mapping"):
+        load_config("cpu-small", 5)  # type: ignore[arg-type]
+
+
 def test_first_claim_keeps_most_confident_duplicate():
     genes = torch.tensor([[5, 5, 7, 5], [3, 4, 3, 3]])
     confidence = torch.tensor([[0.1, 0.9, 0.5, 0.9], [0.2, 0.1, 0.3, 0.0]])
