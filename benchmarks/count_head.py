@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         state, sentences = count_state_of_sentences(model, tokens[held_out], lengths[held_out], args.holdout,
                                          np.random.default_rng(args.seed))
         depth = np.asarray(adata.X[held_out][:, adata.var_names.get_indexer(genes)].sum(1)).ravel()
-        params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), args.holdout,
-                                  tokens=sentences)
+        params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), tokens=sentences)
         expected = net.count_decoder.mean(params).numpy()
     if args.count_kind == "counts":
         expected = lognorm_over_genes(expected, np.asarray(genes), genes).toarray()

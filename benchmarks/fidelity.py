@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             state, sentences = count_state_of_sentences(model, tokens[part_a], lengths[part_a], float(t), rng)
             # Depths as at generation (the neighbouring observed times'), not A's own.
             depth = model.spec.sample_library_sizes(float(t), n_a, rng)
-            params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), float(t),
-                                      tokens=sentences)
+            params = net.count_params(state, torch.as_tensor(depth, dtype=torch.float32), tokens=sentences)
             drawn = net.count_decoder.sample(params, generator=generator).numpy()
         drawn = lognorm_over_genes(drawn, np.asarray(genes), genes, args.count_kind).toarray()
 

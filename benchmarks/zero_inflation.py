@@ -48,7 +48,7 @@ def main() -> None:
             rows = np.flatnonzero(np.isclose(times, t))[:150]
             state, read = count_state_of_sentences(model, tokens[rows], lengths[rows], float(t), rng)
             library = torch.as_tensor(counts[rows].sum(1), dtype=torch.float32)
-            params = model.net.count_params(state, library, float(t), tokens=read)
+            params = model.net.count_params(state, library, tokens=read)
             pi, mu, theta = torch.sigmoid(params["pi_logits"]), params["mu"], params["theta"]
             nb_zero = (theta / (theta + mu)) ** theta
             zero = pi + (1 - pi) * nb_zero

@@ -160,6 +160,23 @@ def test_a_version_3_run_with_the_relative_time_code_is_refused_and_the_absolute
         load_config(time_code="absolute")
 
 
+def test_a_version_5_run_with_a_count_prior_is_refused_and_one_without_it_loads(tmp_path, recwarn):
+    assert REMOVED_KEYS["count_prior"] == ("none", True)  # the count head read the prior's features
+    nested = _config(d_model=48).nested()
+    path = tmp_path / "config.yaml"
+    for value in ("none", "residual", "centred"):
+        nested["counts"]["count_prior"] = value
+        path.write_text(yaml.safe_dump({"config_version": 5, **nested}, sort_keys=False))
+        if value == "none":
+            assert TraceConfig.from_yaml(path) == _config(d_model=48)
+        else:
+            with pytest.raises(SctraceInputError, match=f"count_prior: {value}, which sctrace no longer builds"):
+                TraceConfig.from_yaml(path)
+    assert not [w for w in recwarn if "no longer supported" in str(w.message)]
+    with pytest.raises(SctraceInputError, match="count_prior in overrides were removed"):
+        load_config(count_prior="residual")
+
+
 # Format 4: the keys nested by section in config.yaml; flat keys (presets, user files, overrides) still work.
 CHANGED = {"genes": "hvg", "d_model": 48, "count_hidden": 64, "lr": 0.01, "temperature": 0.5, "count_sampling": "iid"}
 

@@ -33,7 +33,6 @@ ZinbMean = Literal["nb", "scale"]
 CountPooling = Literal["cls", "cls+mean"]
 HurdleMarginal = Literal["gaussian", "quantile"]
 CountSampling = Literal["iid", "stratified", "copula"]
-CountPrior = Literal["none", "residual", "centred"]
 MaskSchedule = Literal["cosine", "exponential", "cubic", "linear"]
 Encoder = Literal["scratch", "random", "geneformer"]
 EncoderMode = Literal["frozen", "finetune"]
@@ -54,6 +53,7 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "source_time_target": (False, False),  # training only
     "count_standardise": (False, True),  # its running statistics are buffers of the count head
     "time_code": ("absolute", True),  # "relative" timed every block from the decoded time: another model
+    "count_prior": ("none", True),  # the count head read the prior's features and kept its statistics as buffers
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
@@ -113,11 +113,6 @@ class NetworkConfig:
 class CountConfig:
     """The count decoder: what it reads and the likelihood of the values it gives."""
 
-    # The count decoder's outputs are offsets from each gene's training-time statistics interpolated to the decoded
-    # time (its own time left out in training), so an unseen time starts from its neighbours (sctrace.model.prior):
-    # "none" (runs before this key), "residual" (the offsets are learned freely) or "centred" (the offsets are
-    # centred over the cells decoded together: the prior sets the population, the network each cell's deviation).
-    count_prior: CountPrior = "none"
     # The count decoder reads the cell's own sentence: a gene in it gets a level plus a slope in log rank, a gene
     # outside it another level, so each generated cell's values follow its generated sentence (issue 24).
     count_sentence: bool = False

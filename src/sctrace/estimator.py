@@ -158,7 +158,7 @@ class TRACE:
         self._prepare_network()
 
     def _prepare_network(self) -> None:
-        """The network and what is fitted from the corpus before training (marginals, offsets, prior, copula)."""
+        """The network and what is fitted from the corpus before training (marginals, offsets, copula)."""
         seed = self.seed
         assert self.timecourse is not None  # built from data, not loaded
         self.inputs: dict | None = fit_inputs(self.timecourse, self.corpus.spec, seed)
@@ -168,10 +168,6 @@ class TRACE:
             self.net.count_decoder.fit_marginals(self.corpus.counts, seed=seed)
         if self.net.count_decoder.sentence_offsets and self.corpus.counts is not None:
             self.net.count_decoder.fit_sentence_offsets(self.corpus.counts, self.corpus.tokens, seed=seed)
-        if self.net.count_prior is not None:
-            decoder = self.net.count_decoder
-            self.net.count_prior.fit(self.corpus.counts, self.corpus.cell_times, self.config.counts.likelihood,
-                                     decoder.marginal_quantiles if decoder.quantile_marginal else None, seed)
         self.copula: GeneCopula | None = None if self.corpus.counts is None else GeneCopula.fit(
             self.corpus.counts, self.corpus.cell_times, self.spec.time_values, self.spec.count_kind, seed=seed)
         self.is_trained = False

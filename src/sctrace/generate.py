@@ -255,7 +255,7 @@ def generate_cells(
         with torch.no_grad():
             state = net.count_state(hidden, tokens)
             params = net.count_params(state, torch.as_tensor(library[start : start + len(chunk)], dtype=torch.float32),
-                                      time, tokens=tokens)
+                                      tokens=tokens)
             mean_out.append(net.count_decoder.mean(params).numpy())
             levels = None if strata is None else torch.as_tensor(strata.rows(start, start + len(chunk)))
             sample_out.append(net.count_decoder.sample(params, generator=generator, uniforms=levels).numpy())

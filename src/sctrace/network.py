@@ -82,8 +82,6 @@ def build_net(spec: CorpusSpec, config: TraceConfig, encoder_config: dict | None
         zinb_mean=config.counts.zinb_mean,
         count_pooling=config.counts.count_pooling,
         hurdle_marginal=config.counts.hurdle_marginal,
-        time_values=None if config.counts.count_prior == "none" else times,
-        centre_prior=config.counts.count_prior == "centred",
         count_sentence=config.counts.count_sentence,
         pretrained=pretrained,
     )

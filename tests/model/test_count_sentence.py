@@ -19,7 +19,7 @@ def test_sentence_ranks_give_each_gene_its_position_and_zero_when_absent():
     assert ranks.shape == (2, 10)
     assert ranks[0].tolist() == [2, 0, 0, 0, 1, 0, 0, 0, 0, 3] and ranks[1].tolist() == [0, 0, 1] + [0] * 7
     with pytest.raises(ValueError, match="pass tokens"):
-        net.count_params(torch.randn(2, 16), torch.full((2,), 100.0), 1.0)
+        net.count_params(torch.randn(2, 16), torch.full((2,), 100.0))
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_the_values_follow_the_sentence_and_shuffled_sentences_lose_them(small_t
             memory, memory_pad = net.build_context(z0, pad, context)
             target = gather_sentences(tokens[order], lengths[order], slice(0, len(order)))
             state = net.count_state(net.decode(target, holdout, memory, memory_pad), target)
-            mean = net.count_decoder.mean(net.count_params(state, depth, holdout, tokens=target)).numpy()
+            mean = net.count_decoder.mean(net.count_params(state, depth, tokens=target)).numpy()
         return np.asarray(log_normalize(mean).todense() if hasattr(log_normalize(mean), "todense") else log_normalize(mean))
 
     own = per_cell_fidelity(decoded(np.arange(len(tokens))), real)

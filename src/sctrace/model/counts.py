@@ -86,8 +86,6 @@ class CountDecoder(nn.Module):
         likelihood: str = "zinb",
         zinb_mean: str = "nb",
         hurdle_marginal: str = "gaussian",
-        n_prior_features: int = 0,
-        centre_prior: bool = False,
         sentence_offsets: bool = False,
     ):
         super().__init__()
@@ -106,15 +104,8 @@ class CountDecoder(nn.Module):
             # Saved with the weights: a loaded model decodes on the same tables it was trained on.
             self.register_buffer("marginal_quantiles", torch.zeros(N_MARGINAL_QUANTILES, n_genes))
             self.register_buffer("marginals_fitted", torch.tensor(False))
-        # With a time prior (sctrace.model.prior) the state comes with the prior's features, and the heads give
-        # offsets from the prior's statistics, starting at zero: an untrained decoder returns the prior itself.
-        self.n_prior_features = n_prior_features
-        # Centred offsets: the prior alone sets each gene's population level at a time, and the network only how
-        # cells differ around it; why: a freely learned offset, fitted at the few training times, transferred badly
-        # to unseen ones (Shalek LPS 4 h: Pearson-delta 0.69 against 0.81 for the prior alone, BENCHMARKS.md).
-        self.centre_prior = centre_prior
         self.hidden = nn.Sequential(
-            nn.Linear(n_input + n_prior_features, n_hidden),
+            nn.Linear(n_input, n_hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(n_hidden, n_hidden),
@@ -143,12 +134,6 @@ class CountDecoder(nn.Module):
             self.out_of_sentence = nn.Parameter(torch.zeros(n_genes))
             self.rank_slope = nn.Parameter(torch.zeros(()))
             self.in_sentence_zero = nn.Parameter(torch.zeros(n_genes))
-        if n_prior_features:
-            for name in ("mean_head", "scale_head"):
-                head = getattr(self, name, None)
-                if head is not None:
-                    nn.init.zeros_(head.weight)
-                    nn.init.zeros_(head.bias)
 
     def fit_marginals(self, values, seed: int = 0) -> None:
         """Each gene's quantiles of its positive values (see :func:`sctrace.model.count_fits.fit_marginals`)."""
@@ -163,7 +148,6 @@ class CountDecoder(nn.Module):
         return fit_sentence_offsets(self, values, tokens, seed)
 
     def forward(self, cls_embedding: torch.Tensor, library_size: torch.Tensor | None = None,
-                prior: tuple[torch.Tensor, torch.Tensor] | None = None,
                 sentence_ranks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Distribution parameters for each cell.
 
@@ -174,11 +158,6 @@ class CountDecoder(nn.Module):
         library_size
             (batch,) total counts of each cell; required for ``zinb`` and ``nb``, ignored for ``gaussian`` and
             ``hurdle``.
-        prior
-            ``(offsets (batch, 2, n_genes), features (batch, n_prior_features))`` of
-            :class:`sctrace.model.prior.TimePrior`, required when the decoder was built with prior features:
-            offsets[:, 0] is added to the scale logits (counts) or the off logits (hurdle), offsets[:, 1] to the
-            mean (log-normalised likelihoods).
         sentence_ranks
             (batch, n_genes) each gene's rank in the cell's sentence (1 for the first), 0 for genes not in it;
             required with ``sentence_offsets``.
@@ -190,12 +169,6 @@ class CountDecoder(nn.Module):
         ``{'mean', 'log_var'}``; every value (batch, n_genes).
         """
         state = F.normalize(cls_embedding, dim=-1)
-        offsets = None
-        if self.n_prior_features:
-            if prior is None:
-                raise ValueError("this count decoder was built with a time prior; pass prior=(offsets, features).")
-            offsets, features = prior
-            state = torch.cat([state, features.to(state.dtype)], dim=-1)
         hidden = self.hidden(state)
         batch = cls_embedding.shape[0]
         level, expressed = None, None
@@ -208,15 +181,11 @@ class CountDecoder(nn.Module):
             expressed = present * self.in_sentence_zero
 
         def shifted(values: torch.Tensor, which: int) -> torch.Tensor:
-            if level is not None:
-                assert expressed is not None  # set with level
-                # which 0: the counts' scale logits or the hurdle's off logits; 1: the log-normalised mean.
-                values = values + (level if which == 1 or self.likelihood not in LOGNORM_LIKELIHOODS else -expressed)
-            if offsets is None:
+            if level is None:
                 return values
-            if self.centre_prior:
-                values = values - values.mean(0, keepdim=True)
-            return values + offsets[:, which].to(values.dtype)
+            assert expressed is not None  # set with level
+            # which 0: the counts' scale logits or the hurdle's off logits; 1: the log-normalised mean.
+            return values + (level if which == 1 or self.likelihood not in LOGNORM_LIKELIHOODS else -expressed)
 
         if self.likelihood in LOGNORM_LIKELIHOODS:
             params = {"mean": shifted(self.mean_head(hidden), 1), "log_var": self.log_var.expand(batch, -1)}

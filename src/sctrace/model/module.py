@@ -14,7 +14,6 @@ from sctrace.data.tokenize import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 from sctrace.model.counts import CountDecoder
 from sctrace.model.embeddings import CellEmbedding
 from sctrace.model.masking import random_mask
-from sctrace.model.prior import N_PRIOR_FEATURES, TimePrior
 from sctrace.model.transformer import DecoderLayer, EncoderLayer, Stack
 
 __all__ = ["CLS_ID", "COUNT_POOLINGS", "MASK_ID", "N_SPECIAL", "PAD_ID", "TraceNet", "add_cls", "gather_sentences"]
@@ -47,10 +46,6 @@ class TraceNet(nn.Module):
     count_sentence
         The count decoder reads the cell's own sentence: each gene in it is offset by a per-gene level plus a
         slope in log rank, each gene outside it by another level (:class:`sctrace.model.counts.CountDecoder`).
-    time_values
-        The observed training times, in order: given, the count decoder's outputs are offsets from each gene's
-        statistics interpolated in time (:class:`sctrace.model.prior.TimePrior`), fitted with
-        ``count_prior.fit`` before training; ``centre_prior`` centres the offsets over the cells decoded together.
     pretrained
         A source encoder with the signature of :meth:`encode` (e.g.
         :class:`sctrace.model.pretrained.PretrainedEncoder`) replacing the from-scratch one.
@@ -80,8 +75,6 @@ class TraceNet(nn.Module):
         count_pooling: str = "cls",
         hurdle_marginal: str = "gaussian",
         pretrained: nn.Module | None = None,
-        time_values: Sequence[float] | None = None,
-        centre_prior: bool = False,
         count_sentence: bool = False,
     ):
         super().__init__()
@@ -109,11 +102,8 @@ class TraceNet(nn.Module):
             likelihood=likelihood,
             zinb_mean=zinb_mean,
             hurdle_marginal=hurdle_marginal,
-            n_prior_features=0 if time_values is None else N_PRIOR_FEATURES,
-            centre_prior=centre_prior,
             sentence_offsets=count_sentence,
         )
-        self.count_prior = None if time_values is None else TimePrior(time_values, n_genes)
 
     @staticmethod
     def _times(time: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -155,20 +145,16 @@ class TraceNet(nn.Module):
         mean = (hidden * genes).sum(1) / genes.sum(1).clamp(min=1.0)
         return torch.cat([F.normalize(cls, dim=-1), F.normalize(mean, dim=-1)], dim=-1)
 
-    def count_params(self, state: torch.Tensor, library_size: torch.Tensor | None, time: torch.Tensor | float,
-                     exclude: int | None = None, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The count decoder's parameters for cells decoded at ``time``; ``exclude`` leaves the training time of
-        that index out of the time prior (a training target's own time); ``tokens`` (batch, length), the cells'
-        sentences with [CLS] first, are read by a decoder built with ``count_sentence``."""
-        prior = None
-        if self.count_prior is not None:
-            prior = self.count_prior(time, state.shape[0], exclude)
+    def count_params(self, state: torch.Tensor, library_size: torch.Tensor | None,
+                     tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The count decoder's parameters for cells with decoder state ``state``; ``tokens`` (batch, length), the
+        cells' sentences with [CLS] first, are read by a decoder built with ``count_sentence``."""
         ranks = None
         if self.count_decoder.sentence_offsets:
             if tokens is None:
                 raise ValueError("this network's count decoder reads the sentence; pass tokens.")
             ranks = self.sentence_ranks(tokens)
-        return self.count_decoder(state, library_size, prior, ranks)
+        return self.count_decoder(state, library_size, ranks)
 
     def sentence_ranks(self, tokens: torch.Tensor) -> torch.Tensor:
         """(batch, n_genes) each gene's rank in the sentence (1 for the gene after [CLS]), 0 where it is absent."""
@@ -242,6 +228,6 @@ class TraceNet(nn.Module):
         token_loss = F.cross_entropy(logits, labels[chosen])
         accuracy = (logits.argmax(-1) == labels[chosen]).float().mean()
         state = self.count_state(self.decode(target_tokens, target_time, memory, memory_pad), target_tokens)
-        params = self.count_params(state, library_size, target_time, exclude=target_index, tokens=target_tokens)
+        params = self.count_params(state, library_size, tokens=target_tokens)
         count_loss = self.count_decoder.loss(params, target_counts)
         return {"token_loss": token_loss, "count_loss": count_loss, "masked_accuracy": accuracy}
