@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from sctrace._errors import SctraceInputError
-from sctrace.config import CONFIG_VERSION, REMOVED_KEYS, SECTION_OF, SECTIONS, TraceConfig, load_config, migrate_run_config
+from sctrace.config import CONFIG_VERSION, REMOVED_KEYS, SECTION_OF, SECTIONS, TraceConfig, load_config
 
 
 def _config(**flat):
@@ -117,17 +117,22 @@ def test_a_version_2_run_without_min_rows_had_one_partner_set_per_source_cell(tm
     assert TraceConfig().data.min_rows == 1024
 
 
-def test_a_version_4_run_without_source_times_read_the_first_time_only(tmp_path):
+def test_source_times_is_a_removed_training_key_whatever_the_version(tmp_path, recwarn):
+    assert REMOVED_KEYS["source_times"] == ("first", False)  # training only: the weights still predict as trained
     nested = _config(d_model=48).nested()
-    del nested["training"]["source_times"]
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"config_version": 4, **nested}, sort_keys=False))
-    assert TraceConfig.from_yaml(path) == _config(d_model=48, source_times="first")
-    # "first" is also today's default, so the migration itself is what is checked here: it fills the key in.
-    assert migrate_run_config(yaml.safe_load(path.read_text()), str(path))["source_times"] == "first"
-    assert "source_times" not in migrate_run_config({"config_version": 5}, "x")
-    with pytest.raises(SctraceInputError, match="'source_times' in overrides must be one of first, all"):
-        load_config(source_times="every")
+    path.write_text(yaml.safe_dump({"config_version": 4, **nested}, sort_keys=False))  # before the key
+    assert TraceConfig.from_yaml(path) == _config(d_model=48)
+    nested["training"]["source_times"] = "first"
+    path.write_text(yaml.safe_dump({"config_version": 5, **nested}, sort_keys=False))
+    assert TraceConfig.from_yaml(path) == _config(d_model=48)
+    assert not [w for w in recwarn if "no longer supported" in str(w.message)]
+    nested["training"]["source_times"] = "all"
+    path.write_text(yaml.safe_dump({"config_version": 5, **nested}, sort_keys=False))
+    with pytest.warns(UserWarning, match="source_times: all, no longer supported; its weights predict as trained"):
+        assert TraceConfig.from_yaml(path) == _config(d_model=48)
+    with pytest.raises(SctraceInputError, match="source_times in overrides were removed"):
+        load_config(source_times="all")
 
 
 def test_a_version_3_run_with_count_standardise_loads_when_off_and_is_refused_when_on(tmp_path, recwarn):

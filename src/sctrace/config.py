@@ -36,7 +36,6 @@ CountSampling = Literal["iid", "stratified", "copula"]
 MaskSchedule = Literal["cosine", "exponential", "cubic", "linear"]
 Encoder = Literal["scratch", "random", "geneformer"]
 EncoderMode = Literal["frozen", "finetune"]
-SourceTimes = Literal["first", "all"]
 
 # Keys removed with the benchmarks they lost (CHANGELOG.md): the value the kept code always uses, and whether
 # another value built a different network (whose saved weights the kept code cannot load).
@@ -53,17 +52,18 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "source_time_target": (False, False),  # training only
     "count_standardise": (False, True),  # its running statistics are buffers of the count head
     "time_code": ("absolute", True),  # "relative" timed every block from the decoded time: another model
-    "count_prior": ("none", True),  # the count head read the prior's features and kept its statistics as buffers
+    "count_prior": ("none", True),
+    "source_times": ("first", False),  # "all" read other training times as the source: training only  # the count head read the prior's features and kept its statistics as buffers
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
 # version-2 file lacks and meant 0 (one partner set per source cell); 4 nests the same keys by section (versions
-# 1-3 are flat); 5 added source_times, which earlier runs lack and which meant "first".
+# 1-3 are flat); 5 added source_times (since removed: earlier runs lack it, and it meant "first").
 CONFIG_VERSION = 5
 LEGACY_DEFAULTS: dict[str, Any] = {
     "n_top_genes": 2000, "max_len": 128, "dropout": 0.1, "max_epochs": 30, "time_scale": 100.0, "context_dropout": 0.0,
     "pairing": "random", "zinb_mean": "nb", "count_pooling": "cls", "hurdle_marginal": "gaussian",
-    "count_sampling": "iid", "genes": "hvg", "likelihood": "zinb", "min_rows": 0, "source_times": "first",
+    "count_sampling": "iid", "genes": "hvg", "likelihood": "zinb", "min_rows": 0,
 }
 
 # Probabilities of leaving something out: 1 would leave out everything.
@@ -153,10 +153,6 @@ class TrainingConfig:
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).
     context_dropout: float = 0.5
-    # Which time points' cells a training batch reads as its source: "first" (the paper's: the first time only,
-    # so the decoder never decodes it) or "all" (any training time, the target any other one; generation still
-    # starts from the first time's cells). BENCHMARKS.md, "Every training time as a source".
-    source_times: SourceTimes = "first"
 
 
 @dataclass
@@ -291,8 +287,6 @@ def migrate_run_config(raw: dict[str, Any], origin: str) -> dict[str, Any]:
         raw = {**LEGACY_DEFAULTS, **raw}  # a key such a run lacks took the default of its time
     elif version == 2:
         raw.setdefault("min_rows", 0)  # fitted before the key: one partner set per source cell
-    if version < 5:
-        raw.setdefault("source_times", "first")  # fitted before the key: the first time was the only source
     if raw.get("count_pooling") == "cls+mean+genes":
         raise SctraceInputError(f"{origin} was fitted with count_pooling: cls+mean+genes, which sctrace no longer "
                                 "builds; re-fit the run.")

@@ -40,7 +40,6 @@ class TracePlan(L.LightningModule):
         target_index: int,
         generator: torch.Generator,
         context_keep: list[bool] | None = None,
-        source_index: int = 0,
     ) -> dict[str, torch.Tensor]:
         counts, library_size = batch["counts"][:, target_index], batch["library_size"][:, target_index]
         losses = self.net.training_losses(
@@ -52,7 +51,6 @@ class TracePlan(L.LightningModule):
             self.config.training.mask_schedule,
             generator,
             context_keep,
-            source_index,
         )
         # Per-gene scale keeps the count term comparable to the token cross-entropy whatever the gene number.
         losses["count_loss"] = losses["count_loss"] / self.net.n_genes
@@ -87,34 +85,13 @@ class TracePlan(L.LightningModule):
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self.global_rank)
         n_times = batch["sentences"].shape[1]
-        source_index, target_index = self._draw_source_target(n_times)
-        losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times), source_index)
+        target_index = int(torch.randint(1, n_times, (1,), generator=self._generator, device=self._generator.device))
+        losses = self._losses(batch, target_index, self._generator, self._context_keep(n_times))
         self.log_dict({f"train_{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False, batch_size=len(batch["sentences"]))
         # sync_dist: with several processes every rank must see the same monitored value, or checkpointing and
         # early stopping decide differently per rank and hang; a no-op in one process.
         self.log("train_loss", losses["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["sentences"]), sync_dist=True)
         return losses["loss"]
-
-    def _draw_source_target(self, n_times: int) -> tuple[int, int]:
-        """This batch's source and target time points (indices into the training times).
-
-        ``source_times: first``: the first time is the source and a later one the target (the paper's training).
-        ``all``: any time point is the source and any other the target, so the first time is decoded too (from
-        later cells) and every gap between training times, the one after the source included, has decoded times
-        on both sides; with the first time as the only source, every time before the first target decoded as that
-        target (BENCHMARKS.md, "Every training time as a source").
-        """
-        assert self._generator is not None
-        device = self._generator.device  # a CUDA generator draws on CUDA
-
-        def draw(low: int, high: int) -> int:
-            return int(torch.randint(low, high, (1,), generator=self._generator, device=device))
-
-        if self.config.training.source_times == "first":
-            return 0, draw(1, n_times)
-        source = draw(0, n_times)
-        target = draw(0, n_times - 1)
-        return source, target + (target >= source)
 
     def _context_keep(self, n_times: int) -> list[bool] | None:
         """Which time points may be context in this batch; each is dropped with probability context_dropout.

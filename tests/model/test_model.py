@@ -476,34 +476,25 @@ def test_context_dropout_leaves_context_time_points_out_in_training_only(small_t
     assert {n for training, n in contexts if not training} == {full}
 
 
-@pytest.mark.parametrize("source_times", ["first", "all"])
-def test_source_times_picks_which_time_points_training_reads_as_source(small_timecourse, tiny_fast_config, tmp_path,
-                                                                      monkeypatch, source_times):
+def test_training_reads_the_first_time_as_source_and_decodes_every_later_one(small_timecourse, tiny_fast_config,
+                                                                           tmp_path, monkeypatch):
     drawn = []
     original = TraceNet.training_losses
 
     def spy(self, *args, **kwargs):
         bound = inspect.signature(original).bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        drawn.append((self.training, bound.arguments["source_index"], bound.arguments["target_index"]))
+        drawn.append((self.training, bound.arguments["target_index"]))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(TraceNet, "training_losses", spy)
     holdout = sorted(small_timecourse.obs["time"].unique())[2]
-    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, source_times=source_times,
-                  **{**tiny_fast_config, "max_epochs": 4})
+    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, **{**tiny_fast_config, "max_epochs": 4})
     model.fit(run_dir=tmp_path / "run", progress=False)
     n_times = len(model.spec.time_values)
-    trained = [(s, t) for training, s, t in drawn if training]
-    assert all(s != t for s, t in trained)
-    # Validation always asks the generation's question: from the first time, every later one.
-    assert {(s, t) for training, s, t in drawn if not training} == {(0, k) for k in range(1, n_times)}
-    if source_times == "first":
-        assert {s for s, _ in trained} == {0} and 0 not in {t for _, t in trained}
-    else:  # other sources, and the first time decoded from them
-        assert len({s for s, _ in trained}) > 1 and 0 in {t for _, t in trained}
-    out = model.predict(holdout, n_cells=4, seed=0)
-    assert out.n_obs == 4
+    # The first time is the source (as at generation), so it is never a target; every later one is, in training
+    # and in validation.
+    assert {t for training, t in drawn if training} == set(range(1, n_times))
+    assert {t for training, t in drawn if not training} == set(range(1, n_times))
 
 
 def test_training_losses_refuse_the_source_as_target():
@@ -511,8 +502,8 @@ def test_training_losses_refuse_the_source_as_target():
     sentences = torch.randint(3, 43, (2, 3, 9))
     sentences[:, :, 0] = CLS_ID
     with pytest.raises(ValueError, match="cannot be the source"):
-        net.training_losses(sentences, torch.tensor([0.0, 1.0, 2.0]), 1, torch.ones(2, 40), torch.full((2,), 40.0),
-                            "cosine", source_index=1)
+        net.training_losses(sentences, torch.tensor([0.0, 1.0, 2.0]), 0, torch.ones(2, 40), torch.full((2,), 40.0),
+                            "cosine")
 
 
 def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_config, tmp_path):

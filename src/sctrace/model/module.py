@@ -186,7 +186,6 @@ class TraceNet(nn.Module):
         schedule: str,
         generator: torch.Generator | None = None,
         context_keep: Sequence[bool] | None = None,
-        source_index: int = 0,
     ) -> dict[str, torch.Tensor]:
         """Masked-token and count losses for one batch.
 
@@ -197,21 +196,20 @@ class TraceNet(nn.Module):
         times
             (n_times,) real time values.
         target_index
-            Which time point is reconstructed (not ``source_index``); the others become context.
+            Which time point is reconstructed (not 0, the source: the first time, as at generation); the others
+            become context.
         target_counts
             (batch, n_genes) counts (or log-normalised values) of the target cells.
         library_size
             (batch,) total counts of the target cells over the modelled genes.
         context_keep
             (n_times,) which time points may serve as context (default: all); the target and the source never do.
-        source_index
-            Which time point's cells the encoder reads (0, the first time, at generation; any time point in
-            training with ``source_times: all``).
 
         The count decoder reads a second pass over the complete target sentence, as at generation, where the
         sentence is fully generated.
         """
-        if source_index == target_index:
+        source_index = 0
+        if target_index == source_index:
             raise ValueError("the target time point cannot be the source")
         z0, z0_pad = self.encode(sentences[:, source_index], times[source_index])
         n_times = sentences.shape[1]
