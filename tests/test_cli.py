@@ -131,8 +131,10 @@ def test_prepare_prints_the_summary(sim_file):
     assert 0 < n_hvgs <= 100
     mean_tokens = float(re.search(r"mean tokens per training cell: ([\d.]+)", output)[1])
     assert 0 < mean_tokens <= 40
-    n_pairs, n_sources, n_times = map(int, re.search(r"pairs: (\d+) \((\d+) source cells x (\d+) times\)", output).groups())
-    assert n_sources == obs_counts[min(obs_counts.index)] and n_times == len(obs_counts) - 1
+    found = re.search(r"pairs: (\d+) \((\d+) source cells x (\d+) times; the last (\d+) pair validation cells held aside\)",
+                      output)
+    n_pairs, n_sources, n_times, n_val = map(int, found.groups())
+    assert n_sources == obs_counts[min(obs_counts.index)] and n_times == len(obs_counts) - 1 and 0 < n_val < n_pairs
     # Every target cell is used, so there are at least as many pairs as cells at the largest training time.
     assert n_pairs >= max(n for t, n in obs_counts.items() if t != HOLDOUT)
     assert "pairing: random" in output

@@ -102,7 +102,7 @@ def calibrate_extrapolation(model: TRACE, *, progress: bool = False, accelerator
         inner.corpus = prepare_corpus(
             model.timecourse, task="none", genes=list(spec.genes), max_len=model.config.data.max_len,
             pairing=model.config.data.pairing, min_rows=model.config.data.min_rows, seed=model.seed,
-            gene_medians=gene_medians, exclude_times=excluded,
+            gene_medians=gene_medians, exclude_times=excluded, val_fraction=model.config.training.val_fraction,
         )
     inner._prepare_network()
     inner.fit(progress=progress, accelerator=accelerator, precision=precision, calibrate_extrapolation=False)

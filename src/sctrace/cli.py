@@ -107,7 +107,7 @@ def prepare(
     corpus = prepare_corpus(
         timecourse, task=task, holdout=None if holdout is None else parse_time(holdout),
         n_top_genes=settings.data.n_top_genes, genes=read_gene_choice(settings.data.genes), max_len=settings.data.max_len,
-        pairing=pairing, seed=seed, min_rows=settings.data.min_rows,
+        pairing=pairing, seed=seed, min_rows=settings.data.min_rows, val_fraction=settings.training.val_fraction,
     )
     typer.echo(corpus_summary(timecourse, corpus, pairing))
 

@@ -149,6 +149,8 @@ class TrainingConfig:
     # a tenth over the planned steps, and early stopping waits until this many steps are done.
     min_steps: int = 0
     patience: int = 8
+    # This fraction of every training time's cells is held aside, paired only among itself: validation (whose count
+    # loss picks the best checkpoint and stops training) scores cells no training row holds.
     val_fraction: float = 0.1
     # Each context time point is left out of a training batch with this probability, so the decoder cannot
     # tell the target by the gap it leaves in the context (validation always uses the full context).

@@ -154,6 +154,7 @@ class TRACE:
             seed=seed,
             gene_medians=gene_medians,
             directory=corpus_dir,
+            val_fraction=self.config.training.val_fraction,
         )
         self._prepare_network()
 
@@ -206,7 +207,8 @@ class TRACE:
         precision: str = "auto",
         calibrate_extrapolation: bool | None = None,
     ) -> TRACE:
-        """Train with early stopping on a validation split of pairs; checkpoints go to ``run_dir/checkpoints``.
+        """Train with early stopping on the count loss of validation cells held aside at every training time
+        (config ``val_fraction``; no training row holds them); checkpoints go to ``run_dir/checkpoints``.
 
         With ``resume=True`` training continues from ``run_dir/checkpoints/last.ckpt``. After training the
         best checkpoint's weights are loaded and, when ``run_dir`` is given, the run is saved there.

@@ -169,7 +169,12 @@ def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, 
         max_epochs = max(max_epochs, math.ceil(config.training.min_steps / steps_per_epoch))
         val_every = min(max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch)), max_epochs)
         plan.total_steps = max_epochs * steps_per_epoch if max_steps is None else max_steps
-    monitor = "val_loss" if has_val else "train_loss"
+    # The count loss of validation cells (held aside, sctrace.data.training_pairs.validation_cells) picks the best
+    # checkpoint and stops training: on cells no training row holds, the masked-token loss stays near a guess from
+    # gene frequencies and climbs as the token model learns the training cells by heart, so with it in the monitor
+    # a small course stopped after a few dozen steps (Klein day 2: EMD 0.360 against 0.272; BENCHMARKS.md,
+    # "Validation on cells held aside").
+    monitor = "val_count_loss" if has_val else "train_loss"
     checkpoint = ModelCheckpoint(
         dirpath=root / CHECKPOINT_DIR, filename="best", monitor=monitor, save_last=True, save_weights_only=False
     )

@@ -14,8 +14,10 @@ from sctrace.data.corpus import (
     subset_genes,
     tokenize_with_spec,
 )
+from sctrace.data.datamodule import TraceDataModule
 from sctrace.data.io import read_timecourse
 from sctrace.data.tokenize import N_SPECIAL
+from sctrace.data.training_pairs import validation_cells
 
 
 def test_split_times_interpolate_and_extrapolate():
@@ -179,3 +181,49 @@ def test_min_rows_gives_each_source_cell_several_different_partner_sets(small_ti
     assert np.mean(distinct) > 2
     with pytest.raises(SctraceInputError, match="min_rows must be 0 or a positive integer"):
         prepare_corpus(timecourse, n_top_genes=50, max_len=20, min_rows=-1)
+
+
+def test_validation_cells_are_a_fraction_of_every_training_time_or_none():
+    times = np.repeat([0.0, 1.0, 2.0], [40, 20, 10])
+    held = validation_cells(times, np.array([0.0, 1.0, 2.0]), 0.1, seed=0)
+    assert [int(held[times == t].sum()) for t in (0.0, 1.0, 2.0)] == [4, 2, 1]
+    assert (validation_cells(times, np.array([0.0, 1.0, 2.0]), 0.1, seed=0) == held).all()  # seeded
+    assert (validation_cells(times, np.array([0.0, 1.0, 2.0]), 0.1, seed=1) != held).any()
+    # A time point that would give none (or keep none for training) leaves nothing held aside anywhere.
+    assert not validation_cells(times, np.array([0.0, 1.0, 2.0]), 0.04, seed=0).any()
+    assert not validation_cells(times, np.array([0.0, 1.0, 2.0]), 0.0, seed=0).any()
+
+
+@pytest.mark.parametrize("min_rows", [0, 1024])
+def test_validation_rows_hold_only_cells_no_training_row_holds(small_timecourse, min_rows):
+    timecourse = read_timecourse(small_timecourse, "time")
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    corpus = prepare_corpus(timecourse, task="interpolate", holdout=holdout, n_top_genes=50, max_len=20, pairing="ot",
+                            seed=0, min_rows=min_rows, val_fraction=0.1)
+    n_val = corpus.spec.validation_rows
+    assert n_val is not None and n_val > 0
+    train, val = corpus.pairs[:-n_val], corpus.pairs[-n_val:]
+    assert not set(np.unique(train)) & set(np.unique(val))
+    times = corpus.cell_times
+    for k, t in enumerate(corpus.spec.time_values):
+        assert np.isclose(times[val[:, k]], t).all() and np.isclose(times[train[:, k]], t).all()
+        # About a tenth of each time's cells is held aside.
+        n_cells, n_held = np.isclose(times, t).sum(), len(np.unique(val[:, k]))
+        assert 0 < n_held <= round(0.1 * n_cells)
+    if min_rows:  # validation rows in proportion to the training rows
+        assert 0.05 < n_val / len(train) < 0.2
+    module = TraceDataModule(corpus, batch_size=16, val_fraction=0.5, seed=0)  # the corpus's split, not 0.5
+    assert module.val_rows.tolist() == list(range(len(train), len(corpus.pairs)))
+
+
+def test_a_corpus_without_cells_held_aside_splits_validation_by_source_cell(small_timecourse, tmp_path):
+    timecourse = read_timecourse(small_timecourse, "time")
+    corpus = prepare_corpus(timecourse, n_top_genes=50, max_len=20, seed=0)
+    assert corpus.spec.validation_rows is None
+    module = TraceDataModule(corpus, batch_size=16, val_fraction=0.1, seed=0)
+    train_sources, val_sources = corpus.pairs[module.train_rows, 0], corpus.pairs[module.val_rows, 0]
+    assert len(val_sources) and not set(train_sources) & set(val_sources)
+    # Saved and read back, a corpus keeps its split (corpora saved before the field read None).
+    held = prepare_corpus(timecourse, n_top_genes=50, max_len=20, seed=0, val_fraction=0.1)
+    held.save(tmp_path / "c")
+    assert Corpus.load(tmp_path / "c").spec.validation_rows == held.spec.validation_rows > 0

@@ -526,3 +526,16 @@ def test_bf16_autocast_training_keeps_fp32_weights(small_timecourse, tiny_fast_c
     with pytest.raises(SctraceInputError, match="unknown precision 'fp8'"):
         TRACE(small_timecourse, "time", holdout=holdout, **tiny_fast_config).fit(precision="fp8")
 
+
+
+def test_the_count_loss_of_held_aside_cells_picks_the_checkpoint(small_timecourse, tiny_fast_config, tmp_path):
+    holdout = sorted(small_timecourse.obs["time"].unique())[2]
+    model = TRACE(small_timecourse, "time", holdout=holdout, seed=0, **{**tiny_fast_config, "max_epochs": 4})
+    n_val = model.corpus.spec.validation_rows
+    assert n_val and not set(np.unique(model.corpus.pairs[:-n_val])) & set(np.unique(model.corpus.pairs[-n_val:]))
+    model.fit(run_dir=tmp_path / "run", progress=False, calibrate_extrapolation=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    (callback,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    scores = model.history["val_count_loss"].dropna().to_numpy(float)
+    assert callback["monitor"] == "val_count_loss" and len(scores) == 4
+    assert float(callback["best_model_score"]) == pytest.approx(scores.min())

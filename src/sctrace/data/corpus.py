@@ -28,7 +28,7 @@ from sctrace.data.io import check_holdout
 from sctrace.data.preprocess import chosen_gene_columns, select_hvgs_streamed
 from sctrace.data.timecourse import MatrixRows, TimeCourse
 from sctrace.data.tokenize import N_SPECIAL, rank_value_tokenize
-from sctrace.data.training_pairs import _pair_training_cells, _pairing_coordinates
+from sctrace.data.training_pairs import _pairing_coordinates, pair_training_and_validation
 
 TASKS = ("interpolate", "extrapolate", "none")
 # "auto", the default everywhere a task is taken, is resolved into one of TASKS by resolve_task.
@@ -101,6 +101,7 @@ def prepare_corpus(
     directory: str | os.PathLike | None = None,
     chunk_size: int = CHUNK_CELLS,
     exclude_times: Sequence[float] = (),
+    val_fraction: float | None = None,
 ) -> Corpus:
     """Split, select genes, tokenize and pair the training cells of a time course.
 
@@ -123,6 +124,10 @@ def prepare_corpus(
         once (``ceil(largest time point / source cells)``) and that there are at least ``min_rows`` rows.
     min_rows
         At least this many rows, each source cell with several partner sets (config ``min_rows``; 0: one set).
+    val_fraction
+        This fraction of every training time's cells is held aside for validation, paired only among itself in
+        the last rows (``spec.validation_rows``; config ``val_fraction``). None: no cells held aside, and
+        validation rows are chosen by source cell when training.
     exclude_times
         Observed times left out of training as well as the held-out one (the extrapolation calibration's inner
         model trains without the last training time).
@@ -172,8 +177,9 @@ def prepare_corpus(
     coordinates = None
     if pairing == "ot":
         coordinates = _pairing_coordinates(MatrixRows(matrix, train_rows, hvg_idx), timecourse.count_kind, seed, chunk_size)
-    pairs = _pair_training_cells(
-        timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source, coordinates, min_rows
+    pairs, validation_rows = pair_training_and_validation(
+        timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source, coordinates, min_rows,
+        val_fraction,
     )
 
     qs = np.linspace(0, 1, N_QUANTILES)
@@ -193,6 +199,7 @@ def prepare_corpus(
         stratify=list(timecourse.stratify_keys),
         library_quantiles=library_quantiles,
         mean_lengths=mean_lengths,
+        validation_rows=validation_rows,
     )
     if directory is None:
         assert isinstance(obs_names, np.ndarray)  # collected in memory without a directory

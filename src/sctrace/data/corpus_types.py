@@ -37,6 +37,10 @@ class CorpusSpec:
     stratify: list[str] = field(default_factory=list)
     library_quantiles: list[list[float]] = field(default_factory=list)  # (n_times, N_QUANTILES) over the HVGs
     mean_lengths: list[float] = field(default_factory=list)  # mean token-sequence length per training time
+    # The last this many rows of pairs.npy pair only cells held aside for validation, at every training time, so
+    # validation scores cells no training row holds; None (corpora before it): validation rows are chosen by
+    # source cell (sctrace.data.datamodule), and their later cells are training rows' partners too.
+    validation_rows: int | None = None
 
     @property
     def n_genes(self) -> int:

@@ -119,7 +119,12 @@ class LengthGroupedSampler(Sampler[int]):
 
 
 class TraceDataModule(L.LightningDataModule):
-    """Splits pair rows by source cell into training and validation (no source cell in both).
+    """Splits pair rows into training and validation.
+
+    A corpus with cells held aside (``spec.validation_rows``, :func:`sctrace.data.corpus.prepare_corpus`'s
+    ``val_fraction``) gives its last rows to validation, and no training row holds their cells at any time.
+    Otherwise (corpora built without) rows are split by source cell: no source cell in both, but the later cells
+    of validation rows are partners in training rows too, so validation then partly scores cells trained on.
 
     With ``group_by_length`` training batches hold rows of similar sentence widths
     (:class:`LengthGroupedSampler`), which cuts the padding the batches carry.
@@ -130,11 +135,15 @@ class TraceDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.corpus, self.batch_size, self.group_by_length = corpus, batch_size, group_by_length
-        sources = np.unique(corpus.pairs[:, 0])
-        rng = np.random.default_rng(seed)
-        n_val = int(round(val_fraction * len(sources))) if len(sources) > 1 else 0
-        val_sources = rng.choice(sources, size=n_val, replace=False)
-        is_val = np.isin(corpus.pairs[:, 0], val_sources)
+        held = corpus.spec.validation_rows
+        if held is not None:
+            is_val = np.arange(len(corpus.pairs)) >= len(corpus.pairs) - held
+        else:
+            sources = np.unique(corpus.pairs[:, 0])
+            rng = np.random.default_rng(seed)
+            n_val = int(round(val_fraction * len(sources))) if len(sources) > 1 else 0
+            val_sources = rng.choice(sources, size=n_val, replace=False)
+            is_val = np.isin(corpus.pairs[:, 0], val_sources)
         self.train_rows, self.val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         self.collate = PairCollator(corpus)
         self.seed = seed

@@ -20,6 +20,60 @@ from sctrace.data.timecourse import MatrixRows, TimeCourse, capped_rows
 OT_ENTROPY = 0.02
 
 
+def validation_cells(cell_times: np.ndarray, train_times: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the cells held aside for validation: ``fraction`` of each training time's cells, seeded.
+
+    Empty (all False) where some time point would keep none, or none for training: validation then needs a cell
+    at every time, and training every time too.
+    """
+    held = np.zeros(len(cell_times), dtype=bool)
+    rng = np.random.default_rng([seed, 104_729])
+    for t in train_times:
+        cells = np.flatnonzero(np.isclose(cell_times, t))
+        n = int(round(fraction * len(cells)))
+        if n < 1 or n >= len(cells):
+            return np.zeros(len(cell_times), dtype=bool)
+        held[rng.choice(cells, size=n, replace=False)] = True
+    return held
+
+
+def pair_training_and_validation(
+    timecourse: TimeCourse,
+    train_rows: np.ndarray,
+    cell_times: np.ndarray,
+    train_times: np.ndarray,
+    pairing: str,
+    seed: int,
+    pairs_per_source: int | None,
+    coordinates: np.ndarray | None = None,
+    min_rows: int = 0,
+    val_fraction: float | None = None,
+) -> tuple[np.ndarray, int | None]:
+    """The corpus's rows (:func:`_pair_training_cells`) and how many of the last ones are validation rows.
+
+    ``val_fraction`` given: that fraction of every training time's cells (:func:`validation_cells`) is paired
+    only among itself, in rows after the training rows, which never hold them:
+    validation then scores cells the model never trained on, as the held-out time's are. None: one set of rows
+    over every cell, and the validation split is left to the caller (``validation_rows`` None).
+    """
+    if val_fraction is None:
+        return _pair_training_cells(timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source,
+                                    coordinates, min_rows), None
+    held = validation_cells(cell_times, train_times, val_fraction, seed)
+    parts = []
+    # Validation rows in proportion to the training rows (several partner sets per held-aside source cell where
+    # training has them), so that the validation loss is not the noise of a handful of rows.
+    val_min_rows = int(round(min_rows * val_fraction))
+    for cells, part_min_rows, per_source in ((np.flatnonzero(~held), min_rows, pairs_per_source),
+                                              (np.flatnonzero(held), val_min_rows, pairs_per_source)):
+        if len(cells) == 0:
+            continue
+        rows = _pair_training_cells(timecourse, train_rows[cells], cell_times[cells], train_times, pairing, seed,
+                                    per_source, None if coordinates is None else coordinates[cells], part_min_rows)
+        parts.append(cells[rows])
+    return np.concatenate(parts), int(len(parts[1])) if held.any() else 0
+
+
 def _pair_training_cells(
     timecourse: TimeCourse,
     train_rows: np.ndarray,
@@ -31,7 +85,7 @@ def _pair_training_cells(
     coordinates: np.ndarray | None = None,
     min_rows: int = 0,
 ) -> np.ndarray:
-    """``(n_pairs, n_times)`` rows (into the training cells) of each source cell and its partners.
+    """``(n_pairs, n_times)`` rows (into the cells given) of each source cell and its partners.
 
     ``min_rows`` > 0: at least that many rows, each source cell with several partner sets, drawn from the entropic
     OT plan (:data:`OT_ENTROPY`) so that they differ; 0 keeps one set per source cell and the exact plan.

@@ -28,7 +28,8 @@ def corpus_summary(timecourse: TimeCourse, corpus: Corpus, pairing: str = "rando
         lines.append(f"{value:<9g} {n:>5}  {role:<9} {mean_len:>11}")
     lines.append(f"HVGs: {spec.n_genes} (chosen on training cells only)  vocabulary: {spec.vocab_size} tokens")
     lines.append(f"max tokens per cell: {spec.max_len}  mean tokens per training cell: {corpus.lengths.mean():.1f}")
-    lines.append(f"pairs: {len(corpus.pairs)} ({len(np.unique(corpus.pairs[:, 0]))} source cells x {len(spec.time_values)} times)")
+    held = "" if not spec.validation_rows else f"; the last {spec.validation_rows} pair validation cells held aside"
+    lines.append(f"pairs: {len(corpus.pairs)} ({len(np.unique(corpus.pairs[:, 0]))} source cells x {len(spec.time_values)} times{held})")
     if spec.stratify:
         strata = timecourse.adata.obs[spec.stratify].astype(str).agg("/".join, axis=1)
         lines.append(f"strata ({', '.join(spec.stratify)}): {strata.nunique()} -> {', '.join(sorted(strata.unique())[:10])}")
