@@ -135,6 +135,23 @@ def test_source_times_is_a_removed_training_key_whatever_the_version(tmp_path, r
         load_config(source_times="all")
 
 
+def test_min_steps_is_a_removed_training_key(tmp_path, recwarn):
+    assert REMOVED_KEYS["min_steps"] == (0, False)  # a step budget: training only, the weights predict as trained
+    nested = _config(d_model=48).nested()
+    path = tmp_path / "config.yaml"
+    for value in (0, 2000):
+        nested["training"]["min_steps"] = value
+        path.write_text(yaml.safe_dump({"config_version": 5, **nested}, sort_keys=False))
+        if value:
+            with pytest.warns(UserWarning, match="min_steps: 2000, no longer supported; its weights predict as trained"):
+                assert TraceConfig.from_yaml(path) == _config(d_model=48)
+        else:
+            assert TraceConfig.from_yaml(path) == _config(d_model=48)
+            assert not [w for w in recwarn if "no longer supported" in str(w.message)]
+    with pytest.raises(SctraceInputError, match="min_steps in overrides were removed"):
+        load_config(min_steps=100)
+
+
 def test_a_version_3_run_with_count_standardise_loads_when_off_and_is_refused_when_on(tmp_path, recwarn):
     assert REMOVED_KEYS["count_standardise"] == (False, True)  # its running statistics were the head's buffers
     path = tmp_path / "config.yaml"

@@ -52,8 +52,9 @@ REMOVED_KEYS: dict[str, tuple[Any, bool]] = {
     "source_time_target": (False, False),  # training only
     "count_standardise": (False, True),  # its running statistics are buffers of the count head
     "time_code": ("absolute", True),  # "relative" timed every block from the decoded time: another model
-    "count_prior": ("none", True),
-    "source_times": ("first", False),  # "all" read other training times as the source: training only  # the count head read the prior's features and kept its statistics as buffers
+    "count_prior": ("none", True),  # the count head read the prior's features and kept its statistics as buffers
+    "source_times": ("first", False),  # "all" read other training times as the source: training only
+    "min_steps": (0, False),  # a step budget with warm-up and cosine decay: training only; min_rows replaced it
 }
 # config.yaml's format: 1 (no version key) held the keys above, and its missing keys meant the defaults of the
 # time (below); 2 dropped the removed keys and took cpu-small's settings as the defaults; 3 added min_rows, which a
@@ -143,11 +144,6 @@ class TrainingConfig:
     count_weight_decay: float = 1e-3
     mask_schedule: MaskSchedule = "cosine"
     max_epochs: int = 60
-    # At least this many optimiser steps, whatever the data size (0: whole epochs only, the runs before this key):
-    # a small course's epoch is 3-6 steps, and 60 of them stopped the token model near a uniform guess. With it,
-    # validation runs about every 50 steps, the learning rate warms up over the first 5% and decays by a cosine to
-    # a tenth over the planned steps, and early stopping waits until this many steps are done.
-    min_steps: int = 0
     patience: int = 8
     # This fraction of every training time's cells is held aside, paired only among itself: validation (whose count
     # loss picks the best checkpoint and stops training) scores cells no training row holds.

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +30,6 @@ class TracePlan(L.LightningModule):
         super().__init__()
         self.net, self.config, self.seed = net, config, seed
         self._generator: torch.Generator | None = None
-        # Planned optimiser steps (set by build_trainer with a step budget): warm-up and cosine decay span them.
-        self.total_steps: int | None = None
 
     def _losses(
         self,
@@ -121,29 +118,14 @@ class TracePlan(L.LightningModule):
         # A frozen pretrained encoder's weights have requires_grad False and stay out of the optimiser.
         other = [p for p in self.net.parameters() if id(p) not in count_ids and p.requires_grad]
         training = self.config.training
-        optimizer = torch.optim.AdamW(
+        return torch.optim.AdamW(
             [
                 {"params": other, "lr": training.lr, "weight_decay": training.weight_decay},
                 {"params": count_params, "lr": training.count_lr, "weight_decay": training.count_weight_decay},
             ]
         )
-        if not self.total_steps:
-            return optimizer
-        total = self.total_steps
-        warmup = max(1, total // 20)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-# With a step budget (config min_steps), validation and early stopping come about this often.
-VALIDATE_EVERY_STEPS = 50
 GRADIENT_CLIP = 1.0  # gradient norm clipped at 1, as every preset trained (the knob had no other setting in use)
 
 
@@ -151,8 +133,6 @@ def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, 
                   accelerator: str, devices, num_nodes: int, strategy: str, precision: TrainPrecision, progress: bool):
     """The Lightning trainer for one fit, with its best/last checkpoints in ``root`` and early stopping.
 
-    With a step budget (``min_steps``) the epochs are stretched to reach it, validation comes about every
-    :data:`VALIDATE_EVERY_STEPS` steps, and ``plan`` learns the planned steps for its warm-up and cosine decay.
     Returns the trainer and its checkpoint callback (whose best model the fit reloads).
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -162,13 +142,6 @@ def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, 
     from sctrace.rundir import CHECKPOINT_DIR, LOG_DIR
 
     has_val = len(datamodule.val_rows) > 0
-    max_epochs, val_every = config.training.max_epochs, 1
-    if config.training.min_steps > 0:
-        world = devices * num_nodes if isinstance(devices, int) else num_nodes
-        steps_per_epoch = max(1, math.ceil(len(datamodule.train_rows) / (config.training.batch_size * max(world, 1))))
-        max_epochs = max(max_epochs, math.ceil(config.training.min_steps / steps_per_epoch))
-        val_every = min(max(1, round(VALIDATE_EVERY_STEPS / steps_per_epoch)), max_epochs)
-        plan.total_steps = max_epochs * steps_per_epoch if max_steps is None else max_steps
     # The count loss of validation cells (held aside, sctrace.data.training_pairs.validation_cells) picks the best
     # checkpoint and stops training: on cells no training row holds, the masked-token loss stays near a guess from
     # gene frequencies and climbs as the token model learns the training cells by heart, so with it in the monitor
@@ -184,10 +157,8 @@ def build_trainer(config: TraceConfig, plan: TracePlan, datamodule, root: Path, 
     callbacks = [checkpoint, stopping]
     try:
         trainer = L.Trainer(
-            max_epochs=max_epochs,
+            max_epochs=config.training.max_epochs,
             max_steps=-1 if max_steps is None else max_steps,
-            min_steps=config.training.min_steps or None,
-            check_val_every_n_epoch=val_every,
             accelerator=accelerator,
             devices=devices,
             num_nodes=num_nodes,
