@@ -49,70 +49,54 @@ def pair_training_and_validation(
     min_rows: int = 0,
     val_fraction: float | None = None,
 ) -> tuple[np.ndarray, int | None]:
-    """The corpus's rows (:func:`_pair_training_cells`) and how many of the last ones are validation rows.
-
-    ``val_fraction`` given: that fraction of every training time's cells (:func:`validation_cells`) is paired
-    only among itself, in rows after the training rows, which never hold them:
-    validation then scores cells the model never trained on, as the held-out time's are. None: one set of rows
-    over every cell, and the validation split is left to the caller (``validation_rows`` None).
-    """
-    if val_fraction is None:
-        return _pair_training_cells(timecourse, train_rows, cell_times, train_times, pairing, seed, pairs_per_source,
-                                    coordinates, min_rows), None
-    held = validation_cells(cell_times, train_times, val_fraction, seed)
-    parts = []
-    # Validation rows in proportion to the training rows (several partner sets per held-aside source cell where
-    # training has them), so that the validation loss is not the noise of a handful of rows.
-    val_min_rows = int(round(min_rows * val_fraction))
-    for cells, part_min_rows, per_source in ((np.flatnonzero(~held), min_rows, pairs_per_source),
-                                              (np.flatnonzero(held), val_min_rows, pairs_per_source)):
-        if len(cells) == 0:
-            continue
-        rows = _pair_training_cells(timecourse, train_rows[cells], cell_times[cells], train_times, pairing, seed,
-                                    per_source, None if coordinates is None else coordinates[cells], part_min_rows)
-        parts.append(cells[rows])
-    return np.concatenate(parts), int(len(parts[1])) if held.any() else 0
-
-
-def _pair_training_cells(
-    timecourse: TimeCourse,
-    train_rows: np.ndarray,
-    cell_times: np.ndarray,
-    train_times: np.ndarray,
-    pairing: str,
-    seed: int,
-    pairs_per_source: int | None,
-    coordinates: np.ndarray | None = None,
-    min_rows: int = 0,
-) -> np.ndarray:
-    """``(n_pairs, n_times)`` rows (into the cells given) of each source cell and its partners.
+    """``(n_pairs, n_times)`` rows (into the training cells) of each source cell and its partners, and how many of
+    the last ones are validation rows.
 
     ``min_rows`` > 0: at least that many rows, each source cell with several partner sets, drawn from the entropic
     OT plan (:data:`OT_ENTROPY`) so that they differ; 0 keeps one set per source cell and the exact plan.
+    ``val_fraction`` given: that fraction of every training time's cells (:func:`validation_cells`) is paired
+    only among itself, in rows after the training rows, which never hold them: validation then scores cells the
+    model never trained on, as the held-out time's are. None: one set of rows over every cell, and the validation
+    split is left to the caller (``validation_rows`` None).
     """
     strata = None
     if pairing == "stratified":
         if not timecourse.stratify_keys:
             raise SctraceInputError(f"stratified pairing needs at least one obs column; pass {option('stratify', 'COL')}.")
         strata = timecourse.adata.obs.iloc[train_rows][list(timecourse.stratify_keys)].reset_index(drop=True)
-    n_source = int(np.isclose(cell_times, train_times[0]).sum())
-    largest = max(int(np.isclose(cell_times, t).sum()) for t in train_times)
-    repeats = pairs_per_source or max(1, math.ceil(max(largest, min_rows) / max(n_source, 1)))
-    # Repeating the source cells inside ONE pairing call keeps the rule "every target cell is used before any
-    # is reused" across the repeats (independent calls would each restart it).
-    source_rows = np.flatnonzero(np.isclose(cell_times, train_times[0]))
-    rows = np.concatenate([np.arange(len(cell_times)), np.tile(source_rows, repeats - 1)])
-    return rows[
-        pair_cells(
-            cell_times[rows],
-            train_times,
-            strata=None if strata is None else strata.iloc[rows].reset_index(drop=True),
-            mode=pairing,
-            coordinates=None if coordinates is None else coordinates[rows],
-            seed=seed,
-            entropy=OT_ENTROPY if min_rows > 0 else 0.0,
-        )
-    ]
+
+    def pair(cells: np.ndarray, at_least: int) -> np.ndarray:
+        """The rows of the cells ``cells`` (indices into the training cells), paired among themselves."""
+        times = cell_times[cells]
+        n_source = int(np.isclose(times, train_times[0]).sum())
+        largest = max(int(np.isclose(times, t).sum()) for t in train_times)
+        repeats = pairs_per_source or max(1, math.ceil(max(largest, at_least) / max(n_source, 1)))
+        # Repeating the source cells inside ONE pairing call keeps the rule "every target cell is used before any
+        # is reused" across the repeats (independent calls would each restart it).
+        source_rows = np.flatnonzero(np.isclose(times, train_times[0]))
+        rows = cells[np.concatenate([np.arange(len(cells)), np.tile(source_rows, repeats - 1)])]
+        return rows[
+            pair_cells(
+                cell_times[rows],
+                train_times,
+                strata=None if strata is None else strata.iloc[rows].reset_index(drop=True),
+                mode=pairing,
+                coordinates=None if coordinates is None else coordinates[rows],
+                seed=seed,
+                entropy=OT_ENTROPY if at_least > 0 else 0.0,
+            )
+        ]
+
+    if val_fraction is None:
+        return pair(np.arange(len(cell_times)), min_rows), None
+    held = validation_cells(cell_times, train_times, val_fraction, seed)
+    pairs = pair(np.flatnonzero(~held), min_rows)
+    if not held.any():
+        return pairs, 0
+    # Validation rows in proportion to the training rows (several partner sets per held-aside source cell where
+    # training has them), so that the validation loss is not the noise of a handful of rows.
+    validation = pair(np.flatnonzero(held), int(round(min_rows * val_fraction)))
+    return np.concatenate([pairs, validation]), len(validation)
 
 
 OT_PCS = 30
