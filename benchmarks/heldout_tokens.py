@@ -33,13 +33,12 @@ def frequency_guess(corpus: Corpus) -> dict[str, float]:
         raise SystemExit("this run's corpus holds no validation cells aside (a run before validation_rows)")
     pairs, tokens, lengths = corpus.pairs, np.asarray(corpus.tokens[:]), np.asarray(corpus.lengths)
     vocab = corpus.spec.vocab_size
+    def genes(cells: np.ndarray) -> np.ndarray:
+        return np.concatenate([tokens[c, : lengths[c]] for c in cells]).astype(np.int64)
+
     losses, hits, n = 0.0, 0.0, 0
     for k in range(1, pairs.shape[1]):  # the targets: every time after the source
         train_cells, val_cells = np.unique(pairs[:-n_val, k]), np.unique(pairs[-n_val:, k])
-
-        def genes(cells: np.ndarray) -> np.ndarray:
-            return np.concatenate([tokens[c, : lengths[c]] for c in cells]).astype(np.int64)
-
         counts = np.bincount(genes(train_cells), minlength=vocab)[N_SPECIAL:] + 0.5  # add-half smoothing
         p = counts / counts.sum()
         seen = genes(val_cells) - N_SPECIAL
